@@ -6,9 +6,65 @@
 //! queries, identity map, unit of work), `actor-orm-derive` (`#[derive(Model)]`) and
 //! `actor-orm-actors` (the pool supervisor and session actors).
 //!
+//! ```no_run
+//! use actor_orm::prelude::*;
+//!
+//! #[derive(Model, Clone, Debug, PartialEq)]
+//! #[orm(table_name = "users")]
+//! struct User {
+//!     #[orm(primary_key, auto_increment)]
+//!     id: i64,
+//!     name: String,
+//!     email: Option<String>,
+//! }
+//!
+//! # async fn demo(conn: &actor_orm::Connection) -> actor_orm::Result<()> {
+//! let mut session = SessionState::new();
+//! let ann = session.insert(conn, User { id: 0, name: "ann".into(), email: None }).await?;
+//! let found = session.all(conn, User::query().filter(User::NAME.eq("ann"))).await?;
+//! assert_eq!(found, vec![ann]);
+//! session.commit(conn).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! [`testing`] gives tests and examples a PostgreSQL of their own.
+//!
+//! ## `#[derive(Model)]`
+//!
+//! On the struct: `table_name = "..."` (default: the struct's name in snake_case, e.g.
+//! `UserAccount` → `user_account`) and `schema = "..."`.
+//!
+//! On a field: `primary_key` (on one or more fields), `auto_increment` (an identity column; a
+//! zero value is left to the database), `column_name = "..."`, `default` or `default = "SQL"` (an
+//! `Option` field; `None` leaves the column to its database default, read back after INSERT),
+//! `version` (optimistic locking), `skip`, `json` (any serde type, stored as jsonb),
+//! `references = Parent` (a foreign key to `Parent`'s primary key), `unique`,
+//! `max_length = n` (`varchar(n)`). Unknown keys are compile errors.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod testing;
+
+pub use actor_orm_core::{
+    Aggregate, Column, ColumnMeta, ColumnValue, Connection, DbEnum, DbError, DeleteWhere, Error,
+    Filter, IdentityMap, IntoKey, Key, Model, ModelMeta, OnConflict, Ordering, Project, Result,
+    Savepoint, Select, SelectPair, Selection, SessionState, SqlType, StatementMode, TxState,
+    UpdateWhere, count_all, ddl, sea_query, tokio_postgres, types,
+};
+pub use actor_orm_derive::{DbEnum, Model};
+
+/// The names most programs need.
+pub mod prelude {
+    pub use crate::{
+        Column, Connection, DbEnum, Error, Filter, Model, OnConflict, Result, Select, SessionState,
+        count_all,
+    };
+}
+
+/// Items the derive's generated code uses; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use actor_orm_core as core;
+    pub use serde;
+}

@@ -1,1 +1,50 @@
-//! placeholder
+//! # actor-orm-core
+//!
+//! Everything actor-orm does over one PostgreSQL connection, with no actors: models and their
+//! metadata, the Rust ↔ PostgreSQL value mapping, typed queries on sea-query, the identity map,
+//! the unit of work, transactions and DDL. The session actor in `actor-orm-actors` owns one
+//! [`SessionState`] and drives it; use the `actor-orm` facade rather than this crate directly.
+
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+#![deny(clippy::unwrap_used)]
+
+mod bind;
+mod connection;
+pub mod ddl;
+mod error;
+mod identity;
+mod model;
+mod query;
+mod session;
+pub mod types;
+mod unit_of_work;
+
+pub use connection::{Connection, StatementMode};
+pub use error::{DbError, Error, Result};
+pub use identity::IdentityMap;
+pub use model::{Column, ColumnMeta, IntoKey, Key, Model, ModelMeta, TextLike, ValueFor};
+pub use query::{
+    Aggregate, DeleteWhere, Filter, OnConflict, Ordering, Project, Select, SelectPair, Selection,
+    UpdateWhere, count_all,
+};
+pub use sea_query;
+pub use session::{Savepoint, SessionState, TxState};
+pub use tokio_postgres;
+pub use types::{ColumnValue, DbEnum, SqlType};
+pub use unit_of_work::UnitOfWork;
+
+/// Quotes an SQL identifier (doubling embedded quotes).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Items the derive's generated code uses; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use sea_query::Value;
+    pub use tokio_postgres::Row;
+
+    #[cfg(feature = "json")]
+    pub use crate::types::json;
+    pub use crate::types::{enum_decode, enum_null, enum_to_value};
+}

@@ -1,0 +1,354 @@
+//! `#[derive(Model)]`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::{Data, DeriveInput, Error, Fields, Result, Type};
+
+use crate::attr::{entries, snake_case};
+
+const STRUCT_KEYS: &[(&str, &str)] = &[
+    ("table_name", "table_name = \"users\""),
+    ("schema", "schema = \"app\""),
+];
+
+const FIELD_KEYS: &[(&str, &str)] = &[
+    ("primary_key", "primary_key"),
+    ("auto_increment", "auto_increment"),
+    ("column_name", "column_name = \"name\""),
+    ("default", "default = \"now()\""),
+    ("version", "version"),
+    ("skip", "skip"),
+    ("json", "json"),
+    ("references", "references = Parent"),
+    ("unique", "unique"),
+    ("max_length", "max_length = 64"),
+];
+
+struct Field {
+    ident: syn::Ident,
+    ty: Type,
+    column: String,
+    primary_key: bool,
+    auto_increment: bool,
+    default: Option<Option<syn::LitStr>>,
+    version: bool,
+    json: bool,
+    unique: bool,
+    references: Option<syn::Path>,
+    max_length: Option<u32>,
+}
+
+/// The derive, over token streams.
+pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
+    let input: DeriveInput = syn::parse2(input)?;
+    let name = &input.ident;
+    if !input.generics.params.is_empty() {
+        return Err(Error::new(
+            input.generics.span(),
+            "#[derive(Model)] does not support generic structs",
+        ));
+    }
+    let Data::Struct(data) = &input.data else {
+        return Err(Error::new(
+            name.span(),
+            "#[derive(Model)] needs a struct with named fields",
+        ));
+    };
+    let Fields::Named(named) = &data.fields else {
+        return Err(Error::new(
+            name.span(),
+            "#[derive(Model)] needs a struct with named fields, like `struct User { id: i64 }`",
+        ));
+    };
+
+    let mut table = snake_case(&name.to_string());
+    let mut schema: Option<String> = None;
+    for e in entries(&input.attrs, STRUCT_KEYS, "a struct")? {
+        match e.key.to_string().as_str() {
+            "table_name" => table = e.string("table_name = \"users\"")?.value(),
+            "schema" => schema = Some(e.string("schema = \"app\"")?.value()),
+            _ => {}
+        }
+    }
+
+    let mut fields: Vec<Field> = Vec::new();
+    let mut skipped: Vec<syn::Ident> = Vec::new();
+    for f in &named.named {
+        let ident = f
+            .ident
+            .clone()
+            .ok_or_else(|| Error::new(f.span(), "expected a named field"))?;
+        let mut field = Field {
+            column: ident.to_string().trim_start_matches("r#").to_owned(),
+            ident,
+            ty: f.ty.clone(),
+            primary_key: false,
+            auto_increment: false,
+            default: None,
+            version: false,
+            json: false,
+            unique: false,
+            references: None,
+            max_length: None,
+        };
+        let mut skip = false;
+        for e in entries(&f.attrs, FIELD_KEYS, "a field")? {
+            match e.key.to_string().as_str() {
+                "primary_key" => field.primary_key = true,
+                "auto_increment" => field.auto_increment = true,
+                "column_name" => field.column = e.string("column_name = \"name\"")?.value(),
+                "default" => {
+                    field.default = Some(match &e.value {
+                        Some(_) => Some(e.string("default = \"now()\"")?),
+                        None => None,
+                    })
+                }
+                "version" => field.version = true,
+                "skip" => skip = true,
+                "json" => field.json = true,
+                "unique" => field.unique = true,
+                "references" => field.references = Some(e.path("references = Parent")?),
+                "max_length" => field.max_length = Some(e.int("max_length = 64")?),
+                _ => {}
+            }
+        }
+        if skip {
+            skipped.push(field.ident);
+            continue;
+        }
+        if field.default.is_some() && !is_option(&field.ty) {
+            return Err(Error::new(
+                field.ty.span(),
+                "#[orm(default)] needs an Option<T> field: None leaves the column to its database default",
+            ));
+        }
+        if field.version && !is_named(&field.ty, &["i16", "i32", "i64"]) {
+            return Err(Error::new(
+                field.ty.span(),
+                "#[orm(version)] needs an integer field (i16, i32 or i64)",
+            ));
+        }
+        if field.auto_increment && !is_named(&field.ty, &["i16", "i32", "i64"]) {
+            return Err(Error::new(
+                field.ty.span(),
+                "#[orm(auto_increment)] needs an integer field (i16, i32 or i64)",
+            ));
+        }
+        if let Some(first) = fields.iter().find(|o| o.column == field.column) {
+            return Err(Error::new(
+                field.ident.span(),
+                format!(
+                    "duplicate column `{}`: field `{}` already maps to it; use #[orm(column_name = \"other\")]",
+                    field.column, first.ident
+                ),
+            ));
+        }
+        fields.push(field);
+    }
+    if !fields.iter().any(|f| f.primary_key) {
+        return Err(Error::new(
+            name.span(),
+            format!(
+                "model `{name}` has no primary key; mark one or more fields with #[orm(primary_key)]"
+            ),
+        ));
+    }
+    if fields.iter().filter(|f| f.version).count() > 1 {
+        return Err(Error::new(
+            name.span(),
+            "a model has at most one #[orm(version)] field",
+        ));
+    }
+
+    let krate = quote!(::actor_orm::__private::core);
+    let schema_tokens = match &schema {
+        Some(s) => quote!(::core::option::Option::Some(#s)),
+        None => quote!(::core::option::Option::None),
+    };
+
+    let column_metas = fields.iter().map(|f| {
+        let column = &f.column;
+        let field_name = f.ident.to_string();
+        let ty = &f.ty;
+        let sql_type = match (f.json, f.max_length) {
+            (true, _) => quote!(#krate::SqlType::Jsonb),
+            (false, Some(n)) => quote!(#krate::SqlType::Varchar(#n)),
+            (false, None) => quote!(<#ty as #krate::ColumnValue>::SQL_TYPE),
+        };
+        let nullable = if f.json { let n = is_option(ty); quote!(#n) } else { quote!(<#ty as #krate::ColumnValue>::NULLABLE) };
+        let (pk, ai, version, unique, json) = (f.primary_key, f.auto_increment, f.version, f.unique, f.json);
+        let has_default = f.default.is_some();
+        let default_sql = match &f.default {
+            Some(Some(s)) => quote!(::core::option::Option::Some(#s)),
+            _ => quote!(::core::option::Option::None),
+        };
+        let references = match &f.references {
+            Some(p) => quote!(::core::option::Option::Some(<#p as #krate::Model>::meta as fn() -> &'static #krate::ModelMeta)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote! {{
+            let mut c = #krate::ColumnMeta::new(#column, #field_name, #sql_type);
+            c.nullable = #nullable;
+            c.primary_key = #pk;
+            c.auto_increment = #ai;
+            c.has_default = #has_default;
+            c.default_sql = #default_sql;
+            c.version = #version;
+            c.unique = #unique;
+            c.json = #json;
+            c.references = #references;
+            c
+        }}
+    });
+
+    let values = fields.iter().map(|f| {
+        let ident = &f.ident;
+        let column = &f.column;
+        if f.json {
+            quote!(#krate::__private::json::to_value(&self.#ident, #column)?)
+        } else {
+            quote!(#krate::ColumnValue::to_value(&self.#ident))
+        }
+    });
+
+    let unset_arms = fields.iter().enumerate().filter_map(|(i, f)| {
+        let ident = &f.ident;
+        if f.auto_increment {
+            Some(quote!(#i => #krate::ColumnValue::is_unset_key(&self.#ident),))
+        } else if f.default.is_some() {
+            Some(quote!(#i => ::core::option::Option::is_none(&self.#ident),))
+        } else {
+            None
+        }
+    });
+
+    let decoders = fields.iter().enumerate().map(|(i, f)| {
+        let ident = &f.ident;
+        let ty = &f.ty;
+        let column = &f.column;
+        if f.json {
+            quote!(#ident: #krate::__private::json::decode::<#ty>(row, positions[#i], #column)?)
+        } else {
+            quote!(#ident: <#ty as #krate::ColumnValue>::decode(row, positions[#i], #column)?)
+        }
+    });
+    let skipped_init = skipped
+        .iter()
+        .map(|ident| quote!(#ident: ::core::default::Default::default()));
+
+    // Each field type must be storable: the error points at the type.
+    let type_checks = fields.iter().map(|f| {
+        let ty = &f.ty;
+        if f.json {
+            quote_spanned! {ty.span()=>
+                const _: fn() = || {
+                    fn json_field<T: ::actor_orm::__private::serde::Serialize + ::actor_orm::__private::serde::de::DeserializeOwned>() {}
+                    json_field::<#ty>();
+                };
+            }
+        } else {
+            quote_spanned! {ty.span()=>
+                const _: fn() = || {
+                    fn storable<T: #krate::ColumnValue>() {}
+                    storable::<#ty>();
+                };
+            }
+        }
+    });
+    let reference_checks = fields
+        .iter()
+        .filter_map(|f| f.references.as_ref())
+        .map(|p| {
+            quote_spanned! {p.span()=>
+                const _: fn() = || {
+                    fn model<T: #krate::Model>() {}
+                    model::<#p>();
+                };
+            }
+        });
+
+    let handles = fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.json)
+        .map(|(i, f)| {
+            let konst = format_ident!(
+                "{}",
+                f.ident.to_string().trim_start_matches("r#").to_uppercase(),
+                span = f.ident.span()
+            );
+            let ty = &f.ty;
+            let doc = format!("The `{}` column.", f.column);
+            quote! {
+                #[doc = #doc]
+                pub const #konst: #krate::Column<#name, #ty> = #krate::Column::new(#i);
+            }
+        });
+    let n_columns = fields.len();
+    let span = Span::call_site();
+
+    Ok(quote_spanned! {span=>
+        #(#type_checks)*
+        #(#reference_checks)*
+
+        #[automatically_derived]
+        impl #krate::Model for #name {
+            fn meta() -> &'static #krate::ModelMeta {
+                static COLUMNS: ::std::sync::LazyLock<[#krate::ColumnMeta; #n_columns]> =
+                    ::std::sync::LazyLock::new(|| [#(#column_metas),*]);
+                static META: ::std::sync::LazyLock<#krate::ModelMeta> =
+                    ::std::sync::LazyLock::new(|| #krate::ModelMeta::new(#table, #schema_tokens, &*COLUMNS));
+                &META
+            }
+
+            fn values(&self) -> #krate::Result<::std::vec::Vec<#krate::__private::Value>> {
+                ::core::result::Result::Ok(::std::vec![#(#values),*])
+            }
+
+            fn is_unset(&self, index: usize) -> bool {
+                match index {
+                    #(#unset_arms)*
+                    _ => false,
+                }
+            }
+
+            fn from_row(row: &#krate::__private::Row, positions: &[usize]) -> #krate::Result<Self> {
+                if positions.len() != #n_columns {
+                    return ::core::result::Result::Err(#krate::Error::InvalidInput(::std::format!(
+                        "{} positions given for {} columns", positions.len(), #n_columns
+                    )));
+                }
+                ::core::result::Result::Ok(Self {
+                    #(#decoders,)*
+                    #(#skipped_init,)*
+                })
+            }
+        }
+
+        #[automatically_derived]
+        impl #name {
+            #(#handles)*
+
+            /// A query over every row of this model's table.
+            pub fn query() -> #krate::Select<#name> {
+                #krate::Select::new()
+            }
+        }
+    })
+}
+
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
+        _ => None,
+    }
+}
+
+fn is_option(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|s| s.ident == "Option")
+}
+
+fn is_named(ty: &Type, names: &[&str]) -> bool {
+    last_segment(ty).is_some_and(|s| names.iter().any(|n| s.ident == n))
+}

@@ -1,0 +1,202 @@
+//! One PostgreSQL connection as the ORM uses it: statements with bound values, a statement cache,
+//! and a count of round trips.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sea_query::{Value, Values};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::bind::Bind;
+use crate::error::Result;
+
+/// How statements are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StatementMode {
+    /// Prepare each distinct SQL text once per connection and reuse it (the fastest).
+    #[default]
+    Prepared,
+    /// Parse every statement anew, as an unnamed statement: for PgBouncer in transaction mode,
+    /// where a prepared statement may not exist on the next server connection.
+    Unnamed,
+}
+
+/// A client with the ORM's statement handling. Shared (`Arc`) between the pool that owns it and
+/// the session using it.
+#[derive(Debug)]
+pub struct Connection {
+    client: Client,
+    mode: StatementMode,
+    cache: Mutex<HashMap<String, Statement>>,
+    round_trips: AtomicU64,
+    log: Mutex<Option<Vec<String>>>,
+}
+
+/// Prepared statements kept per connection before the cache is cleared.
+const CACHE_LIMIT: usize = 512;
+
+impl Connection {
+    /// Wraps a connected client.
+    pub fn new(client: Client, mode: StatementMode) -> Self {
+        Connection {
+            client,
+            mode,
+            cache: Mutex::new(HashMap::new()),
+            round_trips: AtomicU64::new(0),
+            log: Mutex::new(None),
+        }
+    }
+
+    /// The tokio-postgres client, for what the ORM does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The statement mode.
+    pub fn mode(&self) -> StatementMode {
+        self.mode
+    }
+
+    /// Round trips to the server so far (each prepare, query or batch counts one).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client's connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Forgets cached statements (after `DISCARD ALL`, which deallocates them on the server).
+    pub fn clear_statement_cache(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+
+    fn count(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts (or stops) recording the SQL text of every statement sent, for tests and debugging.
+    /// Values are never part of the text: they are bound parameters.
+    pub fn record_statements(&self, on: bool) {
+        if let Ok(mut log) = self.log.lock() {
+            *log = on.then(Vec::new);
+        }
+    }
+
+    /// The statements recorded since the last call (empty when not recording).
+    pub fn take_statements(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .ok()
+            .and_then(|mut l| l.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    fn record(&self, sql: &str) {
+        if let Ok(mut log) = self.log.lock()
+            && let Some(log) = log.as_mut()
+        {
+            log.push(sql.to_owned());
+        }
+    }
+
+    async fn statement(&self, sql: &str) -> Result<Statement> {
+        if let Some(stmt) = self.cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
+            return Ok(stmt);
+        }
+        self.count();
+        let stmt = self.client.prepare(sql).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(sql.to_owned(), stmt.clone());
+        }
+        Ok(stmt)
+    }
+
+    /// Runs a statement and returns its rows. `columns[i]`, when given, names the column
+    /// parameter `i` is written to, for error messages.
+    pub async fn query(
+        &self,
+        sql: &str,
+        values: &Values,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<Row>> {
+        self.record(sql);
+        let binds = binds(&values.0, columns);
+        let params: Vec<&(dyn ToSql + Sync)> =
+            binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        match self.mode {
+            StatementMode::Prepared => {
+                let stmt = self.statement(sql).await?;
+                self.count();
+                Ok(self.client.query(&stmt, &params).await?)
+            }
+            StatementMode::Unnamed => {
+                let typed: Vec<(&(dyn ToSql + Sync), tokio_postgres::types::Type)> = binds
+                    .iter()
+                    .map(|b| (b as &(dyn ToSql + Sync), crate::bind::param_type(b.value())))
+                    .collect();
+                self.count();
+                Ok(self.client.query_typed(sql, &typed).await?)
+            }
+        }
+    }
+
+    /// Runs a statement and returns how many rows it affected.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        values: &Values,
+        columns: Option<&[&str]>,
+    ) -> Result<u64> {
+        match self.mode {
+            StatementMode::Prepared => {
+                self.record(sql);
+                let binds = binds(&values.0, columns);
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+                let stmt = self.statement(sql).await?;
+                self.count();
+                Ok(self.client.execute(&stmt, &params).await?)
+            }
+            // query_typed returns rows, not the affected count: a DML statement without
+            // RETURNING is counted through a wrapping CTE.
+            StatementMode::Unnamed => {
+                let head = sql.trim_start().get(..6).unwrap_or("").to_ascii_uppercase();
+                let dml = matches!(head.as_str(), "INSERT" | "UPDATE" | "DELETE");
+                if dml && !sql.to_ascii_uppercase().contains(" RETURNING ") {
+                    let counted = format!(
+                        "WITH affected AS ({sql} RETURNING 1) SELECT count(*) FROM affected"
+                    );
+                    let rows = self.query(&counted, values, columns).await?;
+                    let n: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+                    return Ok(u64::try_from(n).unwrap_or(0));
+                }
+                Ok(self.query(sql, values, columns).await?.len() as u64)
+            }
+        }
+    }
+
+    /// Runs SQL text without parameters (BEGIN, COMMIT, SAVEPOINT, DDL) in one round trip.
+    pub async fn batch(&self, sql: &str) -> Result<()> {
+        self.record(sql);
+        self.count();
+        Ok(self.client.batch_execute(sql).await?)
+    }
+}
+
+fn binds<'a>(values: &'a [Value], columns: Option<&'a [&'a str]>) -> Vec<Bind<'a>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Bind::new(v, i + 1, columns.and_then(|c| c.get(i).copied())))
+        .collect()
+}

@@ -1,0 +1,188 @@
+//! The one error type, with kinds a caller can match on.
+
+use std::fmt;
+
+/// The result of every fallible operation in actor-orm.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. Match on the variant; the database's own details are in [`DbError`].
+#[derive(Debug, derive_more::Display, derive_more::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server rejected a statement: SQLSTATE, message, constraint.
+    #[display("{_0}")]
+    Database(#[error(not(source))] Box<DbError>),
+    /// The connection to the server is gone (closed socket, terminated backend, class 08).
+    #[display("connection to the database lost: {reason}")]
+    ConnectionLost {
+        /// What the client or server said.
+        #[error(not(source))]
+        reason: String,
+    },
+    /// A row that had to exist does not.
+    #[display("no {table} row with key {key}")]
+    NotFound {
+        /// The table.
+        #[error(not(source))]
+        table: String,
+        /// The key looked for, as text.
+        key: String,
+    },
+    /// An optimistic-lock check failed: the row changed (or vanished) since it was loaded.
+    #[display(
+        "stale {table} row with key {key}: it was changed or deleted by someone else since it was loaded (expected version {expected_version})"
+    )]
+    Stale {
+        /// The table.
+        #[error(not(source))]
+        table: String,
+        /// The key of the row.
+        key: String,
+        /// The version this session had loaded.
+        expected_version: i64,
+    },
+    /// A value or a column does not have the type the other side needs.
+    #[display("type mismatch for {column}: expected {expected}, found {found}")]
+    TypeMismatch {
+        /// The column (or `$n` for a bound parameter).
+        #[error(not(source))]
+        column: String,
+        /// What was needed.
+        expected: String,
+        /// What was there.
+        found: String,
+    },
+    /// A value that can never be stored: the input is at fault, nothing was sent.
+    #[display("invalid input: {_0}")]
+    InvalidInput(#[error(not(source))] String),
+    /// A statement failed earlier in this transaction; PostgreSQL ignores everything until it is
+    /// rolled back (or rolled back to a savepoint).
+    #[display(
+        "the current transaction is aborted after an earlier error: roll it back (or roll back to a savepoint) first"
+    )]
+    TransactionAborted,
+    /// The session has ended and takes no more work.
+    #[display("the session is closed")]
+    SessionClosed,
+}
+
+impl Error {
+    /// The SQLSTATE of a database error, e.g. `"23505"` for a unique violation.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Database(db) => Some(&db.code),
+            _ => None,
+        }
+    }
+
+    /// The database error's details, if this is one.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        match self {
+            Error::Database(db) => Some(db),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection this error came from can no longer be used.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::ConnectionLost { .. })
+    }
+
+    pub(crate) fn mismatch(
+        column: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Error {
+        Error::TypeMismatch {
+            column: column.into(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+}
+
+/// An error reported by the PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DbError {
+    /// SQLSTATE, five characters.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// The detail line, when the server gave one.
+    pub detail: Option<String>,
+    /// The constraint violated, if any.
+    pub constraint: Option<String>,
+    /// The table concerned, if any.
+    pub table: Option<String>,
+    /// The column concerned, if any.
+    pub column: Option<String>,
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database error {}: {}", self.code, self.message)?;
+        if let Some(c) = &self.constraint {
+            write!(f, " (constraint {c})")?;
+        }
+        if let Some(d) = &self.detail {
+            write!(f, "; {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// SQLSTATE class 08 and the admin-shutdown codes mean the connection is unusable.
+fn is_connection_class(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code().to_owned();
+            if is_connection_class(&code) {
+                return Error::ConnectionLost {
+                    reason: format!("{}: {}", code, db.message()),
+                };
+            }
+            return Error::Database(Box::new(DbError {
+                code,
+                message: db.message().to_owned(),
+                detail: db.detail().map(str::to_owned),
+                constraint: db.constraint().map(str::to_owned),
+                table: db.table().map(str::to_owned),
+                column: db.column().map(str::to_owned),
+            }));
+        }
+        // A value we refused to encode: the source is our own typed error.
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(bind) = s.downcast_ref::<crate::bind::BindError>() {
+                return bind.clone().into_error();
+            }
+            source = s.source();
+        }
+        if e.is_closed() || source_is_io(&e) {
+            return Error::ConnectionLost {
+                reason: e.to_string(),
+            };
+        }
+        let text = e.to_string();
+        if text.contains("error deserializing") || text.contains("cannot convert") {
+            return Error::mismatch("a column", "a decodable value", text);
+        }
+        Error::ConnectionLost { reason: text }
+    }
+}
+
+fn source_is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}

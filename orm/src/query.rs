@@ -1,0 +1,497 @@
+//! Typed queries over sea-query: filters, ordering, joins, projections and aggregates.
+
+use std::marker::PhantomData;
+
+use sea_query::{
+    Expr, ExprTrait as _, Func, JoinType, PostgresQueryBuilder, Query, SelectStatement, Value,
+    Values,
+};
+use tokio_postgres::Row;
+
+use crate::error::Result;
+use crate::model::{Column, Model};
+use crate::types::ColumnValue;
+
+/// A boolean condition for WHERE, ON and HAVING; combine with [`and`](Filter::and),
+/// [`or`](Filter::or) and [`not`](Filter::not).
+#[derive(Debug, Clone)]
+pub struct Filter(pub(crate) Expr);
+
+impl Filter {
+    /// Both conditions.
+    pub fn and(self, other: Filter) -> Filter {
+        Filter(self.0.and(other.0))
+    }
+    /// Either condition.
+    pub fn or(self, other: Filter) -> Filter {
+        Filter(self.0.or(other.0))
+    }
+    /// The negation.
+    #[allow(clippy::should_implement_trait)]
+    pub fn not(self) -> Filter {
+        Filter(self.0.not())
+    }
+    /// All of these conditions (TRUE when empty).
+    pub fn all(filters: impl IntoIterator<Item = Filter>) -> Filter {
+        filters
+            .into_iter()
+            .reduce(Filter::and)
+            .unwrap_or(Filter::constant(true))
+    }
+    /// Any of these conditions (FALSE when empty).
+    pub fn any(filters: impl IntoIterator<Item = Filter>) -> Filter {
+        filters
+            .into_iter()
+            .reduce(Filter::or)
+            .unwrap_or(Filter::constant(false))
+    }
+    /// TRUE or FALSE as SQL keywords (a bound boolean would leave its type to inference).
+    pub(crate) fn constant(value: bool) -> Filter {
+        Filter(Expr::cust(if value { "TRUE" } else { "FALSE" }))
+    }
+    /// A condition from a sea-query expression, for what the typed columns do not cover.
+    pub fn from_expr(expr: Expr) -> Filter {
+        Filter(expr)
+    }
+}
+
+/// An ORDER BY term.
+#[derive(Debug, Clone)]
+pub struct Ordering {
+    expr: Expr,
+    order: sea_query::Order,
+}
+
+impl Ordering {
+    pub(crate) fn new(expr: Expr, order: sea_query::Order) -> Self {
+        Ordering { expr, order }
+    }
+}
+
+/// A SELECT of whole models of type `M`. Start with `M::query()` (or [`Select::new`]).
+#[derive(Debug, Clone)]
+pub struct Select<M> {
+    pub(crate) stmt: SelectStatement,
+    _model: PhantomData<fn() -> M>,
+}
+
+impl<M: Model> Default for Select<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn select_columns<M: Model>(stmt: &mut SelectStatement) {
+    let meta = M::meta();
+    for i in 0..meta.columns.len() {
+        stmt.expr(meta.column_expr(i));
+    }
+}
+
+impl<M: Model> Select<M> {
+    /// Every row of `M`'s table.
+    pub fn new() -> Self {
+        let mut stmt = Query::select();
+        select_columns::<M>(&mut stmt);
+        stmt.from(M::meta().table_ref());
+        Select {
+            stmt,
+            _model: PhantomData,
+        }
+    }
+
+    /// Keeps the rows matching `filter` (ANDed with earlier filters).
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.stmt.and_where(filter.0);
+        self
+    }
+
+    /// Orders by a column (`User::NAME.asc()`); later calls break ties.
+    pub fn order_by(mut self, ordering: Ordering) -> Self {
+        self.stmt.order_by_expr(ordering.expr, ordering.order);
+        self
+    }
+
+    /// At most `n` rows.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.stmt.limit(n);
+        self
+    }
+
+    /// Skips the first `n` rows.
+    pub fn offset(mut self, n: u64) -> Self {
+        self.stmt.offset(n);
+        self
+    }
+
+    /// Inner-joins `N` on `on`; filters may then use `N`'s columns.
+    pub fn inner_join<N: Model>(mut self, on: Filter) -> Self {
+        self.stmt
+            .join(JoinType::InnerJoin, N::meta().table_ref(), on.0);
+        self
+    }
+
+    /// Left-joins `N` on `on`; filters may then use `N`'s columns.
+    pub fn left_join<N: Model>(mut self, on: Filter) -> Self {
+        self.stmt
+            .join(JoinType::LeftJoin, N::meta().table_ref(), on.0);
+        self
+    }
+
+    /// Also returns the joined `N` of each row: `(M, Option<N>)`, `None` where a left join found
+    /// nothing. `N` must have been joined.
+    pub fn with<N: Model>(mut self) -> SelectPair<M, N> {
+        select_columns::<N>(&mut self.stmt);
+        SelectPair {
+            stmt: self.stmt,
+            _models: PhantomData,
+        }
+    }
+
+    /// Returns chosen columns or aggregates instead of models: a column, an [`Aggregate`] or a
+    /// tuple of them (up to four).
+    pub fn select<S: Selection>(mut self, selection: S) -> Project<S> {
+        self.stmt.clear_selects();
+        selection.add_to(&mut self.stmt);
+        Project {
+            stmt: self.stmt,
+            selection,
+        }
+    }
+
+    /// `SELECT COUNT(*)` over this query.
+    pub fn count_statement(&self) -> SelectStatement {
+        let mut inner = self.stmt.clone();
+        inner.clear_order_by();
+        Query::select()
+            .expr(Func::count(Expr::col(sea_query::Asterisk)))
+            .from_subquery(inner, "counted")
+            .to_owned()
+    }
+
+    /// `SELECT EXISTS (…)` over this query.
+    pub fn exists_statement(&self) -> SelectStatement {
+        let mut inner = self.stmt.clone();
+        inner.clear_order_by();
+        Query::select().expr(Expr::exists(inner)).to_owned()
+    }
+
+    /// The SQL and its bound values.
+    pub fn build(&self) -> (String, Values) {
+        self.stmt.build(PostgresQueryBuilder)
+    }
+
+    /// The underlying sea-query statement.
+    pub fn statement(&self) -> &SelectStatement {
+        &self.stmt
+    }
+}
+
+/// A SELECT returning pairs of models, from [`Select::with`].
+#[derive(Debug, Clone)]
+pub struct SelectPair<M, N> {
+    pub(crate) stmt: SelectStatement,
+    _models: PhantomData<fn() -> (M, N)>,
+}
+
+impl<M: Model, N: Model> SelectPair<M, N> {
+    /// The SQL and its bound values.
+    pub fn build(&self) -> (String, Values) {
+        self.stmt.build(PostgresQueryBuilder)
+    }
+
+    /// Decodes one row: `M`'s columns first, then `N`'s (all NULL for a missing left-join row).
+    pub fn decode(row: &Row) -> Result<(M, Option<N>)> {
+        let m_len = M::meta().columns.len();
+        let n_len = N::meta().columns.len();
+        let m_pos: Vec<usize> = (0..m_len).collect();
+        let n_pos: Vec<usize> = (m_len..m_len + n_len).collect();
+        let m = M::from_row(row, &m_pos)?;
+        let missing = N::meta().key_columns().all(|(i, _)| {
+            row.try_get::<_, crate::types::RawNull>(m_len + i)
+                .is_ok_and(|n| n.0)
+        });
+        let n = if missing {
+            None
+        } else {
+            Some(N::from_row(row, &n_pos)?)
+        };
+        Ok((m, n))
+    }
+}
+
+/// What a projection returns: a column, an aggregate, or a tuple of them.
+pub trait Selection: Send + 'static {
+    /// What one row decodes to.
+    type Output: Send + 'static;
+    /// Adds the expressions to the SELECT list.
+    fn add_to(&self, stmt: &mut SelectStatement);
+    /// How many result columns this takes.
+    fn width(&self) -> usize;
+    /// Decodes the columns starting at `offset`.
+    fn decode(&self, row: &Row, offset: usize) -> Result<Self::Output>;
+}
+
+impl<M: Model, T: ColumnValue> Selection for Column<M, T> {
+    type Output = T;
+    fn add_to(&self, stmt: &mut SelectStatement) {
+        stmt.expr(self.expr());
+    }
+    fn width(&self) -> usize {
+        1
+    }
+    fn decode(&self, row: &Row, offset: usize) -> Result<T> {
+        T::decode(row, offset, self.meta().name)
+    }
+}
+
+/// An aggregate or other computed expression with a known result type.
+#[derive(Debug, Clone)]
+pub struct Aggregate<T> {
+    expr: Expr,
+    label: &'static str,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: ColumnValue> Aggregate<T> {
+    /// A computed expression read back as `T`.
+    pub fn new(expr: Expr, label: &'static str) -> Self {
+        Aggregate {
+            expr,
+            label,
+            _t: PhantomData,
+        }
+    }
+    /// The expression, e.g. for HAVING: `count_all().expr().gt(1)`.
+    pub fn expr(&self) -> Expr {
+        self.expr.clone()
+    }
+    /// `aggregate > value`, for HAVING.
+    pub fn gt(&self, v: impl crate::model::ValueFor<T>) -> Filter {
+        Filter(self.expr.clone().gt(v.into_value()))
+    }
+    /// `aggregate = value`, for HAVING.
+    pub fn eq(&self, v: impl crate::model::ValueFor<T>) -> Filter {
+        Filter(self.expr.clone().eq(v.into_value()))
+    }
+    /// Ascending order by this aggregate.
+    pub fn asc(&self) -> Ordering {
+        Ordering::new(self.expr.clone(), sea_query::Order::Asc)
+    }
+    /// Descending order by this aggregate.
+    pub fn desc(&self) -> Ordering {
+        Ordering::new(self.expr.clone(), sea_query::Order::Desc)
+    }
+}
+
+impl<T: ColumnValue> Selection for Aggregate<T> {
+    type Output = T;
+    fn add_to(&self, stmt: &mut SelectStatement) {
+        stmt.expr(self.expr.clone());
+    }
+    fn width(&self) -> usize {
+        1
+    }
+    fn decode(&self, row: &Row, offset: usize) -> Result<T> {
+        T::decode(row, offset, self.label)
+    }
+}
+
+/// `COUNT(*)`
+pub fn count_all() -> Aggregate<i64> {
+    Aggregate::new(
+        Func::count(Expr::col(sea_query::Asterisk)).into(),
+        "count(*)",
+    )
+}
+
+fn cast(expr: Expr, ty: &str) -> Expr {
+    Expr::cust_with_expr(format!("CAST($1 AS {ty})"), expr)
+}
+
+impl<M: Model, T: ColumnValue> Column<M, T> {
+    /// `COUNT(column)`: non-NULL values.
+    pub fn count(self) -> Aggregate<i64> {
+        Aggregate::new(Func::count(self.expr()).into(), "count")
+    }
+    /// `MAX(column)`, NULL over no rows.
+    pub fn max(self) -> Aggregate<Option<T>>
+    where
+        Option<T>: ColumnValue,
+    {
+        Aggregate::new(Func::max(self.expr()).into(), "max")
+    }
+    /// `MIN(column)`, NULL over no rows.
+    pub fn min(self) -> Aggregate<Option<T>>
+    where
+        Option<T>: ColumnValue,
+    {
+        Aggregate::new(Func::min(self.expr()).into(), "min")
+    }
+    /// `SUM(column)` as bigint (for integer columns), NULL over no rows.
+    pub fn sum_i64(self) -> Aggregate<Option<i64>> {
+        Aggregate::new(cast(Func::sum(self.expr()).into(), "bigint"), "sum")
+    }
+    /// `SUM(column)` as double precision, NULL over no rows.
+    pub fn sum_f64(self) -> Aggregate<Option<f64>> {
+        Aggregate::new(
+            cast(Func::sum(self.expr()).into(), "double precision"),
+            "sum",
+        )
+    }
+    /// `AVG(column)` as double precision, NULL over no rows.
+    pub fn avg(self) -> Aggregate<Option<f64>> {
+        Aggregate::new(
+            cast(Func::avg(self.expr()).into(), "double precision"),
+            "avg",
+        )
+    }
+}
+
+macro_rules! tuple_selection {
+    ($($name:ident $idx:tt),+) => {
+        impl<$($name: Selection),+> Selection for ($($name,)+) {
+            type Output = ($($name::Output,)+);
+            fn add_to(&self, stmt: &mut SelectStatement) {
+                $(self.$idx.add_to(stmt);)+
+            }
+            fn width(&self) -> usize {
+                0 $(+ self.$idx.width())+
+            }
+            fn decode(&self, row: &Row, offset: usize) -> Result<Self::Output> {
+                let mut at = offset;
+                Ok(($({
+                    let v = self.$idx.decode(row, at)?;
+                    at += self.$idx.width();
+                    let _ = at;
+                    v
+                },)+))
+            }
+        }
+    };
+}
+tuple_selection!(A 0, B 1);
+tuple_selection!(A 0, B 1, C 2);
+tuple_selection!(A 0, B 1, C 2, D 3);
+
+/// A SELECT of columns and aggregates, from [`Select::select`].
+#[derive(Debug, Clone)]
+pub struct Project<S> {
+    pub(crate) stmt: SelectStatement,
+    pub(crate) selection: S,
+}
+
+impl<S: Selection> Project<S> {
+    /// GROUP BY a column.
+    pub fn group_by<N: Model, T: ColumnValue>(mut self, column: Column<N, T>) -> Self {
+        self.stmt.add_group_by([column.expr()]);
+        self
+    }
+    /// HAVING a condition on the groups.
+    pub fn having(mut self, filter: Filter) -> Self {
+        self.stmt.and_having(filter.0);
+        self
+    }
+    /// ORDER BY.
+    pub fn order_by(mut self, ordering: Ordering) -> Self {
+        self.stmt.order_by_expr(ordering.expr, ordering.order);
+        self
+    }
+    /// LIMIT.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.stmt.limit(n);
+        self
+    }
+    /// The SQL and its bound values.
+    pub fn build(&self) -> (String, Values) {
+        self.stmt.build(PostgresQueryBuilder)
+    }
+}
+
+/// An UPDATE of every row of `M` matching a filter, bypassing the identity map (which forgets
+/// `M`'s rows when it runs).
+#[derive(Debug, Clone)]
+pub struct UpdateWhere<M> {
+    pub(crate) sets: Vec<(usize, Value)>,
+    pub(crate) filter: Option<Filter>,
+    _m: PhantomData<fn() -> M>,
+}
+
+impl<M: Model> Default for UpdateWhere<M> {
+    fn default() -> Self {
+        UpdateWhere {
+            sets: Vec::new(),
+            filter: None,
+            _m: PhantomData,
+        }
+    }
+}
+
+impl<M: Model> UpdateWhere<M> {
+    /// `SET column = value`.
+    pub fn set<T: ColumnValue>(
+        mut self,
+        column: Column<M, T>,
+        value: impl crate::model::ValueFor<T>,
+    ) -> Self {
+        self.sets.push((column.index(), value.into_value()));
+        self
+    }
+    /// Only rows matching `filter`.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = Some(match self.filter.take() {
+            Some(f) => f.and(filter),
+            None => filter,
+        });
+        self
+    }
+    /// The SQL and its bound values; values are checked against their columns first.
+    pub fn build(&self) -> Result<(String, Values)> {
+        let meta = M::meta();
+        let mut stmt = Query::update();
+        stmt.table(meta.table_ref());
+        for (i, v) in &self.sets {
+            let col = &meta.columns[*i];
+            stmt.value(col.name, col.sql_type.coerce(v.clone(), col.name)?);
+        }
+        if let Some(f) = &self.filter {
+            stmt.and_where(f.0.clone());
+        }
+        Ok(stmt.build(PostgresQueryBuilder))
+    }
+}
+
+/// A DELETE of every row of `M` matching a filter, bypassing the identity map (which forgets
+/// `M`'s rows when it runs).
+#[derive(Debug, Clone)]
+pub struct DeleteWhere<M> {
+    pub(crate) filter: Filter,
+    _m: PhantomData<fn() -> M>,
+}
+
+impl<M: Model> DeleteWhere<M> {
+    /// Rows matching `filter`.
+    pub fn new(filter: Filter) -> Self {
+        DeleteWhere {
+            filter,
+            _m: PhantomData,
+        }
+    }
+    /// The SQL and its bound values.
+    pub fn build(&self) -> (String, Values) {
+        let mut stmt = Query::delete();
+        stmt.from_table(M::meta().table_ref())
+            .and_where(self.filter.0.clone());
+        stmt.build(PostgresQueryBuilder)
+    }
+}
+
+/// What an upsert does when the key already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnConflict {
+    /// Overwrite every non-key column with the new values.
+    UpdateAll,
+    /// Keep the existing row.
+    DoNothing,
+}

@@ -1,0 +1,667 @@
+//! Everything a session does over one connection: the identity map, the unit of work and the
+//! transaction, with no actors. The session actor owns one [`SessionState`] and drives it.
+
+use sea_query::{PostgresQueryBuilder, Value, Values};
+use tokio_postgres::Row;
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::identity::IdentityMap;
+use crate::model::{IntoKey, Key, Model};
+use crate::query::{DeleteWhere, OnConflict, Project, Select, SelectPair, Selection, UpdateWhere};
+use crate::unit_of_work::{self, Op, Pending, UnitOfWork};
+
+/// Where the session's transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TxState {
+    /// No transaction open; the next statement begins one.
+    #[default]
+    Idle,
+    /// A transaction is open.
+    Active,
+    /// A statement failed: PostgreSQL ignores everything until ROLLBACK (or ROLLBACK TO).
+    Failed,
+}
+
+/// A savepoint inside the session's transaction, from [`SessionState::savepoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Savepoint {
+    id: u32,
+    pending_len: usize,
+}
+
+/// The state of one session: identity map, unit of work and transaction.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    identity: IdentityMap,
+    work: UnitOfWork,
+    tx: TxState,
+    savepoints: Vec<Savepoint>,
+    next_savepoint: u32,
+}
+
+impl SessionState {
+    /// A fresh session: nothing loaded, nothing pending, no transaction.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where the transaction stands.
+    pub fn tx_state(&self) -> TxState {
+        self.tx
+    }
+
+    /// The identity map.
+    pub fn identity_map(&self) -> &IdentityMap {
+        &self.identity
+    }
+
+    /// How many changes wait for the next flush.
+    pub fn pending(&self) -> usize {
+        self.work.len()
+    }
+
+    // ----- transactions -----
+
+    async fn begin_if_needed(&mut self, conn: &Connection) -> Result<()> {
+        match self.tx {
+            TxState::Active => Ok(()),
+            TxState::Failed => Err(Error::TransactionAborted),
+            TxState::Idle => {
+                conn.batch("BEGIN").await?;
+                self.tx = TxState::Active;
+                Ok(())
+            }
+        }
+    }
+
+    /// Notes a failed statement: the server has aborted the transaction unless nothing was sent.
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && matches!(e, Error::Database(_) | Error::ConnectionLost { .. })
+            && self.tx == TxState::Active
+        {
+            self.tx = TxState::Failed;
+        }
+        result
+    }
+
+    async fn run_query(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        values: &Values,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<Row>> {
+        self.begin_if_needed(conn).await?;
+        let r = conn.query(sql, values, columns).await;
+        self.note(r)
+    }
+
+    async fn run_execute(&mut self, conn: &Connection, sql: &str, values: &Values) -> Result<u64> {
+        self.begin_if_needed(conn).await?;
+        let r = conn.execute(sql, values, None).await;
+        self.note(r)
+    }
+
+    /// Flushes, then commits. A transaction that had failed is rolled back and reported.
+    pub async fn commit(&mut self, conn: &Connection) -> Result<()> {
+        if self.tx != TxState::Failed {
+            self.flush(conn).await?;
+        }
+        match self.tx {
+            TxState::Idle => {
+                // Nothing was ever sent: nothing to commit.
+                self.reset_after_transaction();
+                Ok(())
+            }
+            TxState::Active => {
+                let r = conn.batch("COMMIT").await;
+                // Whether COMMIT succeeded or failed, the transaction is over.
+                self.reset_after_transaction();
+                r
+            }
+            TxState::Failed => {
+                let r = conn.batch("ROLLBACK").await;
+                self.reset_after_transaction();
+                r.and(Err(Error::TransactionAborted))
+            }
+        }
+    }
+
+    /// Rolls back the transaction and drops every pending change.
+    pub async fn rollback(&mut self, conn: &Connection) -> Result<()> {
+        let r = if self.tx == TxState::Idle {
+            Ok(())
+        } else {
+            conn.batch("ROLLBACK").await
+        };
+        self.reset_after_transaction();
+        r
+    }
+
+    fn reset_after_transaction(&mut self) {
+        self.tx = TxState::Idle;
+        self.work.clear();
+        // Rows may change once the transaction is over: load them again.
+        self.identity.clear();
+        self.savepoints.clear();
+    }
+
+    /// Forgets the transaction without talking to the server (the connection is gone or will be
+    /// reset by its owner).
+    pub fn abandon(&mut self) {
+        self.reset_after_transaction();
+    }
+
+    /// Flushes pending changes, then sets a savepoint.
+    pub async fn savepoint(&mut self, conn: &Connection) -> Result<Savepoint> {
+        self.flush(conn).await?;
+        self.begin_if_needed(conn).await?;
+        self.next_savepoint += 1;
+        let sp = Savepoint {
+            id: self.next_savepoint,
+            pending_len: self.work.len(),
+        };
+        let r = conn
+            .batch(&format!("SAVEPOINT actor_orm_sp_{}", sp.id))
+            .await;
+        self.note(r)?;
+        self.savepoints.push(sp);
+        Ok(sp)
+    }
+
+    /// Undoes everything since `sp` (which stays usable); clears a failed transaction's error.
+    pub async fn rollback_to(&mut self, conn: &Connection, sp: Savepoint) -> Result<()> {
+        let Some(pos) = self.savepoints.iter().position(|s| *s == sp) else {
+            return Err(Error::InvalidInput(format!(
+                "savepoint {} is not active in this transaction",
+                sp.id
+            )));
+        };
+        conn.batch(&format!("ROLLBACK TO SAVEPOINT actor_orm_sp_{}", sp.id))
+            .await?;
+        self.savepoints.truncate(pos + 1);
+        self.work.truncate(sp.pending_len);
+        self.identity.clear();
+        self.tx = TxState::Active;
+        Ok(())
+    }
+
+    /// Keeps everything since `sp` and forgets the savepoint.
+    pub async fn release(&mut self, conn: &Connection, sp: Savepoint) -> Result<()> {
+        let Some(pos) = self.savepoints.iter().position(|s| *s == sp) else {
+            return Err(Error::InvalidInput(format!(
+                "savepoint {} is not active in this transaction",
+                sp.id
+            )));
+        };
+        let r = conn
+            .batch(&format!("RELEASE SAVEPOINT actor_orm_sp_{}", sp.id))
+            .await;
+        self.note(r)?;
+        self.savepoints.truncate(pos);
+        Ok(())
+    }
+
+    // ----- reads -----
+
+    /// The row of `M` with this key: from the identity map when loaded, else one SELECT.
+    pub async fn get<M: Model>(
+        &mut self,
+        conn: &Connection,
+        key: impl IntoKey<M>,
+    ) -> Result<Option<M>> {
+        let key_values = key.into_key_values();
+        let key = Key::new(key_values.clone());
+        self.flush(conn).await?;
+        if let Some(hit) = self.identity.get::<M>(&key) {
+            return Ok(Some(hit.clone()));
+        }
+        let (sql, values) = unit_of_work::build_get(M::meta(), &key_values);
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        match rows.first() {
+            Some(row) => Ok(Some(self.remember::<M>(row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The rows of `M` with these keys, in the keys' order, skipping missing ones: identity-map
+    /// hits cost nothing, the rest come in one SELECT … IN.
+    pub async fn get_many<M: Model, K: IntoKey<M>>(
+        &mut self,
+        conn: &Connection,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<M>> {
+        self.flush(conn).await?;
+        let keys: Vec<Vec<Value>> = keys.into_iter().map(IntoKey::into_key_values).collect();
+        let missing: Vec<&Vec<Value>> = keys
+            .iter()
+            .filter(|k| self.identity.get::<M>(&Key::new((*k).clone())).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let meta = M::meta();
+            let key_cols: Vec<usize> = meta.key_columns().map(|(i, _)| i).collect();
+            let select = if let [single] = key_cols.as_slice() {
+                let mut stmt = Select::<M>::new();
+                use sea_query::ExprTrait as _;
+                stmt.stmt.and_where(
+                    meta.column_expr(*single)
+                        .is_in(missing.iter().map(|k| k[0].clone())),
+                );
+                stmt
+            } else {
+                let mut stmt = Select::<M>::new();
+                use sea_query::ExprTrait as _;
+                let tuples: Vec<sea_query::Expr> = missing
+                    .iter()
+                    .map(|k| {
+                        sea_query::Expr::tuple(k.iter().map(|v| sea_query::Expr::val(v.clone())))
+                    })
+                    .collect();
+                stmt.stmt.and_where(
+                    sea_query::Expr::tuple(key_cols.iter().map(|i| meta.column_expr(*i)))
+                        .is_in(tuples),
+                );
+                stmt
+            };
+            self.all(conn, select).await?;
+        }
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| self.identity.get::<M>(&Key::new(k)).cloned())
+            .collect())
+    }
+
+    fn remember<M: Model>(&mut self, row: &Row) -> Result<M> {
+        let positions: Vec<usize> = (0..M::meta().columns.len()).collect();
+        let model = M::from_row(row, &positions)?;
+        self.identity.insert(model.key()?, model.clone());
+        Ok(model)
+    }
+
+    /// Every model the query returns (pending changes are flushed first).
+    pub async fn all<M: Model>(&mut self, conn: &Connection, select: Select<M>) -> Result<Vec<M>> {
+        self.flush(conn).await?;
+        let (sql, values) = select.build();
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        rows.iter().map(|r| self.remember::<M>(r)).collect()
+    }
+
+    /// The first model the query returns, if any.
+    pub async fn first<M: Model>(
+        &mut self,
+        conn: &Connection,
+        select: Select<M>,
+    ) -> Result<Option<M>> {
+        Ok(self.all(conn, select.limit(1)).await?.into_iter().next())
+    }
+
+    /// Pairs from a join: `(M, Option<N>)`.
+    pub async fn all_pairs<M: Model, N: Model>(
+        &mut self,
+        conn: &Connection,
+        select: SelectPair<M, N>,
+    ) -> Result<Vec<(M, Option<N>)>> {
+        self.flush(conn).await?;
+        let (sql, values) = select.build();
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        rows.iter().map(SelectPair::<M, N>::decode).collect()
+    }
+
+    /// Rows of a projection: columns, aggregates or tuples of them.
+    pub async fn project<S: Selection>(
+        &mut self,
+        conn: &Connection,
+        project: Project<S>,
+    ) -> Result<Vec<S::Output>> {
+        self.flush(conn).await?;
+        let (sql, values) = project.build();
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        rows.iter()
+            .map(|r| project.selection.decode(r, 0))
+            .collect()
+    }
+
+    /// How many rows the query matches.
+    pub async fn count<M: Model>(&mut self, conn: &Connection, select: &Select<M>) -> Result<i64> {
+        self.flush(conn).await?;
+        let (sql, values) = select.count_statement().build(PostgresQueryBuilder);
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        rows.first()
+            .map(|r| crate::types::decode_required::<i64>(r, 0, "count"))
+            .unwrap_or(Ok(0))
+    }
+
+    /// Whether the query matches any row.
+    pub async fn exists<M: Model>(
+        &mut self,
+        conn: &Connection,
+        select: &Select<M>,
+    ) -> Result<bool> {
+        self.flush(conn).await?;
+        let (sql, values) = select.exists_statement().build(PostgresQueryBuilder);
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        rows.first()
+            .map(|r| crate::types::decode_required::<bool>(r, 0, "exists"))
+            .unwrap_or(Ok(false))
+    }
+
+    // ----- writes -----
+
+    /// Queues an INSERT, sent at the next flush (or query, or commit).
+    pub fn add<M: Model>(&mut self, model: M) -> Result<()> {
+        // Refuse bad values now, while the caller can still fix them, not at flush time.
+        let values = model.values()?;
+        for (col, v) in M::meta().columns.iter().zip(values) {
+            col.sql_type.coerce(v, col.name)?;
+        }
+        self.work.ops.push(Op::Insert(Box::new(model)));
+        Ok(())
+    }
+
+    /// Inserts now and returns the stored row, with generated keys and defaults filled in.
+    pub async fn insert<M: Model>(&mut self, conn: &Connection, model: M) -> Result<M> {
+        self.flush(conn).await?;
+        self.write_one(conn, model, None).await
+    }
+
+    /// INSERT … ON CONFLICT (key) DO UPDATE / DO NOTHING; returns the stored row (`None` when
+    /// DO NOTHING kept an existing row).
+    pub async fn upsert<M: Model>(
+        &mut self,
+        conn: &Connection,
+        model: M,
+        on_conflict: OnConflict,
+    ) -> Result<Option<M>> {
+        self.flush(conn).await?;
+        match self.write_one(conn, model, Some(on_conflict)).await {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_one<M: Model>(
+        &mut self,
+        conn: &Connection,
+        model: M,
+        on_conflict: Option<OnConflict>,
+    ) -> Result<M> {
+        let built = unit_of_work::build_insert(M::meta(), &[&model as &dyn Pending], on_conflict)?;
+        let rows = self
+            .run_query(conn, &built.sql, &built.values, Some(&built.columns))
+            .await?;
+        match rows.first() {
+            Some(row) => self.remember::<M>(row),
+            None => Err(Error::NotFound {
+                table: M::meta().table.into(),
+                key: "(conflicting row kept)".into(),
+            }),
+        }
+    }
+
+    /// Queues an UPDATE of the columns that differ from the row as loaded; nothing when nothing
+    /// changed. A model not loaded in this session has every non-key column written.
+    pub fn save<M: Model>(&mut self, model: M) -> Result<()> {
+        let meta = M::meta();
+        let key = model.key()?;
+        let values = model.values()?;
+        let (columns, expected_version) = match self.identity.get::<M>(&key) {
+            Some(snapshot) => {
+                let before = snapshot.values()?;
+                let changed: Vec<usize> = (0..meta.columns.len())
+                    .filter(|i| !meta.columns[*i].primary_key && !meta.columns[*i].version)
+                    .filter(|i| values[*i] != before[*i])
+                    .collect();
+                let version = meta
+                    .version_column()
+                    .and_then(|(i, _)| unit_of_work::version_of(&before[i]));
+                (changed, version)
+            }
+            None => {
+                let all: Vec<usize> = (0..meta.columns.len())
+                    .filter(|i| !meta.columns[*i].primary_key && !meta.columns[*i].version)
+                    .collect();
+                let version = meta
+                    .version_column()
+                    .and_then(|(i, _)| unit_of_work::version_of(&values[i]));
+                (all, version)
+            }
+        };
+        if columns.is_empty() {
+            return Ok(());
+        }
+        for &i in &columns {
+            meta.columns[i]
+                .sql_type
+                .coerce(values[i].clone(), meta.columns[i].name)?;
+        }
+        self.work.push_update(Op::Update {
+            model: Box::new(model),
+            key,
+            columns,
+            expected_version,
+        });
+        Ok(())
+    }
+
+    /// Queues a DELETE of this row (checking its version, if the model has one).
+    pub fn delete<M: Model>(&mut self, model: &M) -> Result<()> {
+        let meta = M::meta();
+        let values = model.values()?;
+        let key_values: Vec<Value> = meta.key_columns().map(|(i, _)| values[i].clone()).collect();
+        let key = Key::new(key_values.clone());
+        let loaded = self
+            .identity
+            .get::<M>(&key)
+            .map(|m| m.values())
+            .transpose()?;
+        let expected_version = meta
+            .version_column()
+            .and_then(|(i, _)| unit_of_work::version_of(&loaded.as_ref().unwrap_or(&values)[i]));
+        self.work.ops.push(Op::Delete {
+            meta,
+            key,
+            key_values,
+            expected_version,
+        });
+        Ok(())
+    }
+
+    /// Sends every pending change, parents before children, in as few statements as it can.
+    pub async fn flush(&mut self, conn: &Connection) -> Result<()> {
+        if self.work.is_empty() {
+            return Ok(());
+        }
+        self.begin_if_needed(conn).await?;
+        let ops = self.work.take_ordered();
+        let result = self.send(conn, ops).await;
+        self.note(result)
+    }
+
+    async fn send(&mut self, conn: &Connection, ops: Vec<Op>) -> Result<()> {
+        let mut i = 0;
+        while i < ops.len() {
+            match &ops[i] {
+                Op::Insert(_) => {
+                    // A run of inserts goes out as multi-row statements.
+                    let start = i;
+                    while i < ops.len() && matches!(ops[i], Op::Insert(_)) {
+                        i += 1;
+                    }
+                    let run: Vec<&dyn Pending> = ops[start..i]
+                        .iter()
+                        .filter_map(|o| {
+                            if let Op::Insert(m) = o {
+                                Some(m.as_ref())
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
+                    for batch in batches(&run) {
+                        let built = unit_of_work::build_insert(batch[0].meta(), &batch, None)?;
+                        let rows = conn
+                            .query(&built.sql, &built.values, Some(&built.columns))
+                            .await?;
+                        for (model, row) in batch.iter().zip(rows.iter()) {
+                            model.remember(row, &mut self.identity)?;
+                        }
+                    }
+                    continue;
+                }
+                Op::Update {
+                    model,
+                    key,
+                    columns,
+                    expected_version,
+                } => {
+                    let meta = model.meta();
+                    let values = model.values()?;
+                    let key_values: Vec<Value> =
+                        meta.key_columns().map(|(i, _)| values[i].clone()).collect();
+                    let built = unit_of_work::build_update(
+                        meta,
+                        &values,
+                        &key_values,
+                        columns,
+                        *expected_version,
+                    )?;
+                    let rows = conn
+                        .query(&built.sql, &built.values, Some(&built.columns))
+                        .await?;
+                    match rows.first() {
+                        Some(row) => model.remember(row, &mut self.identity)?,
+                        None => return Err(missing_row(meta, key, *expected_version)),
+                    }
+                }
+                Op::Delete {
+                    meta,
+                    key,
+                    key_values,
+                    expected_version,
+                } => {
+                    let built = unit_of_work::build_delete(meta, key_values, *expected_version);
+                    let n = conn.execute(&built.sql, &built.values, None).await?;
+                    if n == 0 {
+                        return Err(missing_row(meta, key, *expected_version));
+                    }
+                    self.identity.remove(meta, key);
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// UPDATE every row matching a filter; returns how many. `M`'s rows are forgotten by the
+    /// identity map.
+    pub async fn update_where<M: Model>(
+        &mut self,
+        conn: &Connection,
+        update: UpdateWhere<M>,
+    ) -> Result<u64> {
+        self.flush(conn).await?;
+        let (sql, values) = update.build()?;
+        self.identity.forget_table(M::meta());
+        self.run_execute(conn, &sql, &values).await
+    }
+
+    /// DELETE every row matching a filter; returns how many.
+    pub async fn delete_where<M: Model>(
+        &mut self,
+        conn: &Connection,
+        delete: DeleteWhere<M>,
+    ) -> Result<u64> {
+        self.flush(conn).await?;
+        let (sql, values) = delete.build();
+        self.identity.forget_table(M::meta());
+        self.run_execute(conn, &sql, &values).await
+    }
+
+    // ----- raw SQL -----
+
+    /// Raw SQL with `$1…` parameters, each row mapped into `M` by column name.
+    pub async fn raw<M: Model>(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<M>> {
+        let rows = self.raw_rows(conn, sql, params).await?;
+        let meta = M::meta();
+        rows.iter()
+            .map(|row| {
+                let positions = meta
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        row.columns()
+                            .iter()
+                            .position(|rc| rc.name() == c.name)
+                            .ok_or_else(|| {
+                                Error::mismatch(
+                                    c.name,
+                                    "a column of that name in the result",
+                                    "no such column",
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<usize>>>()?;
+                M::from_row(row, &positions)
+            })
+            .collect()
+    }
+
+    /// Raw SQL with `$1…` parameters, returning the rows as they are.
+    pub async fn raw_rows(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Row>> {
+        self.flush(conn).await?;
+        self.run_query(conn, sql, &Values(params), None).await
+    }
+
+    /// Raw SQL with `$1…` parameters, returning the affected row count. The identity map is
+    /// cleared, since the statement may change any row.
+    pub async fn raw_execute(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<u64> {
+        self.flush(conn).await?;
+        self.identity.clear();
+        self.run_execute(conn, sql, &Values(params)).await
+    }
+}
+
+fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {
+    let mut out: Vec<Vec<&'a dyn Pending>> = Vec::new();
+    for &p in run {
+        let same = out.last().is_some_and(|b| unit_of_work::same_batch(b, p));
+        match out.last_mut() {
+            Some(b) if same => b.push(p),
+            _ => out.push(vec![p]),
+        }
+    }
+    out
+}
+
+fn missing_row(meta: &crate::ModelMeta, key: &Key, expected_version: Option<i64>) -> Error {
+    match expected_version {
+        Some(v) => Error::Stale {
+            table: meta.table.into(),
+            key: key.to_string(),
+            expected_version: v,
+        },
+        None => Error::NotFound {
+            table: meta.table.into(),
+            key: key.to_string(),
+        },
+    }
+}

@@ -1,0 +1,514 @@
+//! The mapping between Rust types and PostgreSQL types: one table, [`ColumnValue`].
+//!
+//! | Rust | PostgreSQL |
+//! |---|---|
+//! | `bool` | `boolean` |
+//! | `i16` / `i32` / `i64` | `smallint` / `integer` / `bigint` |
+//! | `f32` / `f64` | `real` / `double precision` |
+//! | `String` | `text`, or `varchar(n)` with `#[orm(max_length = n)]` |
+//! | `Vec<u8>` | `bytea` |
+//! | `Vec<T>` | `T[]` |
+//! | `Option<T>` | `T`, nullable |
+//! | `uuid::Uuid` (feature `uuid`) | `uuid` |
+//! | `chrono::NaiveDate`, `NaiveDateTime`, `DateTime<Utc>` (feature `chrono`) | `date`, `timestamp`, `timestamptz` |
+//! | `serde_json::Value`, or any serde type with `#[orm(json)]` (feature `json`) | `jsonb` |
+//! | `rust_decimal::Decimal` (feature `decimal`) | `numeric` |
+//! | an enum with `#[derive(DbEnum)]` | `text`, or a PostgreSQL enum type |
+//!
+//! Integers are encoded with the width the server asks for: an `i64` bound where the server
+//! expects `integer` is sent as a 4-byte integer when it fits, and refused with
+//! [`Error::TypeMismatch`](crate::Error::TypeMismatch) when it does not — never sent with the
+//! wrong width.
+
+use sea_query::{ArrayType, Value};
+use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, Kind, Type};
+
+use crate::error::{Error, Result};
+
+/// A PostgreSQL column type, as declared by a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SqlType {
+    /// `boolean`
+    Bool,
+    /// `smallint`
+    SmallInt,
+    /// `integer`
+    Integer,
+    /// `bigint`
+    BigInt,
+    /// `real`
+    Real,
+    /// `double precision`
+    Double,
+    /// `text`
+    Text,
+    /// `varchar(n)`
+    Varchar(u32),
+    /// `bytea`
+    Bytea,
+    /// `uuid`
+    Uuid,
+    /// `date`
+    Date,
+    /// `timestamp` (without time zone)
+    Timestamp,
+    /// `timestamptz`
+    TimestampTz,
+    /// `jsonb`
+    Jsonb,
+    /// `numeric`
+    Numeric,
+    /// A PostgreSQL enum type of this name.
+    Enum(&'static str),
+    /// An array of the element type.
+    Array(&'static SqlType),
+}
+
+impl SqlType {
+    /// The type as written in DDL.
+    pub fn ddl(&self) -> String {
+        match self {
+            SqlType::Bool => "boolean".into(),
+            SqlType::SmallInt => "smallint".into(),
+            SqlType::Integer => "integer".into(),
+            SqlType::BigInt => "bigint".into(),
+            SqlType::Real => "real".into(),
+            SqlType::Double => "double precision".into(),
+            SqlType::Text => "text".into(),
+            SqlType::Varchar(n) => format!("varchar({n})"),
+            SqlType::Bytea => "bytea".into(),
+            SqlType::Uuid => "uuid".into(),
+            SqlType::Date => "date".into(),
+            SqlType::Timestamp => "timestamp".into(),
+            SqlType::TimestampTz => "timestamptz".into(),
+            SqlType::Jsonb => "jsonb".into(),
+            SqlType::Numeric => "numeric".into(),
+            SqlType::Enum(name) => crate::quote_ident(name),
+            SqlType::Array(inner) => format!("{}[]", inner.ddl()),
+        }
+    }
+
+    /// Checks a value against this column type before anything is sent, and converts integer
+    /// and float widths to the column's. Errors name the column.
+    pub fn coerce(&self, value: Value, column: &str) -> Result<Value> {
+        let out_of_range = |v: &dyn std::fmt::Display| {
+            Error::mismatch(column, self.ddl(), format!("{v} (out of range)"))
+        };
+        Ok(match (self, value) {
+            (SqlType::SmallInt, v @ (Value::Int(_) | Value::BigInt(_) | Value::SmallInt(_))) => {
+                match int_of(&v) {
+                    None => Value::SmallInt(None),
+                    Some(i) => {
+                        Value::SmallInt(Some(i16::try_from(i).map_err(|_| out_of_range(&i))?))
+                    }
+                }
+            }
+            (SqlType::Integer, v @ (Value::Int(_) | Value::BigInt(_) | Value::SmallInt(_))) => {
+                match int_of(&v) {
+                    None => Value::Int(None),
+                    Some(i) => Value::Int(Some(i32::try_from(i).map_err(|_| out_of_range(&i))?)),
+                }
+            }
+            (SqlType::BigInt, v @ (Value::Int(_) | Value::BigInt(_) | Value::SmallInt(_))) => {
+                Value::BigInt(int_of(&v))
+            }
+            (SqlType::Text | SqlType::Varchar(_), Value::String(Some(s))) => {
+                check_text(&s, column)?;
+                if let SqlType::Varchar(n) = self {
+                    let len = s.chars().count();
+                    if len > *n as usize {
+                        return Err(Error::mismatch(
+                            column,
+                            self.ddl(),
+                            format!("a string of {len} characters"),
+                        ));
+                    }
+                }
+                Value::String(Some(s))
+            }
+            #[cfg(feature = "decimal")]
+            (SqlType::Numeric, Value::Double(Some(f))) => {
+                Value::Decimal(Some(rust_decimal::Decimal::try_from(f).map_err(|_| {
+                    Error::mismatch(
+                        column,
+                        "numeric",
+                        format!("{f} (not a finite number numeric can hold)"),
+                    )
+                })?))
+            }
+            (_, Value::Double(Some(f))) if !f.is_finite() && matches!(self, SqlType::Numeric) => {
+                return Err(Error::mismatch(column, "numeric", f.to_string()));
+            }
+            (_, v) => v,
+        })
+    }
+}
+
+fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::SmallInt(i) => i.map(i64::from),
+        Value::Int(i) => i.map(i64::from),
+        Value::BigInt(i) => *i,
+        _ => None,
+    }
+}
+
+/// Text PostgreSQL cannot store: it has no NUL character.
+pub(crate) fn check_text(s: &str, column: &str) -> Result<()> {
+    if s.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "{column}: text cannot contain a NUL (0x00) character; PostgreSQL does not store it"
+        )));
+    }
+    Ok(())
+}
+
+/// A Rust type that can be stored in a column: its SQL type, how it becomes a bound value, and
+/// how it is read back from a row.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in a column",
+    label = "unsupported field type",
+    note = "supported: bool, i16, i32, i64, f32, f64, String, Vec<u8>, Vec<T>, Option<T>, uuid::Uuid, chrono dates and times, serde_json::Value, rust_decimal::Decimal, enums with #[derive(DbEnum)], or any serde type with #[orm(json)]"
+)]
+pub trait ColumnValue: Sized + Send + Sync + 'static {
+    /// The column type this Rust type maps to.
+    const SQL_TYPE: SqlType;
+    /// Whether NULL is a value of this type (`Option<T>`).
+    const NULLABLE: bool = false;
+
+    /// The value to bind.
+    fn to_value(&self) -> Value;
+    /// A NULL of this type.
+    fn null_value() -> Value;
+    /// Reads column `idx` of `row`; `column` names it in errors.
+    fn decode(row: &Row, idx: usize, column: &str) -> Result<Self>;
+    /// Whether this is the "not set" value of an auto-increment key (zero).
+    fn is_unset_key(&self) -> bool {
+        false
+    }
+}
+
+/// Reads a non-NULL value of a type tokio-postgres can decode, with typed errors.
+pub fn decode_required<T>(row: &Row, idx: usize, column: &str) -> Result<T>
+where
+    T: for<'a> FromSql<'a>,
+{
+    match decode_optional::<T>(row, idx, column)? {
+        Some(v) => Ok(v),
+        None => Err(Error::mismatch(
+            column,
+            "a value (the field is not an Option)",
+            "NULL",
+        )),
+    }
+}
+
+/// Reads a possibly NULL value of a type tokio-postgres can decode, with typed errors.
+pub fn decode_optional<T>(row: &Row, idx: usize, column: &str) -> Result<Option<T>>
+where
+    T: for<'a> FromSql<'a>,
+{
+    let Some(col) = row.columns().get(idx) else {
+        return Err(Error::mismatch(
+            column,
+            "a column in the result",
+            "no such column",
+        ));
+    };
+    if !<T as FromSql>::accepts(col.type_()) {
+        return Err(Error::mismatch(
+            column,
+            std::any::type_name::<T>(),
+            col.type_().name(),
+        ));
+    }
+    row.try_get::<_, Option<T>>(idx)
+        .map_err(|e| Error::mismatch(column, std::any::type_name::<T>(), e.to_string()))
+}
+
+macro_rules! plain {
+    ($t:ty, $sql:expr, $variant:ident) => {
+        impl ColumnValue for $t {
+            const SQL_TYPE: SqlType = $sql;
+            fn to_value(&self) -> Value {
+                Value::$variant(Some(self.clone()))
+            }
+            fn null_value() -> Value {
+                Value::$variant(None)
+            }
+            fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
+                decode_required(row, idx, column)
+            }
+        }
+    };
+}
+
+/// An integer read from a column of the same or a narrower integer type (widening is exact).
+struct Widened<T>(T);
+
+macro_rules! widened {
+    ($t:ty, $($ok:ident),+) => {
+        impl<'a> FromSql<'a> for Widened<$t> {
+            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(Widened(match *ty {
+                    Type::INT2 => <$t>::from(i16::from_sql(ty, raw)?),
+                    Type::INT4 => <$t>::try_from(i32::from_sql(ty, raw)?)?,
+                    _ => <$t>::try_from(i64::from_sql(ty, raw)?)?,
+                }))
+            }
+            fn accepts(ty: &Type) -> bool {
+                matches!(*ty, $(Type::$ok)|+)
+            }
+        }
+    };
+}
+widened!(i16, INT2);
+widened!(i32, INT2, INT4);
+widened!(i64, INT2, INT4, INT8);
+
+macro_rules! integer {
+    ($t:ty, $sql:expr, $variant:ident) => {
+        impl ColumnValue for $t {
+            const SQL_TYPE: SqlType = $sql;
+            fn to_value(&self) -> Value {
+                Value::$variant(Some(*self))
+            }
+            fn null_value() -> Value {
+                Value::$variant(None)
+            }
+            fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
+                decode_required::<Widened<$t>>(row, idx, column).map(|w| w.0)
+            }
+            fn is_unset_key(&self) -> bool {
+                *self == 0
+            }
+        }
+    };
+}
+
+plain!(bool, SqlType::Bool, Bool);
+integer!(i16, SqlType::SmallInt, SmallInt);
+integer!(i32, SqlType::Integer, Int);
+integer!(i64, SqlType::BigInt, BigInt);
+plain!(f32, SqlType::Real, Float);
+plain!(f64, SqlType::Double, Double);
+plain!(String, SqlType::Text, String);
+#[cfg(feature = "uuid")]
+plain!(uuid::Uuid, SqlType::Uuid, Uuid);
+#[cfg(feature = "chrono")]
+plain!(chrono::NaiveDate, SqlType::Date, ChronoDate);
+#[cfg(feature = "chrono")]
+plain!(chrono::NaiveDateTime, SqlType::Timestamp, ChronoDateTime);
+#[cfg(feature = "chrono")]
+plain!(
+    chrono::DateTime<chrono::Utc>,
+    SqlType::TimestampTz,
+    ChronoDateTimeUtc
+);
+#[cfg(feature = "decimal")]
+plain!(rust_decimal::Decimal, SqlType::Numeric, Decimal);
+
+impl ColumnValue for Vec<u8> {
+    const SQL_TYPE: SqlType = SqlType::Bytea;
+    fn to_value(&self) -> Value {
+        Value::Bytes(Some(self.clone()))
+    }
+    fn null_value() -> Value {
+        Value::Bytes(None)
+    }
+    fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
+        decode_required(row, idx, column)
+    }
+}
+
+#[cfg(feature = "json")]
+impl ColumnValue for serde_json::Value {
+    const SQL_TYPE: SqlType = SqlType::Jsonb;
+    fn to_value(&self) -> Value {
+        Value::Json(Some(Box::new(self.clone())))
+    }
+    fn null_value() -> Value {
+        Value::Json(None)
+    }
+    fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
+        decode_required(row, idx, column)
+    }
+}
+
+impl<T: ColumnValue> ColumnValue for Option<T> {
+    const SQL_TYPE: SqlType = T::SQL_TYPE;
+    const NULLABLE: bool = true;
+    fn to_value(&self) -> Value {
+        match self {
+            Some(v) => v.to_value(),
+            None => T::null_value(),
+        }
+    }
+    fn null_value() -> Value {
+        T::null_value()
+    }
+    fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
+        if row.columns().get(idx).is_none() {
+            return Err(Error::mismatch(
+                column,
+                "a column in the result",
+                "no such column",
+            ));
+        }
+        // NULL of any column type is None; otherwise the inner type decides.
+        if row.try_get::<_, RawNull>(idx).is_ok_and(|n| n.0) {
+            return Ok(None);
+        }
+        T::decode(row, idx, column).map(Some)
+    }
+}
+
+/// Decodes only whether a value is NULL, for any column type.
+pub(crate) struct RawNull(pub(crate) bool);
+
+impl<'a> FromSql<'a> for RawNull {
+    fn from_sql(_: &Type, _: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawNull(false))
+    }
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawNull(true))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// An element type of a PostgreSQL array column (`Vec<T>`).
+pub trait ArrayElement: ColumnValue + for<'a> FromSql<'a> {
+    /// sea-query's name for the element type.
+    fn array_type() -> ArrayType;
+    /// The element's SQL type, as a static.
+    const ELEMENT: &'static SqlType;
+}
+
+macro_rules! element {
+    ($t:ty, $variant:ident, $sql:expr) => {
+        impl ArrayElement for $t {
+            fn array_type() -> ArrayType {
+                ArrayType::$variant
+            }
+            const ELEMENT: &'static SqlType = &$sql;
+        }
+    };
+}
+
+element!(bool, Bool, SqlType::Bool);
+element!(i16, SmallInt, SqlType::SmallInt);
+element!(i32, Int, SqlType::Integer);
+element!(i64, BigInt, SqlType::BigInt);
+element!(f32, Float, SqlType::Real);
+element!(f64, Double, SqlType::Double);
+element!(String, String, SqlType::Text);
+#[cfg(feature = "uuid")]
+element!(uuid::Uuid, Uuid, SqlType::Uuid);
+#[cfg(feature = "decimal")]
+element!(rust_decimal::Decimal, Decimal, SqlType::Numeric);
+
+impl<T: ArrayElement> ColumnValue for Vec<T> {
+    const SQL_TYPE: SqlType = SqlType::Array(T::ELEMENT);
+    fn to_value(&self) -> Value {
+        Value::Array(
+            T::array_type(),
+            Some(Box::new(self.iter().map(ColumnValue::to_value).collect())),
+        )
+    }
+    fn null_value() -> Value {
+        Value::Array(T::array_type(), None)
+    }
+    fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
+        decode_required(row, idx, column)
+    }
+}
+
+/// An enum stored as text or as a PostgreSQL enum type; written by `#[derive(DbEnum)]`.
+pub trait DbEnum: Sized + Send + Sync + 'static {
+    /// The PostgreSQL enum type, or `None` for a text column.
+    const TYPE_NAME: Option<&'static str>;
+    /// Every variant's label, in declaration order.
+    const LABELS: &'static [&'static str];
+    /// This variant's label.
+    fn label(&self) -> &'static str;
+    /// The variant with this label.
+    fn from_label(label: &str) -> Option<Self>;
+}
+
+/// [`ColumnValue::to_value`] for a [`DbEnum`].
+pub fn enum_to_value<E: DbEnum>(e: &E) -> Value {
+    enum_value::<E>(Some(e.label()))
+}
+
+/// [`ColumnValue::null_value`] for a [`DbEnum`].
+pub fn enum_null<E: DbEnum>() -> Value {
+    enum_value::<E>(None)
+}
+
+fn enum_value<E: DbEnum>(label: Option<&'static str>) -> Value {
+    match E::TYPE_NAME {
+        // Rendered as CAST($n AS type): the parameter itself is text in every statement mode.
+        Some(type_name) => Value::Enum(match label {
+            Some(l) => sea_query::OptionEnum::Some(Box::new(sea_query::Enum {
+                type_name: type_name.into(),
+                value: l.into(),
+            })),
+            None => sea_query::OptionEnum::None(type_name.into()),
+        }),
+        None => Value::String(label.map(str::to_owned)),
+    }
+}
+
+/// [`ColumnValue::decode`] for a [`DbEnum`].
+pub fn enum_decode<E: DbEnum>(row: &Row, idx: usize, column: &str) -> Result<E> {
+    let label = decode_required::<EnumLabel>(row, idx, column)?.0;
+    E::from_label(&label).ok_or_else(|| {
+        Error::mismatch(
+            column,
+            format!("one of {:?}", E::LABELS),
+            format!("{label:?}"),
+        )
+    })
+}
+
+/// Text of a text-like column or of any PostgreSQL enum.
+struct EnumLabel(String);
+
+impl<'a> FromSql<'a> for EnumLabel {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(EnumLabel(std::str::from_utf8(raw)?.to_owned()))
+    }
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Enum(_))
+            || matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)
+    }
+}
+
+/// Typed JSON stored as jsonb: what `#[orm(json)]` fields use.
+#[cfg(feature = "json")]
+pub mod json {
+    use super::*;
+
+    /// Serialises a field to a jsonb value.
+    pub fn to_value<T: serde::Serialize>(v: &T, column: &str) -> Result<Value> {
+        serde_json::to_value(v)
+            .map(|j| Value::Json(Some(Box::new(j))))
+            .map_err(|e| Error::InvalidInput(format!("{column}: cannot serialise to JSON: {e}")))
+    }
+
+    /// Reads a jsonb column into a serde type.
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        row: &Row,
+        idx: usize,
+        column: &str,
+    ) -> Result<T> {
+        let raw: serde_json::Value =
+            decode_optional(row, idx, column)?.unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(raw)
+            .map_err(|e| Error::mismatch(column, std::any::type_name::<T>(), e.to_string()))
+    }
+}

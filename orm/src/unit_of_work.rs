@@ -1,0 +1,388 @@
+//! The unit of work: pending inserts, updates and deletes, and the statements a flush sends.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_query::{Expr, ExprTrait as _, PostgresQueryBuilder, Query, Value, Values};
+use tokio_postgres::Row;
+
+use crate::error::{Error, Result};
+use crate::identity::IdentityMap;
+use crate::model::{Key, Model, ModelMeta};
+
+/// A model with its type erased, as the unit of work holds it.
+pub(crate) trait Pending: Send + Sync {
+    fn meta(&self) -> &'static ModelMeta;
+    fn values(&self) -> Result<Vec<Value>>;
+    fn is_unset(&self, index: usize) -> bool;
+    /// Decodes a returned row as this model's type and records it in the identity map.
+    fn remember(&self, row: &Row, identity: &mut IdentityMap) -> Result<()>;
+}
+
+impl<M: Model> Pending for M {
+    fn meta(&self) -> &'static ModelMeta {
+        M::meta()
+    }
+    fn values(&self) -> Result<Vec<Value>> {
+        Model::values(self)
+    }
+    fn is_unset(&self, index: usize) -> bool {
+        Model::is_unset(self, index)
+    }
+    fn remember(&self, row: &Row, identity: &mut IdentityMap) -> Result<()> {
+        let positions: Vec<usize> = (0..M::meta().columns.len()).collect();
+        let stored = M::from_row(row, &positions)?;
+        identity.insert(stored.key()?, stored);
+        Ok(())
+    }
+}
+
+/// One pending change.
+pub(crate) enum Op {
+    Insert(Box<dyn Pending>),
+    /// Write `columns` of the model; `expected_version` is the version loaded.
+    Update {
+        model: Box<dyn Pending>,
+        key: Key,
+        columns: Vec<usize>,
+        expected_version: Option<i64>,
+    },
+    Delete {
+        meta: &'static ModelMeta,
+        key: Key,
+        key_values: Vec<Value>,
+        expected_version: Option<i64>,
+    },
+}
+
+impl Op {
+    fn meta(&self) -> &'static ModelMeta {
+        match self {
+            Op::Insert(m) | Op::Update { model: m, .. } => m.meta(),
+            Op::Delete { meta, .. } => meta,
+        }
+    }
+}
+
+/// Pending changes of a session, in the order the caller made them.
+#[derive(Default)]
+pub struct UnitOfWork {
+    pub(crate) ops: Vec<Op>,
+}
+
+impl std::fmt::Debug for UnitOfWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitOfWork")
+            .field("pending", &self.ops.len())
+            .finish()
+    }
+}
+
+impl UnitOfWork {
+    /// How many changes are pending.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    /// Drops every pending change.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+    }
+
+    /// Queues an UPDATE; a pending update of the same row is replaced by the merged one.
+    pub(crate) fn push_update(&mut self, op: Op) {
+        if let Op::Update {
+            model,
+            key,
+            columns,
+            expected_version,
+        } = op
+        {
+            let meta = model.meta();
+            let mut columns = columns;
+            let mut expected = expected_version;
+            if let Some(pos) = self.ops.iter().position(
+                |o| matches!(o, Op::Update { model: m, key: k, .. } if std::ptr::eq(m.meta(), meta) && *k == key),
+            ) && let Op::Update { columns: old, expected_version: old_v, .. } = self.ops.remove(pos)
+            {
+                for c in old {
+                    if !columns.contains(&c) {
+                        columns.push(c);
+                    }
+                }
+                expected = old_v.or(expected);
+            }
+            columns.sort_unstable();
+            self.ops.push(Op::Update {
+                model,
+                key,
+                columns,
+                expected_version: expected,
+            });
+        }
+    }
+
+    /// Orders the pending changes so foreign keys hold: inserts parents first, then updates, then
+    /// deletes children first; within one table the caller's order is kept.
+    pub(crate) fn take_ordered(&mut self) -> Vec<Op> {
+        let ops = std::mem::take(&mut self.ops);
+        let metas: Vec<&'static ModelMeta> = {
+            let mut seen = HashSet::new();
+            ops.iter()
+                .map(Op::meta)
+                .filter(|m| seen.insert(m.identity()))
+                .collect()
+        };
+        let rank = dependency_rank(&metas);
+        let rank_of = |m: &ModelMeta| rank.get(&m.identity()).copied().unwrap_or(0);
+        let (mut inserts, mut updates, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+        for op in ops {
+            match op {
+                Op::Insert(_) => inserts.push(op),
+                Op::Update { .. } => updates.push(op),
+                Op::Delete { .. } => deletes.push(op),
+            }
+        }
+        // Stable sorts keep the caller's order within one rank.
+        inserts.sort_by_key(|o| rank_of(o.meta()));
+        deletes.sort_by_key(|o| std::cmp::Reverse(rank_of(o.meta())));
+        inserts.into_iter().chain(updates).chain(deletes).collect()
+    }
+}
+
+/// Depth of each table in the foreign-key graph among `metas`: a table referencing another comes
+/// after it. A cycle is broken arbitrarily (the database will say if it matters).
+fn dependency_rank(metas: &[&'static ModelMeta]) -> HashMap<(&'static str, &'static str), usize> {
+    fn depth(
+        meta: &'static ModelMeta,
+        present: &HashSet<(&'static str, &'static str)>,
+        memo: &mut HashMap<(&'static str, &'static str), usize>,
+        visiting: &mut HashSet<(&'static str, &'static str)>,
+    ) -> usize {
+        if let Some(d) = memo.get(&meta.identity()) {
+            return *d;
+        }
+        if !visiting.insert(meta.identity()) {
+            return 0;
+        }
+        let d = meta
+            .columns
+            .iter()
+            .filter_map(|c| c.references.map(|r| r()))
+            .filter(|parent| parent.identity() != meta.identity())
+            .map(|parent| {
+                if present.contains(&parent.identity()) {
+                    depth(parent, present, memo, visiting) + 1
+                } else {
+                    0
+                }
+            })
+            .max()
+            .unwrap_or(0);
+        visiting.remove(&meta.identity());
+        memo.insert(meta.identity(), d);
+        d
+    }
+    let present: HashSet<_> = metas.iter().map(|m| m.identity()).collect();
+    let mut memo = HashMap::new();
+    for m in metas {
+        depth(m, &present, &mut memo, &mut HashSet::new());
+    }
+    memo
+}
+
+/// The column list every statement returns: all of the model's columns, in order.
+fn returning_all(meta: &ModelMeta) -> sea_query::ReturningClause {
+    Query::returning().columns(meta.columns.iter().map(|c| c.name))
+}
+
+/// Where-clause on the key (and version).
+fn key_condition(meta: &ModelMeta, key_values: &[Value], version: Option<i64>) -> Expr {
+    let mut cond: Option<Expr> = None;
+    for ((_, col), v) in meta.key_columns().zip(key_values) {
+        let e = Expr::col(col.name).eq(v.clone());
+        cond = Some(match cond {
+            Some(c) => c.and(e),
+            None => e,
+        });
+    }
+    if let (Some((_, col)), Some(v)) = (meta.version_column(), version) {
+        let e = Expr::col(col.name).eq(coerce_version(col.sql_type, v));
+        cond = Some(match cond {
+            Some(c) => c.and(e),
+            None => e,
+        });
+    }
+    cond.unwrap_or_else(|| Expr::cust("FALSE"))
+}
+
+fn coerce_version(ty: crate::SqlType, v: i64) -> Value {
+    match ty {
+        crate::SqlType::SmallInt => Value::SmallInt(i16::try_from(v).ok()),
+        crate::SqlType::Integer => Value::Int(i32::try_from(v).ok()),
+        _ => Value::BigInt(Some(v)),
+    }
+}
+
+/// Reads a version column value as i64.
+pub(crate) fn version_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::SmallInt(Some(i)) => Some((*i).into()),
+        Value::Int(Some(i)) => Some((*i).into()),
+        Value::BigInt(Some(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A built statement: SQL, values, and the column each value is written to (for messages).
+pub(crate) struct Built {
+    pub(crate) sql: String,
+    pub(crate) values: Values,
+    pub(crate) columns: Vec<&'static str>,
+}
+
+/// Largest number of bound parameters in one statement (the protocol allows 65535).
+const MAX_PARAMS: usize = 32_000;
+
+/// Multi-row INSERT … RETURNING for models of one table that leave the same columns unset.
+pub(crate) fn build_insert(
+    meta: &'static ModelMeta,
+    rows: &[&dyn Pending],
+    on_conflict: Option<crate::query::OnConflict>,
+) -> Result<Built> {
+    let first = rows
+        .first()
+        .ok_or_else(|| Error::InvalidInput("nothing to insert".into()))?;
+    let included: Vec<usize> = (0..meta.columns.len())
+        .filter(|i| !first.is_unset(*i))
+        .collect();
+    let mut stmt = Query::insert();
+    stmt.into_table(meta.table_ref())
+        .columns(included.iter().map(|i| meta.columns[*i].name));
+    let mut columns = Vec::with_capacity(rows.len() * included.len());
+    for row in rows {
+        let values = row.values()?;
+        let mut out = Vec::with_capacity(included.len());
+        for &i in &included {
+            let col = &meta.columns[i];
+            out.push(Expr::val(col.sql_type.coerce(values[i].clone(), col.name)?));
+            columns.push(col.name);
+        }
+        stmt.values(out)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    }
+    if let Some(mode) = on_conflict {
+        let keys: Vec<&str> = meta.key_columns().map(|(_, c)| c.name).collect();
+        let mut oc = sea_query::OnConflict::columns(keys);
+        match mode {
+            crate::query::OnConflict::DoNothing => {
+                oc.do_nothing();
+            }
+            crate::query::OnConflict::UpdateAll => {
+                let updatable: Vec<&str> = included
+                    .iter()
+                    .map(|i| &meta.columns[*i])
+                    .filter(|c| !c.primary_key)
+                    .map(|c| c.name)
+                    .collect();
+                if updatable.is_empty() {
+                    oc.do_nothing();
+                } else {
+                    oc.update_columns(updatable);
+                }
+            }
+        }
+        stmt.on_conflict(oc);
+    }
+    stmt.returning(returning_all(meta));
+    let (sql, values) = stmt.build(PostgresQueryBuilder);
+    Ok(Built {
+        sql,
+        values,
+        columns,
+    })
+}
+
+/// Whether `next` can join `batch` in one multi-row INSERT: same table, same columns left to
+/// the database, and within the parameter limit.
+pub(crate) fn same_batch(batch: &[&dyn Pending], next: &dyn Pending) -> bool {
+    let Some(first) = batch.first() else {
+        return true;
+    };
+    let meta = next.meta();
+    std::ptr::eq(first.meta(), meta)
+        && (0..meta.columns.len()).all(|i| first.is_unset(i) == next.is_unset(i))
+        && (batch.len() + 1) * meta.columns.len().max(1) <= MAX_PARAMS
+}
+
+/// UPDATE … SET changed columns [, version = version + 1] WHERE key [AND version] RETURNING *.
+pub(crate) fn build_update(
+    meta: &'static ModelMeta,
+    values: &[Value],
+    key_values: &[Value],
+    columns: &[usize],
+    expected_version: Option<i64>,
+) -> Result<Built> {
+    let mut stmt = Query::update();
+    stmt.table(meta.table_ref());
+    let mut names = Vec::new();
+    for &i in columns {
+        let col = &meta.columns[i];
+        if col.primary_key || col.version {
+            continue;
+        }
+        stmt.value(col.name, col.sql_type.coerce(values[i].clone(), col.name)?);
+        names.push(col.name);
+    }
+    if let Some((_, col)) = meta.version_column() {
+        stmt.value(col.name, Expr::col(col.name).add(1));
+    }
+    stmt.and_where(key_condition(meta, key_values, expected_version));
+    stmt.returning(returning_all(meta));
+    let (sql, values) = stmt.build(PostgresQueryBuilder);
+    Ok(Built {
+        sql,
+        values,
+        columns: names,
+    })
+}
+
+/// DELETE … WHERE key [AND version].
+pub(crate) fn build_delete(
+    meta: &'static ModelMeta,
+    key_values: &[Value],
+    expected_version: Option<i64>,
+) -> Built {
+    let mut stmt = Query::delete();
+    stmt.from_table(meta.table_ref())
+        .and_where(key_condition(meta, key_values, expected_version));
+    let (sql, values) = stmt.build(PostgresQueryBuilder);
+    Built {
+        sql,
+        values,
+        columns: Vec::new(),
+    }
+}
+
+/// SELECT all columns WHERE key.
+pub(crate) fn build_get(meta: &'static ModelMeta, key_values: &[Value]) -> (String, Values) {
+    let mut stmt = Query::select();
+    for (i, _) in meta.columns.iter().enumerate() {
+        stmt.expr(meta.column_expr(i));
+    }
+    stmt.from(meta.table_ref());
+    for ((i, col), v) in meta.key_columns().zip(key_values) {
+        stmt.and_where(
+            meta.column_expr(i).eq(col
+                .sql_type
+                .coerce(v.clone(), col.name)
+                .unwrap_or_else(|_| v.clone())),
+        );
+    }
+    stmt.build(PostgresQueryBuilder)
+}

@@ -1,0 +1,273 @@
+//! The identity map, the unit of work, optimistic locking, transactions and savepoints.
+
+use actor_orm::{Error, SessionState, TxState};
+
+use crate::models::*;
+
+#[tokio::test]
+async fn identity_map_answers_a_repeated_get_without_a_round_trip() {
+    let (_db, conn) = crate::connect("identity").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    let ann = s.insert(&conn, User::new("ann", 30)).await.expect("insert");
+    s.commit(&conn).await.expect("commit");
+
+    let before = conn.round_trips();
+    let first = s
+        .get::<User>(&conn, ann.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    let after_first = conn.round_trips();
+    let second = s
+        .get::<User>(&conn, ann.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    let after_second = conn.round_trips();
+    assert_eq!(first, second);
+    // BEGIN + prepare + execute for the first; nothing for the second.
+    assert!(after_first > before);
+    assert_eq!(
+        after_second, after_first,
+        "the repeated get reached the server"
+    );
+
+    // get_many: hits cost nothing, misses come in one statement.
+    let bob = s.insert(&conn, User::new("bob", 20)).await.expect("insert");
+    s.commit(&conn).await.expect("commit");
+    s.get::<User>(&conn, ann.id).await.expect("warm");
+    conn.record_statements(true);
+    let many = s
+        .get_many::<User, _>(&conn, [bob.id, ann.id, 12345])
+        .await
+        .expect("get_many");
+    assert_eq!(
+        many.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        ["bob", "ann"]
+    );
+    let sent = conn.take_statements();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains(" IN ("), "{}", sent[0]);
+}
+
+#[tokio::test]
+async fn a_dirty_update_writes_only_the_changed_columns() {
+    let (_db, conn) = crate::connect("dirty").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    let ann = s.insert(&conn, User::new("ann", 30)).await.expect("insert");
+    s.commit(&conn).await.expect("commit");
+
+    let loaded = s
+        .get::<User>(&conn, ann.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    conn.record_statements(true);
+    // Unchanged: no statement at all.
+    s.save(loaded.clone()).expect("save");
+    s.flush(&conn).await.expect("flush");
+    assert!(conn.take_statements().is_empty());
+
+    let mut changed = loaded;
+    changed.email = Some("ann@example.com".into());
+    s.save(changed).expect("save");
+    s.flush(&conn).await.expect("flush");
+    let sent = conn.take_statements();
+    insta::assert_snapshot!("dirty_update", sent.join("\n"));
+    s.commit(&conn).await.expect("commit");
+    let row = s
+        .get::<User>(&conn, ann.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (row.email.as_deref(), row.age, row.name.as_str()),
+        (Some("ann@example.com"), 30, "ann")
+    );
+}
+
+#[tokio::test]
+async fn flush_orders_parents_before_children_whatever_the_caller_did() {
+    let (_db, conn) = crate::connect("fk_order").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    let parent = User {
+        id: 100,
+        name: "parent".into(),
+        email: None,
+        age: 50,
+    };
+    let child = Post {
+        id: 1,
+        author_id: 100,
+        title: "child".into(),
+        created_at: None,
+    };
+    // Child first: a naive flush would violate the foreign key.
+    s.add(child.clone()).expect("add child");
+    s.add(parent.clone()).expect("add parent");
+    conn.record_statements(true);
+    s.commit(&conn).await.expect("flush in dependency order");
+    let sent = conn.take_statements();
+    let users_at = sent
+        .iter()
+        .position(|q| q.contains("INSERT INTO \"users\""))
+        .expect("users insert");
+    let posts_at = sent
+        .iter()
+        .position(|q| q.contains("INSERT INTO \"posts\""))
+        .expect("posts insert");
+    assert!(users_at < posts_at, "{sent:?}");
+
+    // Deleting parent first: children go first.
+    let p = s
+        .get::<User>(&conn, 100i64)
+        .await
+        .expect("get")
+        .expect("exists");
+    let c = s
+        .get::<Post>(&conn, 1i64)
+        .await
+        .expect("get")
+        .expect("exists");
+    s.delete(&p).expect("delete parent");
+    s.delete(&c).expect("delete child");
+    s.commit(&conn).await.expect("delete in dependency order");
+    assert_eq!(s.count(&conn, &User::query()).await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn queries_autoflush_pending_changes() {
+    let (_db, conn) = crate::connect("autoflush").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    s.add(User::new("pending", 1)).expect("add");
+    assert_eq!(s.pending(), 1);
+    let found = s
+        .all(&conn, User::query().filter(User::NAME.eq("pending")))
+        .await
+        .expect("query");
+    assert_eq!(found.len(), 1);
+    assert_eq!(s.pending(), 0);
+    // Rolled back: nothing committed that the caller did not commit.
+    s.rollback(&conn).await.expect("rollback");
+    assert_eq!(s.count(&conn, &User::query()).await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn optimistic_lock_conflict_between_two_connections_is_detected() {
+    let (db, conn_a) = crate::connect("optimistic").await;
+    create_schema(&conn_a).await;
+    let conn_b = crate::connect_again(&db).await;
+    let mut a = SessionState::new();
+    let mut b = SessionState::new();
+    a.insert(
+        &conn_a,
+        Account {
+            id: 1,
+            balance: 100,
+            version: 1,
+        },
+    )
+    .await
+    .expect("insert");
+    a.commit(&conn_a).await.expect("commit");
+
+    let mut seen_by_a = a
+        .get::<Account>(&conn_a, 1i64)
+        .await
+        .expect("get")
+        .expect("exists");
+    let mut seen_by_b = b
+        .get::<Account>(&conn_b, 1i64)
+        .await
+        .expect("get")
+        .expect("exists");
+    seen_by_b.balance += 50;
+    b.save(seen_by_b).expect("save");
+    b.commit(&conn_b).await.expect("b wins");
+
+    seen_by_a.balance -= 30;
+    a.save(seen_by_a).expect("save");
+    let err = a.commit(&conn_a).await.expect_err("a is stale");
+    match err {
+        Error::Stale {
+            table,
+            expected_version,
+            ..
+        } => {
+            assert_eq!(table, "accounts");
+            assert_eq!(expected_version, 1);
+        }
+        other => panic!("expected a stale-object error, got {other:?}"),
+    }
+    a.rollback(&conn_a).await.expect("rollback");
+    let row = a
+        .get::<Account>(&conn_a, 1i64)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (row.balance, row.version),
+        (150, 2),
+        "only b's change was written"
+    );
+}
+
+#[tokio::test]
+async fn savepoints_undo_part_of_a_transaction() {
+    let (_db, conn) = crate::connect("savepoints").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    s.insert(&conn, User::new("kept", 1)).await.expect("insert");
+    let sp = s.savepoint(&conn).await.expect("savepoint");
+    s.insert(&conn, User::new("undone", 2))
+        .await
+        .expect("insert");
+    // A failure inside the savepoint aborts the transaction…
+    let err = s
+        .insert(&conn, User::new("kept", 3))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(err.code(), Some("23505"));
+    assert_eq!(s.tx_state(), TxState::Failed);
+    // …and rolling back to the savepoint recovers it.
+    s.rollback_to(&conn, sp).await.expect("rollback to");
+    assert_eq!(s.tx_state(), TxState::Active);
+    let sp2 = s.savepoint(&conn).await.expect("savepoint");
+    s.insert(&conn, User::new("released", 4))
+        .await
+        .expect("insert");
+    s.release(&conn, sp2).await.expect("release");
+    s.commit(&conn).await.expect("commit");
+    let mut names: Vec<String> = s
+        .all(&conn, User::query())
+        .await
+        .expect("all")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["kept", "released"]);
+}
+
+#[tokio::test]
+async fn commit_of_an_aborted_transaction_rolls_back_and_says_so() {
+    let (_db, conn) = crate::connect("aborted").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    s.insert(&conn, User::new("lost", 1)).await.expect("insert");
+    s.raw_rows(&conn, "SELECT 1/0", vec![])
+        .await
+        .expect_err("division by zero");
+    let err = s.commit(&conn).await.expect_err("cannot commit");
+    assert!(matches!(err, Error::TransactionAborted), "{err:?}");
+    assert_eq!(s.tx_state(), TxState::Idle);
+    assert_eq!(
+        s.count(&conn, &User::query()).await.expect("count"),
+        0,
+        "nothing committed"
+    );
+}
