@@ -1,9 +1,20 @@
-//! The quickstart: create a table, write a row, read it back.
+//! The quickstart: define a model, create its table, write rows, read them back.
 //!
 //! `cargo run --example quickstart` uses `DATABASE_URL` when it is set, and otherwise starts a
 //! throwaway PostgreSQL cluster of its own, removed again when the program ends.
 
+use actor_orm::prelude::*;
 use actor_orm::testing::Cluster;
+use actor_orm::{StatementMode, ddl};
+
+#[derive(Model, Clone, Debug, PartialEq)]
+#[orm(table_name = "quickstart_users")]
+struct User {
+    #[orm(primary_key, auto_increment)]
+    id: i64,
+    name: String,
+    email: Option<String>,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,38 +23,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => println!("started a throwaway PostgreSQL in {}", dir.display()),
         None => println!("using the server named by DATABASE_URL"),
     }
-    let client = cluster.connect_to(None).await?;
-
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS quickstart_users (
-                 id bigserial PRIMARY KEY,
-                 name text NOT NULL,
-                 email text
-             )",
-        )
-        .await?;
+    let conn = Connection::new(cluster.connect_to(None).await?, StatementMode::Prepared);
+    conn.batch(&ddl::create_table::<User>()).await?;
     println!("created table quickstart_users");
 
-    let row = client
-        .query_one(
-            "INSERT INTO quickstart_users (name, email) VALUES ($1, $2) RETURNING id",
-            &[&"ann", &Some("ann@example.com")],
-        )
+    let mut session = SessionState::new();
+    let ann = session
+        .insert(&conn, User { id: 0, name: "ann".into(), email: Some("ann@example.com".into()) })
         .await?;
-    let id: i64 = row.get(0);
-    println!("inserted ann with id {id}");
+    println!("inserted {ann:?}");
+    session.add(User { id: 0, name: "bob".into(), email: None })?;
+    session.commit(&conn).await?;
+    println!("added bob and committed");
 
-    let row = client
-        .query_one(
-            "SELECT name, email FROM quickstart_users WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-    let (name, email): (String, Option<String>) = (row.get(0), row.get(1));
-    println!("read back id {id}: name = {name:?}, email = {email:?}");
+    let found = session.get::<User>(&conn, ann.id).await?;
+    println!("get({}) = {found:?}", ann.id);
+    let without_email = session.all(&conn, User::query().filter(User::EMAIL.is_null())).await?;
+    println!("users without an email: {without_email:?}");
+    session.commit(&conn).await?;
 
-    drop(client);
+    drop(conn);
     cluster.stop();
     println!("done");
     Ok(())

@@ -283,6 +283,10 @@ impl<M: Model, T> fmt::Debug for Column<M, T> {
 
 /// A value usable where a column of type `T` is compared: `T` itself, `&str` for text, and a
 /// plain value for a nullable column.
+#[diagnostic::on_unimplemented(
+    message = "a `{Self}` cannot be compared with a column of type `{T}`",
+    label = "expected a value of the column's type `{T}`"
+)]
 pub trait ValueFor<T> {
     /// The bound value.
     fn into_value(self) -> Value;
