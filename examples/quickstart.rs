@@ -29,16 +29,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut session = SessionState::new();
     let ann = session
-        .insert(&conn, User { id: 0, name: "ann".into(), email: Some("ann@example.com".into()) })
+        .insert(
+            &conn,
+            User {
+                id: 0,
+                name: "ann".into(),
+                email: Some("ann@example.com".into()),
+            },
+        )
         .await?;
     println!("inserted {ann:?}");
-    session.add(User { id: 0, name: "bob".into(), email: None })?;
+    session.add(User {
+        id: 0,
+        name: "bob".into(),
+        email: None,
+    })?;
     session.commit(&conn).await?;
     println!("added bob and committed");
 
     let found = session.get::<User>(&conn, ann.id).await?;
     println!("get({}) = {found:?}", ann.id);
-    let without_email = session.all(&conn, User::query().filter(User::EMAIL.is_null())).await?;
+    let without_email = session
+        .all(&conn, User::query().filter(User::EMAIL.is_null()))
+        .await?;
     println!("users without an email: {without_email:?}");
     session.commit(&conn).await?;
 

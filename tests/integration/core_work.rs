@@ -271,3 +271,102 @@ async fn commit_of_an_aborted_transaction_rolls_back_and_says_so() {
         "nothing committed"
     );
 }
+
+/// A composite primary key, a table in its own schema, and a skipped field.
+#[derive(actor_orm::Model, Clone, Debug, PartialEq)]
+#[orm(table_name = "memberships", schema = "club")]
+struct Membership {
+    #[orm(primary_key)]
+    club_id: i32,
+    #[orm(primary_key, column_name = "member")]
+    member_name: String,
+    role: String,
+    #[orm(skip)]
+    scratch: Option<String>,
+}
+
+#[tokio::test]
+async fn composite_keys_schemas_and_skipped_fields() {
+    let (_db, conn) = crate::connect("composite").await;
+    conn.batch("CREATE SCHEMA club").await.expect("schema");
+    conn.batch(&actor_orm::ddl::create_table::<Membership>())
+        .await
+        .expect("create");
+    let mut s = SessionState::new();
+    for (club, who, role) in [
+        (1, "ann", "chair"),
+        (1, "bob", "member"),
+        (2, "ann", "member"),
+    ] {
+        s.add(Membership {
+            club_id: club,
+            member_name: who.into(),
+            role: role.into(),
+            scratch: Some("not stored".into()),
+        })
+        .expect("add");
+    }
+    s.commit(&conn).await.expect("commit");
+
+    let m = s
+        .get::<Membership>(&conn, (1i32, "ann".to_string()))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (m.role.as_str(), m.scratch),
+        ("chair", None),
+        "skipped fields come back as Default"
+    );
+    let again = s
+        .get::<Membership>(&conn, (2i32, "ann".to_string()))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(again.role, "member");
+    let many = s
+        .get_many::<Membership, _>(
+            &conn,
+            [
+                (1i32, "bob".to_string()),
+                (9i32, "zed".to_string()),
+                (1i32, "ann".to_string()),
+            ],
+        )
+        .await
+        .expect("get_many");
+    assert_eq!(
+        many.iter()
+            .map(|m| m.member_name.as_str())
+            .collect::<Vec<_>>(),
+        ["bob", "ann"]
+    );
+
+    let mut bob = many[0].clone();
+    bob.role = "treasurer".into();
+    conn.record_statements(true);
+    s.save(bob).expect("save");
+    s.delete(&again).expect("delete");
+    s.commit(&conn).await.expect("commit");
+    let sent = conn.take_statements();
+    assert!(sent.iter().any(|q| q.starts_with("UPDATE \"club\".\"memberships\" SET \"role\" = $1 WHERE \"club_id\" = $2 AND \"member\" = $3")), "{sent:?}");
+    let rows = s
+        .raw_rows(
+            &conn,
+            "SELECT club_id, member, role FROM club.memberships ORDER BY club_id, member",
+            vec![],
+        )
+        .await
+        .expect("raw");
+    let seen: Vec<(i32, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, "ann".into(), "chair".into()),
+            (1, "bob".into(), "treasurer".into())
+        ]
+    );
+}
