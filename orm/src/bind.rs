@@ -286,6 +286,7 @@ pub(crate) fn param_type(v: &Value) -> Type {
         #[cfg(feature = "decimal")]
         Value::Decimal(_) => Type::NUMERIC,
         Value::Array(ty, _) => array_type(ty),
+        #[allow(unreachable_patterns)]
         _ => Type::UNKNOWN,
     }
 }
@@ -305,6 +306,8 @@ fn array_type(ty: &sea_query::ArrayType) -> Type {
         A::Uuid => Type::UUID_ARRAY,
         #[cfg(feature = "decimal")]
         A::Decimal => Type::NUMERIC_ARRAY,
+        // Reached only with sea-query features this crate does not map.
+        #[allow(unreachable_patterns)]
         _ => Type::UNKNOWN,
     }
 }

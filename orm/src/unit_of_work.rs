@@ -287,13 +287,21 @@ pub(crate) fn build_insert(
                 let updatable: Vec<&str> = included
                     .iter()
                     .map(|i| &meta.columns[*i])
-                    .filter(|c| !c.primary_key)
+                    .filter(|c| !c.primary_key && !c.version)
                     .map(|c| c.name)
                     .collect();
                 if updatable.is_empty() {
                     oc.do_nothing();
                 } else {
                     oc.update_columns(updatable);
+                    // The version is the database's: an overwrite bumps it, as an UPDATE does.
+                    if let Some((_, col)) = meta.version_column() {
+                        let current = match meta.schema {
+                            Some(schema) => Expr::col((schema, meta.table, col.name)),
+                            None => Expr::col((meta.table, col.name)),
+                        };
+                        oc.values([(col.name, current.add(1))]);
+                    }
                 }
             }
         }

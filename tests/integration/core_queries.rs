@@ -391,13 +391,46 @@ async fn inserts_updates_deletes_and_upserts() {
         None
     );
     s.commit(&conn).await.expect("commit");
-    assert_eq!(
-        s.get::<Account>(&conn, 7i64)
-            .await
-            .expect("get")
-            .map(|a| a.balance),
-        Some(20)
-    );
+    let stored = s
+        .get::<Account>(&conn, 7i64)
+        .await
+        .expect("get")
+        .expect("exists");
+    // The overwrite bumped the optimistic-lock version instead of taking the caller's.
+    assert_eq!((stored.balance, stored.version), (20, 2));
+
+    // The SQL of a multi-row insert, an upsert and exists, pinned.
+    conn.record_statements(true);
+    s.add(User::new("p1", 1)).expect("add");
+    s.add(User::new("p2", 2)).expect("add");
+    s.flush(&conn).await.expect("flush");
+    s.upsert(
+        &conn,
+        Account {
+            id: 8,
+            balance: 1,
+            version: 1,
+        },
+        OnConflict::UpdateAll,
+    )
+    .await
+    .expect("upsert");
+    s.upsert(
+        &conn,
+        Account {
+            id: 8,
+            balance: 1,
+            version: 1,
+        },
+        OnConflict::DoNothing,
+    )
+    .await
+    .expect("upsert");
+    s.exists(&conn, &User::query().filter(User::AGE.eq(1)))
+        .await
+        .expect("exists");
+    insta::assert_snapshot!("insert_upsert_exists", conn.take_statements().join("\n"));
+    s.rollback(&conn).await.expect("rollback");
 
     // A unique violation is a database error with its SQLSTATE and constraint.
     let err = s
