@@ -131,11 +131,10 @@ impl Connection {
     ) -> Result<Vec<Row>> {
         self.record(sql);
         let binds = binds(&values.0, columns);
-        let params: Vec<&(dyn ToSql + Sync)> =
-            binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         match self.mode {
             StatementMode::Prepared => {
                 let stmt = self.statement(sql).await?;
+                let params = params(&binds);
                 self.count();
                 Ok(self.client.query(&stmt, &params).await?)
             }
@@ -161,9 +160,8 @@ impl Connection {
             StatementMode::Prepared => {
                 self.record(sql);
                 let binds = binds(&values.0, columns);
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
                 let stmt = self.statement(sql).await?;
+                let params = params(&binds);
                 self.count();
                 Ok(self.client.execute(&stmt, &params).await?)
             }
@@ -199,4 +197,8 @@ fn binds<'a>(values: &'a [Value], columns: Option<&'a [&'a str]>) -> Vec<Bind<'a
         .enumerate()
         .map(|(i, v)| Bind::new(v, i + 1, columns.and_then(|c| c.get(i).copied())))
         .collect()
+}
+
+fn params<'a>(binds: &'a [Bind<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect()
 }

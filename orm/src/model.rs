@@ -391,7 +391,7 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
     }
     /// Equality with another column (of any model), for join conditions.
     pub fn eq_col<N: Model, U: ColumnValue>(self, other: Column<N, U>) -> Filter {
-        Filter(self.expr().equals(column_iden::<N>(other.index)))
+        Filter(self.expr().eq(other.expr()))
     }
     /// Ascending order.
     pub fn asc(self) -> Ordering {
@@ -400,16 +400,6 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
     /// Descending order.
     pub fn desc(self) -> Ordering {
         Ordering::new(self.expr(), sea_query::Order::Desc)
-    }
-}
-
-fn column_iden<N: Model>(index: usize) -> sea_query::ColumnRef {
-    use sea_query::IntoColumnRef as _;
-    let meta = N::meta();
-    let name = meta.columns[index].name;
-    match meta.schema {
-        Some(schema) => (schema, meta.table, name).into_column_ref(),
-        None => (meta.table, name).into_column_ref(),
     }
 }
 

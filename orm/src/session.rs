@@ -8,7 +8,9 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::identity::IdentityMap;
 use crate::model::{IntoKey, Key, Model};
-use crate::query::{DeleteWhere, OnConflict, Project, Select, SelectPair, Selection, UpdateWhere};
+use crate::query::{
+    DeleteWhere, Filter, OnConflict, Project, Select, SelectPair, Selection, UpdateWhere,
+};
 use crate::unit_of_work::{self, Op, Pending, UnitOfWork};
 
 /// Where the session's transaction stands.
@@ -219,7 +221,8 @@ impl SessionState {
         if let Some(hit) = self.identity.get::<M>(&key) {
             return Ok(Some(hit.clone()));
         }
-        let (sql, values) = unit_of_work::build_get(M::meta(), &key_values);
+        let select = Select::<M>::new().filter(Filter::from_expr(key_in::<M>(&[&key_values])?));
+        let (sql, values) = select.build();
         let rows = self.run_query(conn, &sql, &values, None).await?;
         match rows.first() {
             Some(row) => Ok(Some(self.remember::<M>(row)?)),
@@ -241,31 +244,7 @@ impl SessionState {
             .filter(|k| self.identity.get::<M>(&Key::new((*k).clone())).is_none())
             .collect();
         if !missing.is_empty() {
-            let meta = M::meta();
-            let key_cols: Vec<usize> = meta.key_columns().map(|(i, _)| i).collect();
-            let select = if let [single] = key_cols.as_slice() {
-                let mut stmt = Select::<M>::new();
-                use sea_query::ExprTrait as _;
-                stmt.stmt.and_where(
-                    meta.column_expr(*single)
-                        .is_in(missing.iter().map(|k| k[0].clone())),
-                );
-                stmt
-            } else {
-                let mut stmt = Select::<M>::new();
-                use sea_query::ExprTrait as _;
-                let tuples: Vec<sea_query::Expr> = missing
-                    .iter()
-                    .map(|k| {
-                        sea_query::Expr::tuple(k.iter().map(|v| sea_query::Expr::val(v.clone())))
-                    })
-                    .collect();
-                stmt.stmt.and_where(
-                    sea_query::Expr::tuple(key_cols.iter().map(|i| meta.column_expr(*i)))
-                        .is_in(tuples),
-                );
-                stmt
-            };
+            let select = Select::<M>::new().filter(Filter::from_expr(key_in::<M>(&missing)?));
             self.all(conn, select).await?;
         }
         Ok(keys
@@ -364,7 +343,13 @@ impl SessionState {
     /// Inserts now and returns the stored row, with generated keys and defaults filled in.
     pub async fn insert<M: Model>(&mut self, conn: &Connection, model: M) -> Result<M> {
         self.flush(conn).await?;
-        self.write_one(conn, model, None).await
+        let table = M::meta().table;
+        self.write_one(conn, model, None)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                table: table.into(),
+                key: "(the inserted row)".into(),
+            })
     }
 
     /// INSERT … ON CONFLICT (key) DO UPDATE / DO NOTHING; returns the stored row (`None` when
@@ -376,11 +361,7 @@ impl SessionState {
         on_conflict: OnConflict,
     ) -> Result<Option<M>> {
         self.flush(conn).await?;
-        match self.write_one(conn, model, Some(on_conflict)).await {
-            Ok(m) => Ok(Some(m)),
-            Err(Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.write_one(conn, model, Some(on_conflict)).await
     }
 
     async fn write_one<M: Model>(
@@ -388,18 +369,13 @@ impl SessionState {
         conn: &Connection,
         model: M,
         on_conflict: Option<OnConflict>,
-    ) -> Result<M> {
+    ) -> Result<Option<M>> {
         let built = unit_of_work::build_insert(M::meta(), &[&model as &dyn Pending], on_conflict)?;
         let rows = self
             .run_query(conn, &built.sql, &built.values, Some(&built.columns))
             .await?;
-        match rows.first() {
-            Some(row) => self.remember::<M>(row),
-            None => Err(Error::NotFound {
-                table: M::meta().table.into(),
-                key: "(conflicting row kept)".into(),
-            }),
-        }
+        // No row back only when ON CONFLICT DO NOTHING kept the existing one.
+        rows.first().map(|row| self.remember::<M>(row)).transpose()
     }
 
     /// Queues an UPDATE of the columns that differ from the row as loaded; nothing when nothing
@@ -650,6 +626,38 @@ fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {
         }
     }
     out
+}
+
+/// `key IN (…)` for these keys: the key column itself for a one-column key, a row constructor
+/// `(a, b) IN ((…), (…))` for a composite one. Values are checked against their columns.
+fn key_in<M: Model>(keys: &[&Vec<Value>]) -> Result<sea_query::Expr> {
+    use sea_query::{Expr, ExprTrait as _};
+    let meta = M::meta();
+    let key_cols: Vec<(usize, &crate::ColumnMeta)> = meta.key_columns().collect();
+    let row = |k: &Vec<Value>| -> Result<Vec<Value>> {
+        key_cols
+            .iter()
+            .zip(k)
+            .map(|((_, c), v)| c.sql_type.coerce(v.clone(), c.name))
+            .collect()
+    };
+    let (column, values): (Expr, Vec<Expr>) = if let [(i, _)] = key_cols.as_slice() {
+        let values = keys
+            .iter()
+            .map(|k| row(k).map(|mut r| Expr::val(r.remove(0))))
+            .collect::<Result<_>>()?;
+        (meta.column_expr(*i), values)
+    } else {
+        let values = keys
+            .iter()
+            .map(|k| row(k).map(|r| Expr::tuple(r.into_iter().map(Expr::val))))
+            .collect::<Result<_>>()?;
+        (
+            Expr::tuple(key_cols.iter().map(|(i, _)| meta.column_expr(*i))),
+            values,
+        )
+    };
+    Ok(column.is_in(values))
 }
 
 fn missing_row(meta: &crate::ModelMeta, key: &Key, expected_version: Option<i64>) -> Error {

@@ -295,12 +295,8 @@ pub(crate) fn build_insert(
                 } else {
                     oc.update_columns(updatable);
                     // The version is the database's: an overwrite bumps it, as an UPDATE does.
-                    if let Some((_, col)) = meta.version_column() {
-                        let current = match meta.schema {
-                            Some(schema) => Expr::col((schema, meta.table, col.name)),
-                            None => Expr::col((meta.table, col.name)),
-                        };
-                        oc.values([(col.name, current.add(1))]);
+                    if let Some((i, col)) = meta.version_column() {
+                        oc.values([(col.name, meta.column_expr(i).add(1))]);
                     }
                 }
             }
@@ -375,22 +371,4 @@ pub(crate) fn build_delete(
         values,
         columns: Vec::new(),
     }
-}
-
-/// SELECT all columns WHERE key.
-pub(crate) fn build_get(meta: &'static ModelMeta, key_values: &[Value]) -> (String, Values) {
-    let mut stmt = Query::select();
-    for (i, _) in meta.columns.iter().enumerate() {
-        stmt.expr(meta.column_expr(i));
-    }
-    stmt.from(meta.table_ref());
-    for ((i, col), v) in meta.key_columns().zip(key_values) {
-        stmt.and_where(
-            meta.column_expr(i).eq(col
-                .sql_type
-                .coerce(v.clone(), col.name)
-                .unwrap_or_else(|_| v.clone())),
-        );
-    }
-    stmt.build(PostgresQueryBuilder)
 }
