@@ -1,11 +1,14 @@
-//! The quickstart: define a model, create its table, write rows, read them back.
+//! The quickstart: define a model, create its table, then write and read rows through a pool and
+//! its sessions.
 //!
 //! `cargo run --example quickstart` uses `DATABASE_URL` when it is set, and otherwise starts a
 //! throwaway PostgreSQL cluster of its own, removed again when the program ends.
 
+use std::time::Duration;
+
+use actor_orm::ddl;
 use actor_orm::prelude::*;
 use actor_orm::testing::Cluster;
-use actor_orm::{StatementMode, ddl};
 
 #[derive(Model, Clone, Debug, PartialEq)]
 #[orm(table_name = "quickstart_users")]
@@ -16,46 +19,60 @@ struct User {
     email: Option<String>,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::from_env()?;
     match cluster.dir() {
         Some(dir) => println!("started a throwaway PostgreSQL in {}", dir.display()),
         None => println!("using the server named by DATABASE_URL"),
     }
-    let conn = Connection::new(cluster.connect_to(None).await?, StatementMode::Prepared);
-    conn.batch(&ddl::create_table::<User>()).await?;
-    println!("created table quickstart_users");
 
-    let mut session = SessionState::new();
-    let ann = session
-        .insert(
-            &conn,
-            User {
-                id: 0,
-                name: "ann".into(),
-                email: Some("ann@example.com".into()),
-            },
-        )
+    // One pool per program: a supervisor actor that owns every connection.
+    let pool = Pool::builder(cluster.config())
+        .max_size(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .build()
         .await?;
-    println!("inserted {ann:?}");
-    session.add(User {
-        id: 0,
-        name: "bob".into(),
-        email: None,
-    })?;
-    session.commit(&conn).await?;
-    println!("added bob and committed");
 
-    let found = session.get::<User>(&conn, ann.id).await?;
-    println!("get({}) = {found:?}", ann.id);
+    // One session per unit of work: an actor with its own identity map and transaction.
+    let session = pool.session().await?;
+    session
+        .raw_execute(ddl::drop_table::<User>(), vec![])
+        .await?;
+    session
+        .raw_execute(ddl::create_table::<User>(), vec![])
+        .await?;
+    let ann = session
+        .insert(User {
+            id: 0,
+            name: "ann".into(),
+            email: None,
+        })
+        .await?;
+    session
+        .add(User {
+            id: 0,
+            name: "bob".into(),
+            email: None,
+        })
+        .await?;
+    session.commit().await?;
+    println!("inserted {ann:?} and added bob");
+    session.close().await?; // or just drop it: the connection goes back either way
+
+    let session = pool.session().await?;
+    let mut ann = session.get::<User>(ann.id).await?.ok_or("ann is missing")?;
+    ann.email = Some("ann@example.com".into());
+    session.save(ann.clone()).await?; // UPDATE … SET "email" = $1 WHERE "id" = $2
     let without_email = session
-        .all(&conn, User::query().filter(User::EMAIL.is_null()))
+        .all(User::query().filter(User::EMAIL.is_null()))
         .await?;
     println!("users without an email: {without_email:?}");
-    session.commit(&conn).await?;
+    session.commit().await?;
+    session.close().await?;
 
-    drop(conn);
+    println!("pool: {:?}", pool.stats().await?);
+    pool.close(Duration::from_secs(5)).await?;
     cluster.stop();
     println!("done");
     Ok(())

@@ -46,19 +46,23 @@
 
 pub mod testing;
 
+pub use actor_orm_actors::{
+    BoxFuture, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session,
+};
 pub use actor_orm_core::{
     Aggregate, Column, ColumnMeta, ColumnValue, Connection, DbEnum, DbError, DeleteWhere, Error,
     Filter, IdentityMap, IntoKey, Key, Model, ModelMeta, OnConflict, Ordering, Project, Result,
     Savepoint, Select, SelectPair, Selection, SessionState, SqlType, StatementMode, TxState,
     UpdateWhere, count_all, ddl, sea_query, tokio_postgres, types,
 };
+pub use actor_orm_core::{Holder, KeyValues, PoolTimeout};
 pub use actor_orm_derive::{DbEnum, Model};
 
 /// The names most programs need.
 pub mod prelude {
     pub use crate::{
-        Column, Connection, DbEnum, Error, Filter, Model, OnConflict, Result, Select, SessionState,
-        count_all,
+        Column, Connection, DbEnum, Error, Filter, Model, OnConflict, Pool, ResetPolicy, Result,
+        Select, Session, SessionState, count_all,
     };
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sea_query::{Value, Values};
 use tokio_postgres::types::ToSql;
@@ -33,6 +33,23 @@ pub struct Connection {
     cache: Mutex<HashMap<String, Statement>>,
     round_trips: AtomicU64,
     log: Mutex<Option<Vec<String>>>,
+    in_flight: AtomicBool,
+}
+
+/// Marks a statement in flight; only a statement that ran to its end (success or error) clears
+/// the mark, so a future dropped mid-statement leaves the connection flagged as interrupted.
+struct InFlight<'a>(&'a AtomicBool);
+
+impl<'a> InFlight<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        InFlight(flag)
+    }
+
+    fn done<T>(self, result: T) -> T {
+        self.0.store(false, Ordering::Relaxed);
+        result
+    }
 }
 
 /// Prepared statements kept per connection before the cache is cleared.
@@ -47,6 +64,7 @@ impl Connection {
             cache: Mutex::new(HashMap::new()),
             round_trips: AtomicU64::new(0),
             log: Mutex::new(None),
+            in_flight: AtomicBool::new(false),
         }
     }
 
@@ -68,6 +86,18 @@ impl Connection {
     /// Whether the client's connection has closed.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// Whether a statement was abandoned mid-flight (its future dropped before the server
+    /// answered): the server may still be running it, so the connection needs a cancel or a
+    /// discard before reuse.
+    pub fn was_interrupted(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Clears the interrupted mark once the connection has been made safe again.
+    pub fn clear_interrupted(&self) {
+        self.in_flight.store(false, Ordering::Relaxed);
     }
 
     /// Forgets cached statements (after `DISCARD ALL`, which deallocates them on the server).
@@ -129,6 +159,16 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<Vec<Row>> {
+        let mark = InFlight::start(&self.in_flight);
+        mark.done(self.query_inner(sql, values, columns).await)
+    }
+
+    async fn query_inner(
+        &self,
+        sql: &str,
+        values: &Values,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<Row>> {
         self.record(sql);
         let binds = binds(&values.0, columns);
         match self.mode {
@@ -156,6 +196,16 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<u64> {
+        let mark = InFlight::start(&self.in_flight);
+        mark.done(self.execute_inner(sql, values, columns).await)
+    }
+
+    async fn execute_inner(
+        &self,
+        sql: &str,
+        values: &Values,
+        columns: Option<&[&str]>,
+    ) -> Result<u64> {
         match self.mode {
             StatementMode::Prepared => {
                 self.record(sql);
@@ -174,11 +224,11 @@ impl Connection {
                     let counted = format!(
                         "WITH affected AS ({sql} RETURNING 1) SELECT count(*) FROM affected"
                     );
-                    let rows = self.query(&counted, values, columns).await?;
+                    let rows = self.query_inner(&counted, values, columns).await?;
                     let n: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
                     return Ok(u64::try_from(n).unwrap_or(0));
                 }
-                Ok(self.query(sql, values, columns).await?.len() as u64)
+                Ok(self.query_inner(sql, values, columns).await?.len() as u64)
             }
         }
     }
@@ -187,7 +237,8 @@ impl Connection {
     pub async fn batch(&self, sql: &str) -> Result<()> {
         self.record(sql);
         self.count();
-        Ok(self.client.batch_execute(sql).await?)
+        let mark = InFlight::start(&self.in_flight);
+        mark.done(self.client.batch_execute(sql).await.map_err(Into::into))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one error type, with kinds a caller can match on.
 
 use std::fmt;
+use std::time::Duration;
 
 /// The result of every fallible operation in actor-orm.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,6 +65,21 @@ pub enum Error {
     /// The session has ended and takes no more work.
     #[display("the session is closed")]
     SessionClosed,
+    /// No connection became free before the pool's `acquire_timeout`. Carries the pool's numbers
+    /// and the sessions that held connections longest.
+    #[display("{_0}")]
+    PoolTimeout(#[error(not(source))] Box<PoolTimeout>),
+    /// The pool is closing or gone, or cannot be used from this process.
+    #[display("the connection pool is closed: {reason}")]
+    PoolClosed {
+        /// Why.
+        #[error(not(source))]
+        reason: String,
+    },
+    /// A configuration that cannot work (a malformed connection string, a bad setting). The
+    /// message never contains a password.
+    #[display("invalid configuration: {_0}")]
+    Config(#[error(not(source))] String),
 }
 
 impl Error {
@@ -98,6 +114,97 @@ impl Error {
             expected: expected.into(),
             found: found.into(),
         }
+    }
+}
+
+/// What a pool looked like when a checkout timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolTimeout {
+    /// How long the caller waited.
+    pub waited: Duration,
+    /// The pool's `max_size`.
+    pub max_size: usize,
+    /// Connections open or being opened.
+    pub total: usize,
+    /// Connections leased to sessions.
+    pub in_use: usize,
+    /// Connections ready to hand out.
+    pub idle: usize,
+    /// Checkouts waiting, this one included.
+    pub waiting: usize,
+    /// The sessions holding connections longest, longest first (at most five).
+    pub holders: Vec<Holder>,
+    /// The last error from opening a connection, when the most recent attempt failed.
+    pub last_connect_error: Option<String>,
+}
+
+/// A session holding a pooled connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holder {
+    /// The session's name (or `session-<id>`) and where it was created.
+    pub session: String,
+    /// How long it has held its connection.
+    pub held: Duration,
+}
+
+impl PoolTimeout {
+    /// A timeout report; `holders` longest first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        waited: Duration,
+        max_size: usize,
+        total: usize,
+        in_use: usize,
+        idle: usize,
+        waiting: usize,
+        holders: Vec<Holder>,
+        last_connect_error: Option<String>,
+    ) -> Self {
+        PoolTimeout {
+            waited,
+            max_size,
+            total,
+            in_use,
+            idle,
+            waiting,
+            holders,
+            last_connect_error,
+        }
+    }
+}
+
+impl Holder {
+    /// A holder entry.
+    pub fn new(session: impl Into<String>, held: Duration) -> Self {
+        Holder {
+            session: session.into(),
+            held,
+        }
+    }
+}
+
+impl fmt::Display for PoolTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "timed out after {:?} waiting for a connection: pool of max {} has {} open, {} in use, {} idle, {} waiting",
+            self.waited, self.max_size, self.total, self.in_use, self.idle, self.waiting
+        )?;
+        if !self.holders.is_empty() {
+            f.write_str("; held longest by ")?;
+            for (i, h) in self.holders.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{} ({:.1?})", h.session, h.held)?;
+            }
+        }
+        if let Some(e) = &self.last_connect_error {
+            write!(f, "; last connect error: {e}")?;
+        }
+        Ok(())
     }
 }
 

@@ -20,9 +20,11 @@ pub mod types;
 mod unit_of_work;
 
 pub use connection::{Connection, StatementMode};
-pub use error::{DbError, Error, Result};
+pub use error::{DbError, Error, Holder, PoolTimeout, Result};
 pub use identity::IdentityMap;
-pub use model::{Column, ColumnMeta, IntoKey, Key, Model, ModelMeta, TextLike, ValueFor};
+pub use model::{
+    Column, ColumnMeta, IntoKey, Key, KeyValues, Model, ModelMeta, TextLike, ValueFor,
+};
 pub use query::{
     Aggregate, DeleteWhere, Filter, OnConflict, Ordering, Project, Select, SelectPair, Selection,
     UpdateWhere, count_all,

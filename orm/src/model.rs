@@ -242,6 +242,17 @@ impl<M: Model> IntoKey<M> for &str {
     }
 }
 
+/// A key already turned into values (what [`IntoKey::into_key_values`] returns), for passing a
+/// key across a thread or actor boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyValues(pub Vec<Value>);
+
+impl<M: Model> IntoKey<M> for KeyValues {
+    fn into_key_values(self) -> Vec<Value> {
+        self.0
+    }
+}
+
 macro_rules! tuple_key {
     ($($t:ident),+) => {
         impl<M: Model, $($t: ColumnValue),+> IntoKey<M> for ($($t,)+) {

@@ -151,6 +151,14 @@ impl SessionState {
         self.savepoints.clear();
     }
 
+    /// Notes that the connection went away: an open transaction is now failed, and must be rolled
+    /// back (which then needs no server) before the session does anything else.
+    pub fn connection_lost(&mut self) {
+        if self.tx == TxState::Active {
+            self.tx = TxState::Failed;
+        }
+    }
+
     /// Forgets the transaction without talking to the server (the connection is gone or will be
     /// reset by its owner).
     pub fn abandon(&mut self) {

@@ -8,8 +8,11 @@ mod core_queries;
 mod core_types;
 mod core_work;
 mod models;
+mod pool;
+mod reclaim;
+mod sessions;
 
-use actor_orm::{Connection, StatementMode, testing};
+use actor_orm::{Connection, Pool, PoolBuilder, StatementMode, testing};
 
 /// A database of its own for one test, and an ORM connection to it.
 pub async fn connect(hint: &str) -> (testing::TestDatabase, Connection) {
@@ -24,4 +27,28 @@ pub async fn connect_again(db: &testing::TestDatabase) -> Connection {
         db.connect().await.expect("connect"),
         StatementMode::Prepared,
     )
+}
+
+/// A pool on `db` whose connections report the database's name as their application_name, so
+/// `pg_stat_activity` can be filtered to this pool alone.
+pub async fn pool_on(
+    db: &testing::TestDatabase,
+    configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
+) -> Pool {
+    let builder = Pool::builder(db.config()).application_name(db.name().to_owned());
+    configure(builder).build().await.expect("pool")
+}
+
+/// Backends of this test's pool as the server sees them: (pid, state).
+pub async fn backends(monitor: &tokio_postgres::Client, app: &str) -> Vec<(i32, String)> {
+    monitor
+        .query(
+            "SELECT pid, coalesce(state, '') FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }

@@ -1,0 +1,207 @@
+//! Pool settings and their defaults.
+
+use std::fmt;
+use std::time::Duration;
+
+use actor_orm_core::{Error, Result, StatementMode};
+use tokio_postgres::Config;
+
+/// What the pool does to a connection before another session may use it.
+///
+/// `ROLLBACK` is sent first whenever a transaction may be open (a session that died, or one that
+/// ran raw SQL), whatever the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ResetPolicy {
+    /// Only end any open transaction. Session-level state (`SET`, temporary tables, `LISTEN`,
+    /// session advisory locks, prepared statements) survives: the cheapest choice, right when
+    /// sessions only use the ORM.
+    #[default]
+    Rollback,
+    /// `DISCARD ALL` after the rollback: every piece of session state is dropped, including the
+    /// prepared-statement cache, which is then rebuilt.
+    DiscardAll,
+    /// Run this SQL (one or more statements) after the rollback.
+    Custom(String),
+}
+
+/// Every setting of a pool. Build one with [`crate::Pool::builder`]; the defaults are listed on
+/// each builder method.
+#[derive(Clone)]
+pub struct PoolConfig {
+    pub(crate) pg: Config,
+    pub(crate) max_size: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) max_lifetime_jitter: Option<Duration>,
+    pub(crate) keepalive_interval: Option<Duration>,
+    pub(crate) health_check_after: Duration,
+    pub(crate) reset: ResetPolicy,
+    pub(crate) reset_timeout: Duration,
+    pub(crate) leak_threshold: Option<Duration>,
+    pub(crate) max_session_lifetime: Option<Duration>,
+    pub(crate) statement_mode: StatementMode,
+    pub(crate) close_timeout: Duration,
+}
+
+impl fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio_postgres::Config's Debug already redacts the password.
+        f.debug_struct("PoolConfig")
+            .field("pg", &self.pg)
+            .field("max_size", &self.max_size)
+            .field("min_idle", &self.min_idle)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("health_check_after", &self.health_check_after)
+            .field("reset", &self.reset)
+            .field("reset_timeout", &self.reset_timeout)
+            .field("leak_threshold", &self.leak_threshold)
+            .field("max_session_lifetime", &self.max_session_lifetime)
+            .field("statement_mode", &self.statement_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolConfig {
+    pub(crate) fn new(pg: Config) -> Self {
+        PoolConfig {
+            pg,
+            max_size: 10,
+            min_idle: 0,
+            acquire_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            max_lifetime_jitter: None,
+            keepalive_interval: Some(Duration::from_secs(120)),
+            health_check_after: Duration::from_secs(5),
+            reset: ResetPolicy::Rollback,
+            reset_timeout: Duration::from_secs(5),
+            leak_threshold: Some(Duration::from_secs(60)),
+            max_session_lifetime: None,
+            statement_mode: StatementMode::Prepared,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The largest number of connections the pool opens.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// How long a checkout waits before giving up.
+    pub fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
+    /// The reset policy.
+    pub fn reset(&self) -> &ResetPolicy {
+        &self.reset
+    }
+
+    /// The statement mode of the pool's connections.
+    pub fn statement_mode(&self) -> StatementMode {
+        self.statement_mode
+    }
+
+    /// The `application_name` the pool's connections report, if set.
+    pub fn application_name(&self) -> Option<&str> {
+        self.pg.get_application_name()
+    }
+
+    /// How much of `max_lifetime` each connection may lose at random, so that connections opened
+    /// together do not all retire together: the set jitter, else a tenth of `max_lifetime`.
+    pub(crate) fn jitter(&self) -> Duration {
+        self.max_lifetime_jitter
+            .or(self.max_lifetime.map(|l| l / 10))
+            .unwrap_or_default()
+    }
+
+    /// How often the maintenance tick runs: often enough for the shortest time-based setting.
+    pub(crate) fn tick(&self) -> Duration {
+        let mut tick = Duration::from_secs(1);
+        for d in [
+            self.idle_timeout,
+            self.keepalive_interval,
+            self.leak_threshold,
+            self.max_session_lifetime,
+            self.max_lifetime,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tick = tick.min(d / 4);
+        }
+        tick.max(Duration::from_millis(10))
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_size == 0 {
+            return Err(Error::Config("max_size must be at least 1".into()));
+        }
+        if self.min_idle > self.max_size {
+            return Err(Error::Config(format!(
+                "min_idle ({}) is larger than max_size ({})",
+                self.min_idle, self.max_size
+            )));
+        }
+        if self.pg.get_hosts().is_empty() {
+            return Err(Error::Config(
+                "the connection settings name no host to connect to".into(),
+            ));
+        }
+        if let ResetPolicy::Custom(sql) = &self.reset
+            && sql.trim().is_empty()
+        {
+            return Err(Error::Config("a custom reset needs SQL to run".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Where a pool's connections go: a `postgres://` URL or key=value string, or a
+/// [`tokio_postgres::Config`].
+pub trait IntoConfig {
+    /// The parsed settings, or a [`Error::Config`] that never repeats the password.
+    fn into_config(self) -> Result<Config>;
+}
+
+impl IntoConfig for Config {
+    fn into_config(self) -> Result<Config> {
+        Ok(self)
+    }
+}
+
+impl IntoConfig for &Config {
+    fn into_config(self) -> Result<Config> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoConfig for &str {
+    fn into_config(self) -> Result<Config> {
+        self.parse::<Config>().map_err(|e| {
+            // tokio-postgres names the offending key, never its value; say so in our words.
+            Error::Config(format!("cannot parse the connection string: {e}"))
+        })
+    }
+}
+
+impl IntoConfig for String {
+    fn into_config(self) -> Result<Config> {
+        self.as_str().into_config()
+    }
+}
+
+impl IntoConfig for &String {
+    fn into_config(self) -> Result<Config> {
+        self.as_str().into_config()
+    }
+}

@@ -1,0 +1,290 @@
+//! The pool handle and its builder.
+
+use std::panic::Location;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actor_orm_core::{Error, Result, StatementMode};
+use ractor::{Actor, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::config::{IntoConfig, PoolConfig, ResetPolicy};
+use crate::session::{self, Session};
+use crate::stats::PoolStats;
+use crate::supervisor::{PoolMsg, Supervisor};
+
+/// A pool of PostgreSQL connections, run by a supervisor actor. Cheap to clone; every clone is
+/// the same pool. Sessions come from [`Pool::session`].
+///
+/// When the last clone (and the last session) is dropped, the pool closes itself.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    actor: ActorRef<PoolMsg>,
+    config: Arc<PoolConfig>,
+    pid: u32,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        let (tx, _rx) = oneshot::channel();
+        let _ = self
+            .actor
+            .send_message(PoolMsg::Close(self.config.close_timeout, tx));
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Starts configuring a pool for `target`: a `postgres://` URL, a key=value string or a
+    /// [`tokio_postgres::Config`]. A malformed string is reported by [`PoolBuilder::build`].
+    pub fn builder(target: impl IntoConfig) -> PoolBuilder {
+        PoolBuilder {
+            config: target.into_config().map(PoolConfig::new),
+            application_name: Some("actor-orm".into()),
+        }
+    }
+
+    /// A new session: a session actor linked to this pool's supervisor. It checks a connection
+    /// out on its first statement and holds it until it ends. Where this is called is recorded
+    /// for leak reports.
+    #[track_caller]
+    pub fn session(&self) -> impl Future<Output = Result<Session>> + Send + 'static {
+        self.spawn_session(None, Location::caller())
+    }
+
+    /// [`Pool::session`] with a name for logs, leak reports and timeout errors.
+    #[track_caller]
+    pub fn named_session(
+        &self,
+        name: impl Into<String>,
+    ) -> impl Future<Output = Result<Session>> + Send + 'static {
+        self.spawn_session(Some(name.into()), Location::caller())
+    }
+
+    fn spawn_session(
+        &self,
+        name: Option<String>,
+        site: &'static Location<'static>,
+    ) -> impl Future<Output = Result<Session>> + Send + 'static {
+        let pool = self.clone();
+        async move {
+            pool.check_process()?;
+            session::spawn(pool.clone(), pool.inner.actor.clone(), name, site).await
+        }
+    }
+
+    /// A connection inherited across `fork()` shares its socket with the parent: never use one.
+    fn check_process(&self) -> Result<()> {
+        let now = std::process::id();
+        if now != self.inner.pid {
+            return Err(Error::PoolClosed {
+                reason: format!(
+                    "this pool was created in process {} and cannot be used after fork() (this is process {now}); create a new pool in the child",
+                    self.inner.pid
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// A snapshot of the pool's numbers.
+    pub async fn stats(&self) -> Result<PoolStats> {
+        self.ask(PoolMsg::Stats).await
+    }
+
+    /// Retires every connection open now: idle ones are closed at once, leased ones when they
+    /// come back. Connections opened afterwards are fresh.
+    pub async fn drain(&self) -> Result<()> {
+        self.ask(PoolMsg::Drain).await
+    }
+
+    /// Closes the pool: no new checkouts; sessions holding connections get `timeout` to finish,
+    /// then they are stopped; every connection is closed. Returns when the pool has stopped.
+    pub async fn close(&self, timeout: Duration) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .actor
+            .send_message(PoolMsg::Close(timeout, tx))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// Whether the pool's supervisor is still running.
+    pub fn is_running(&self) -> bool {
+        self.inner.actor.get_status() < ractor::ActorStatus::Stopping
+    }
+
+    /// Stops the supervisor at once, as a crash would (for fault tests): every session is
+    /// stopped and every connection closed.
+    #[doc(hidden)]
+    pub fn kill_supervisor(&self) {
+        self.inner.actor.kill();
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> PoolMsg) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .actor
+            .send_message(make(tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())
+    }
+}
+
+pub(crate) fn closed() -> Error {
+    Error::PoolClosed {
+        reason: "the pool's supervisor has stopped".into(),
+    }
+}
+
+/// Configures and starts a [`Pool`].
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PoolBuilder {
+    config: Result<PoolConfig>,
+    application_name: Option<String>,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            if let Ok(c) = &mut self.config {
+                c.$name = value;
+            }
+            self
+        }
+    };
+}
+
+macro_rules! optional {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<Option<Duration>>) -> Self {
+            if let Ok(c) = &mut self.config {
+                c.$name = value.into();
+            }
+            self
+        }
+    };
+}
+
+impl PoolBuilder {
+    setter!(
+        /// The most connections open at once. Default 10.
+        max_size: usize
+    );
+    setter!(
+        /// Connections kept open even when unused. Default 0.
+        min_idle: usize
+    );
+    setter!(
+        /// How long a session waits for a connection before [`Error::PoolTimeout`]. Default 30 s.
+        acquire_timeout: Duration
+    );
+    setter!(
+        /// How long opening one connection may take. Default 10 s.
+        connect_timeout: Duration
+    );
+    optional!(
+        /// Idle connections unused this long are closed, down to `min_idle`. Default 10 min;
+        /// `None` keeps them.
+        idle_timeout
+    );
+    optional!(
+        /// Connections are retired (when free) after this long. Default 30 min; `None` never.
+        max_lifetime
+    );
+    optional!(
+        /// Up to this much is taken off each connection's `max_lifetime` at random, so that
+        /// connections opened together do not retire together. Default a tenth of `max_lifetime`.
+        max_lifetime_jitter
+    );
+    optional!(
+        /// An idle connection not used or checked for this long is sent `SELECT 1`. Default 2 min.
+        keepalive_interval
+    );
+    setter!(
+        /// A connection idle longer than this is checked with `SELECT 1` before it is handed out.
+        /// Default 5 s.
+        health_check_after: Duration
+    );
+    setter!(
+        /// What returning a connection runs. Default [`ResetPolicy::Rollback`].
+        reset: ResetPolicy
+    );
+    setter!(
+        /// How long a reset may take before the connection is discarded instead. Default 5 s.
+        reset_timeout: Duration
+    );
+    optional!(
+        /// A lease held longer than this logs one warning naming the session and where it was
+        /// created. Default 60 s; `None` turns it off.
+        leak_threshold
+    );
+    optional!(
+        /// A session holding a connection longer than this is stopped and its connection
+        /// reclaimed. Default `None`.
+        max_session_lifetime
+    );
+    setter!(
+        /// Prepared statements cached per connection ([`StatementMode::Prepared`], the default) or
+        /// unnamed statements for PgBouncer's transaction mode ([`StatementMode::Unnamed`]).
+        statement_mode: StatementMode
+    );
+    setter!(
+        /// How long a pool closed by dropping its last handle waits for sessions. Default 5 s.
+        close_timeout: Duration
+    );
+
+    /// The `application_name` every connection reports (seen in `pg_stat_activity`). Default
+    /// `actor-orm`; `None` leaves what the connection settings say.
+    pub fn application_name(mut self, name: impl Into<Option<String>>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// Checks the settings and starts the supervisor. Connections are opened as sessions need
+    /// them (and `min_idle` of them at once, in the background).
+    pub async fn build(self) -> Result<Pool> {
+        let mut config = self.config?;
+        if let Some(name) = self.application_name {
+            config.pg.application_name(&name);
+        }
+        config.pg.connect_timeout(config.connect_timeout);
+        config.validate()?;
+        let config = Arc::new(config);
+        let (actor, _) = Actor::spawn(None, Supervisor, config.clone())
+            .await
+            .map_err(|e| Error::PoolClosed {
+                reason: format!("could not start the pool supervisor: {e}"),
+            })?;
+        Ok(Pool {
+            inner: Arc::new(PoolInner {
+                actor,
+                config,
+                pid: std::process::id(),
+            }),
+        })
+    }
+}

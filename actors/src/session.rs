@@ -1,0 +1,614 @@
+//! The session actor and the [`Session`] handle that talks to it.
+//!
+//! The actor owns a [`SessionState`] (identity map, unit of work, transaction) and, from its
+//! first statement until it ends, one leased connection. It runs one message at a time, so
+//! nothing inside needs a lock. Every operation is a message: once sent, it runs to completion
+//! inside the actor even if the caller stops waiting for the reply.
+
+use std::future::Future;
+use std::panic::Location;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actor_orm_core::sea_query::Value;
+use actor_orm_core::tokio_postgres::Row;
+use actor_orm_core::{
+    Connection, DeleteWhere, Error, IntoKey, KeyValues, Model, OnConflict, Project, Result,
+    Savepoint, Select, SelectPair, Selection, SessionState, TxState, UpdateWhere,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::pool::{Pool, closed};
+use crate::supervisor::{Lease, PoolMsg, Requester, label};
+
+/// A boxed future borrowing the session for `'a`, as [`Session::run`] closures return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Work that needs the connection. Runs inside the actor, then sends its own reply.
+pub(crate) trait Job: Send {
+    /// Whether the work may leave the connection in a state the ORM did not track (raw SQL).
+    fn untracked(&self) -> bool;
+    /// Runs; returns whether the connection was found lost.
+    fn run<'a>(
+        self: Box<Self>,
+        state: &'a mut SessionState,
+        conn: &'a Connection,
+    ) -> BoxFuture<'a, bool>;
+    /// Replies with an error without running (no connection could be had).
+    fn fail(self: Box<Self>, error: Error);
+}
+
+struct Call<T, F> {
+    f: F,
+    untracked: bool,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Call<T, F>
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+        + Send
+        + 'static,
+{
+    fn untracked(&self) -> bool {
+        self.untracked
+    }
+
+    fn run<'a>(
+        self: Box<Self>,
+        state: &'a mut SessionState,
+        conn: &'a Connection,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let result = (self.f)(state, conn).await;
+            let lost = matches!(&result, Err(e) if e.is_connection_lost());
+            // The caller may have stopped waiting: then only the reply is lost.
+            let _ = self.reply.send(result);
+            lost
+        })
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+type Local = Box<dyn FnOnce(&mut SessionState) + Send>;
+
+pub(crate) enum SessionMsg {
+    Db(Box<dyn Job>),
+    Local(Local),
+    Commit(oneshot::Sender<Result<()>>),
+    Rollback(oneshot::Sender<Result<()>>),
+    Close(Option<oneshot::Sender<()>>),
+}
+
+pub(crate) struct SessionActor;
+
+pub(crate) struct SessionArgs {
+    pool: ActorRef<PoolMsg>,
+    name: Option<String>,
+    site: &'static Location<'static>,
+    ready: oneshot::Sender<Arc<str>>,
+}
+
+pub(crate) struct SessionCtx {
+    core: SessionState,
+    lease: Option<Lease>,
+    pool: ActorRef<PoolMsg>,
+    label: Arc<str>,
+    span: tracing::Span,
+    /// Raw SQL or user code ran on this lease: the transaction state is not known for sure.
+    untracked: bool,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionCtx;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionCtx, ActorProcessingErr> {
+        let label = label(args.name.as_deref(), myself.get_id(), args.site);
+        let span = tracing::info_span!("session", session = %label);
+        let _ = args.ready.send(label.clone());
+        Ok(SessionCtx {
+            core: SessionState::new(),
+            lease: None,
+            pool: args.pool,
+            label,
+            span,
+            untracked: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = ctx.span.clone();
+        async move {
+            match msg {
+                SessionMsg::Local(f) => f(&mut ctx.core),
+                SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).await,
+                SessionMsg::Commit(reply) => {
+                    let r = ctx.commit(myself.get_cell()).await;
+                    let _ = reply.send(r);
+                }
+                SessionMsg::Rollback(reply) => {
+                    let r = ctx.rollback().await;
+                    let _ = reply.send(r);
+                }
+                SessionMsg::Close(reply) => {
+                    ctx.release().await;
+                    tracing::debug!("session closed");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
+                    myself.stop(None);
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+}
+
+impl SessionCtx {
+    async fn connection(&mut self, me: ractor::ActorCell) -> Result<Arc<Connection>> {
+        if let Some(lease) = &self.lease {
+            return Ok(lease.conn.clone());
+        }
+        let (tx, rx) = oneshot::channel();
+        let requester = Requester {
+            cell: me,
+            label: self.label.clone(),
+        };
+        self.pool
+            .send_message(PoolMsg::Checkout(requester, tx))
+            .map_err(|_| closed())?;
+        let lease = rx.await.map_err(|_| closed())??;
+        let conn = lease.conn.clone();
+        self.lease = Some(lease);
+        self.untracked = false;
+        Ok(conn)
+    }
+
+    async fn run(&mut self, me: ractor::ActorCell, job: Box<dyn Job>) {
+        let conn = match self.connection(me).await {
+            Ok(c) => c,
+            Err(e) => return job.fail(e),
+        };
+        if job.untracked() {
+            self.untracked = true;
+        }
+        let lost = job.run(&mut self.core, &conn).await;
+        if lost || conn.is_closed() {
+            self.lose_connection();
+        }
+    }
+
+    /// The connection died: tell the pool, and make the transaction (if any) one that must be
+    /// rolled back before the session goes on, on a new connection.
+    fn lose_connection(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            tracing::warn!("connection lost");
+            let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
+        }
+        self.core.connection_lost();
+    }
+
+    async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
+        if self.lease.is_none() {
+            if self.core.tx_state() != TxState::Idle {
+                // The connection went away mid-transaction: the server rolled it back.
+                self.core.abandon();
+                return Err(Error::TransactionAborted);
+            }
+            if self.core.pending() == 0 {
+                return Ok(());
+            }
+        }
+        let conn = self.connection(me).await?;
+        let r = self.core.commit(&conn).await;
+        if conn.is_closed() || matches!(&r, Err(e) if e.is_connection_lost()) {
+            self.lose_connection();
+            self.core.abandon();
+        }
+        r
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        let Some(lease) = &self.lease else {
+            self.core.abandon();
+            return Ok(());
+        };
+        let conn = lease.conn.clone();
+        let r = self.core.rollback(&conn).await;
+        if conn.is_closed() || matches!(&r, Err(e) if e.is_connection_lost()) {
+            // No connection, no transaction: the rollback happened on the server's side.
+            self.lose_connection();
+            self.core.abandon();
+            return Ok(());
+        }
+        r
+    }
+
+    /// Gives the connection back. Uncommitted work is dropped; the pool rolls back whatever may
+    /// be open. Waits for the pool to take it, so the lease ends as a checkin, not a reclaim.
+    async fn release(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if lease.conn.is_closed() {
+            let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
+            return;
+        }
+        let clean = self.core.tx_state() == TxState::Idle && !self.untracked;
+        self.core.abandon();
+        let (ack, acked) = oneshot::channel();
+        let sent = self.pool.send_message(PoolMsg::Checkin {
+            lease: lease.id,
+            clean,
+            ack,
+        });
+        if sent.is_ok() {
+            let _ = acked.await;
+        }
+    }
+}
+
+pub(crate) async fn spawn(
+    pool: Pool,
+    supervisor: ActorRef<PoolMsg>,
+    name: Option<String>,
+    site: &'static Location<'static>,
+) -> Result<Session> {
+    let (ready, label) = oneshot::channel();
+    let args = SessionArgs {
+        pool: supervisor.clone(),
+        name,
+        site,
+        ready,
+    };
+    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor.get_cell())
+        .await
+        .map_err(|e| Error::PoolClosed {
+            reason: format!("could not start a session: {e}"),
+        })?;
+    let label = label.await.map_err(|_| Error::SessionClosed)?;
+    Ok(Session {
+        inner: Arc::new(Handle {
+            actor,
+            label,
+            _pool: pool,
+        }),
+    })
+}
+
+/// A handle on one session actor. Clone it freely (all clones talk to the same session);
+/// when the last clone is dropped the session ends: uncommitted work is rolled back and the
+/// connection goes back to the pool.
+///
+/// Models cross into the session by value; the session keeps its own snapshot of what it loaded,
+/// so [`Session::save`] writes only the columns that changed.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Handle>,
+}
+
+struct Handle {
+    actor: ActorRef<SessionMsg>,
+    label: Arc<str>,
+    // Keeps the pool open while any session is alive.
+    _pool: Pool,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Through the mailbox, behind any operation already sent: those still run to the end.
+        let _ = self.actor.send_message(SessionMsg::Close(None));
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("label", &self.inner.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The session's name (or `session-<id>`) and where it was created.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// Whether the session actor is still running.
+    pub fn is_running(&self) -> bool {
+        self.inner.actor.get_status() < ractor::ActorStatus::Stopping
+    }
+
+    async fn call<T, F>(&self, untracked: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+            + Send
+            + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(Call {
+            f,
+            untracked,
+            reply,
+        });
+        self.inner
+            .actor
+            .send_message(SessionMsg::Db(job))
+            .map_err(|_| Error::SessionClosed)?;
+        rx.await.map_err(|_| Error::SessionClosed)?
+    }
+
+    async fn local<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut SessionState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let job: Local = Box::new(move |state| {
+            let _ = reply.send(f(state));
+        });
+        self.inner
+            .actor
+            .send_message(SessionMsg::Local(job))
+            .map_err(|_| Error::SessionClosed)?;
+        rx.await.map_err(|_| Error::SessionClosed)?
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<()>>) -> SessionMsg,
+    ) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .actor
+            .send_message(make(reply))
+            .map_err(|_| Error::SessionClosed)?;
+        rx.await.map_err(|_| Error::SessionClosed)?
+    }
+
+    // ----- reads -----
+
+    /// The row of `M` with this key: from the session's identity map when already loaded,
+    /// else one SELECT.
+    pub async fn get<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
+        let key = KeyValues(key.into_key_values());
+        self.call(false, move |s, c| Box::pin(s.get::<M>(c, key)))
+            .await
+    }
+
+    /// The rows of `M` with these keys, in one statement for those not loaded yet.
+    pub async fn get_many<M: Model, K: IntoKey<M>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<M>> {
+        let keys: Vec<KeyValues> = keys
+            .into_iter()
+            .map(|k| KeyValues(k.into_key_values()))
+            .collect();
+        self.call(false, move |s, c| Box::pin(s.get_many::<M, _>(c, keys)))
+            .await
+    }
+
+    /// Every row the query selects.
+    pub async fn all<M: Model>(&self, select: Select<M>) -> Result<Vec<M>> {
+        self.call(false, move |s, c| Box::pin(s.all(c, select)))
+            .await
+    }
+
+    /// The first row the query selects.
+    pub async fn first<M: Model>(&self, select: Select<M>) -> Result<Option<M>> {
+        self.call(false, move |s, c| Box::pin(s.first(c, select)))
+            .await
+    }
+
+    /// How many rows the query selects.
+    pub async fn count<M: Model>(&self, select: Select<M>) -> Result<i64> {
+        self.call(false, move |s, c| {
+            Box::pin(async move { s.count(c, &select).await })
+        })
+        .await
+    }
+
+    /// Whether the query selects any row.
+    pub async fn exists<M: Model>(&self, select: Select<M>) -> Result<bool> {
+        self.call(false, move |s, c| {
+            Box::pin(async move { s.exists(c, &select).await })
+        })
+        .await
+    }
+
+    /// Rows of a join: each `M` with its `N`, if any.
+    pub async fn all_pairs<M: Model, N: Model>(
+        &self,
+        select: SelectPair<M, N>,
+    ) -> Result<Vec<(M, Option<N>)>> {
+        self.call(false, move |s, c| Box::pin(s.all_pairs(c, select)))
+            .await
+    }
+
+    /// Rows of a projection (selected columns and aggregates).
+    pub async fn project<S: Selection>(&self, project: Project<S>) -> Result<Vec<S::Output>> {
+        self.call(false, move |s, c| Box::pin(s.project(c, project)))
+            .await
+    }
+
+    // ----- writes -----
+
+    /// Queues `model` for INSERT at the next flush. Bad values are refused now.
+    pub async fn add<M: Model>(&self, model: M) -> Result<()> {
+        self.local(move |s| s.add(model)).await
+    }
+
+    /// Inserts `model` now and returns it as stored (generated key and defaults filled in).
+    pub async fn insert<M: Model>(&self, model: M) -> Result<M> {
+        self.call(false, move |s, c| Box::pin(s.insert(c, model)))
+            .await
+    }
+
+    /// INSERT … ON CONFLICT: the stored row, or `None` when the conflict did nothing.
+    pub async fn upsert<M: Model>(&self, model: M, on_conflict: OnConflict) -> Result<Option<M>> {
+        self.call(false, move |s, c| Box::pin(s.upsert(c, model, on_conflict)))
+            .await
+    }
+
+    /// Queues the changes in `model` (compared with what this session loaded) for the next flush.
+    pub async fn save<M: Model>(&self, model: M) -> Result<()> {
+        self.local(move |s| s.save(model)).await
+    }
+
+    /// Queues `model`'s row for DELETE at the next flush.
+    pub async fn delete<M: Model>(&self, model: M) -> Result<()> {
+        self.local(move |s| s.delete(&model)).await
+    }
+
+    /// Sends every queued change now, parents before children.
+    pub async fn flush(&self) -> Result<()> {
+        self.call(false, |s, c| Box::pin(s.flush(c))).await
+    }
+
+    /// UPDATE … WHERE for many rows at once; returns how many changed.
+    pub async fn update_where<M: Model>(&self, update: UpdateWhere<M>) -> Result<u64> {
+        self.call(false, move |s, c| Box::pin(s.update_where(c, update)))
+            .await
+    }
+
+    /// DELETE … WHERE for many rows at once; returns how many went.
+    pub async fn delete_where<M: Model>(&self, delete: DeleteWhere<M>) -> Result<u64> {
+        self.call(false, move |s, c| Box::pin(s.delete_where(c, delete)))
+            .await
+    }
+
+    // ----- transactions -----
+
+    /// Flushes and commits. After a failed statement the transaction is rolled back instead and
+    /// [`Error::TransactionAborted`] returned, as PostgreSQL does.
+    pub async fn commit(&self) -> Result<()> {
+        self.ask(SessionMsg::Commit).await
+    }
+
+    /// Rolls back the transaction and drops every queued change.
+    pub async fn rollback(&self) -> Result<()> {
+        self.ask(SessionMsg::Rollback).await
+    }
+
+    /// Flushes, then sets a savepoint.
+    pub async fn savepoint(&self) -> Result<Savepoint> {
+        self.call(false, |s, c| Box::pin(s.savepoint(c))).await
+    }
+
+    /// Undoes everything since `sp`; clears a failed statement's error.
+    pub async fn rollback_to(&self, sp: Savepoint) -> Result<()> {
+        self.call(false, move |s, c| Box::pin(s.rollback_to(c, sp)))
+            .await
+    }
+
+    /// Keeps everything since `sp` and forgets the savepoint.
+    pub async fn release(&self, sp: Savepoint) -> Result<()> {
+        self.call(false, move |s, c| Box::pin(s.release(c, sp)))
+            .await
+    }
+
+    /// Where the session's transaction stands.
+    pub async fn tx_state(&self) -> Result<TxState> {
+        self.local(|s| Ok(s.tx_state())).await
+    }
+
+    // ----- raw SQL -----
+
+    /// Raw SQL whose rows decode to `M`; values are bound as `$1, $2, …`.
+    pub async fn raw<M: Model>(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Value>,
+    ) -> Result<Vec<M>> {
+        let sql = sql.into();
+        self.call(true, move |s, c| {
+            Box::pin(async move { s.raw::<M>(c, &sql, params).await })
+        })
+        .await
+    }
+
+    /// Raw SQL returning its rows as they are.
+    pub async fn raw_rows(&self, sql: impl Into<String>, params: Vec<Value>) -> Result<Vec<Row>> {
+        let sql = sql.into();
+        self.call(true, move |s, c| {
+            Box::pin(async move { s.raw_rows(c, &sql, params).await })
+        })
+        .await
+    }
+
+    /// Raw SQL returning how many rows it affected.
+    pub async fn raw_execute(&self, sql: impl Into<String>, params: Vec<Value>) -> Result<u64> {
+        let sql = sql.into();
+        self.call(true, move |s, c| {
+            Box::pin(async move { s.raw_execute(c, &sql, params).await })
+        })
+        .await
+    }
+
+    /// Runs `f` inside the session actor with its state and connection: several operations with
+    /// no message hop between them. A panic in `f` ends the session (its connection is
+    /// reclaimed and reset by the pool).
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.call(true, f).await
+    }
+
+    // ----- ending -----
+
+    /// Ends the session now: uncommitted work is rolled back and the connection returned.
+    /// Returns once the pool has it back. Other clones of this handle then get
+    /// [`Error::SessionClosed`].
+    pub async fn close(self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .actor
+            .send_message(SessionMsg::Close(Some(reply)))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// Stops the actor the way ractor stops one (after the message it is running, without the
+    /// session's own close): the pool then reclaims the connection from the death notice. For
+    /// fault tests.
+    #[doc(hidden)]
+    pub fn stop_actor(&self) {
+        self.inner.actor.stop(Some("stopped by request".into()));
+    }
+
+    /// Aborts the session at once, as a crash would, even mid-statement. The pool reclaims its
+    /// connection and resets it; nothing uncommitted is kept.
+    pub fn kill(&self) {
+        self.inner.actor.kill();
+    }
+}

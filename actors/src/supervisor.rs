@@ -1,0 +1,924 @@
+//! The pool supervisor actor: owns every connection, leases them to session actors, and takes
+//! them back — reset — whichever way a session ends.
+//!
+//! Nothing here waits on the network: connects, resets and health checks run in spawned tasks
+//! that report back by message, so the mailbox always moves.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::panic::Location;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actor_orm_core::{Connection, Error, Holder, PoolTimeout, Result};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent,
+};
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
+
+use crate::config::{PoolConfig, ResetPolicy};
+use crate::stats::PoolStats;
+
+/// A connection leased to one session.
+pub(crate) struct Lease {
+    pub(crate) id: u64,
+    pub(crate) conn: Arc<Connection>,
+}
+
+/// Who a checkout is for.
+pub(crate) struct Requester {
+    pub(crate) cell: ActorCell,
+    pub(crate) label: Arc<str>,
+}
+
+pub(crate) enum PoolMsg {
+    /// A session wants a connection.
+    Checkout(Requester, oneshot::Sender<Result<Lease>>),
+    /// A session gives its connection back. `clean`: no transaction can be open.
+    Checkin {
+        lease: u64,
+        clean: bool,
+        ack: oneshot::Sender<()>,
+    },
+    /// A session saw its connection die.
+    Broken {
+        lease: u64,
+    },
+    Connected(Result<Box<Connection>>),
+    ResetDone {
+        serial: u64,
+        ok: bool,
+    },
+    CheckDone {
+        serial: u64,
+        ok: bool,
+    },
+    WaiterExpired(u64),
+    RetryConnect,
+    Tick,
+    Stats(oneshot::Sender<PoolStats>),
+    Drain(oneshot::Sender<()>),
+    Close(Duration, oneshot::Sender<()>),
+    CloseDeadline,
+}
+
+enum SlotState {
+    Idle,
+    Leased(Box<LeaseInfo>),
+    /// A reset (after a return) is running.
+    Resetting,
+    /// A health check is running.
+    Checking,
+}
+
+struct LeaseInfo {
+    lease: u64,
+    actor: ActorId,
+    cell: ActorCell,
+    label: Arc<str>,
+    since: Instant,
+    warned: bool,
+    stopped: bool,
+}
+
+struct Slot {
+    serial: u64,
+    conn: Arc<Connection>,
+    expires: Option<Instant>,
+    last_used: Instant,
+    last_checked: Instant,
+    generation: u64,
+    state: SlotState,
+}
+
+struct Waiter {
+    id: u64,
+    requester: Requester,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Lease>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    opened: u64,
+    closed: u64,
+    connect_failures: u64,
+    checkouts: u64,
+    checkins: u64,
+    reclaims: u64,
+    discards: u64,
+    reset_failures: u64,
+    timeouts: u64,
+    leak_warnings: u64,
+    sessions_stopped: u64,
+}
+
+pub(crate) struct PoolState {
+    config: Arc<PoolConfig>,
+    slots: Vec<Slot>,
+    waiters: VecDeque<Waiter>,
+    connecting: usize,
+    next_serial: u64,
+    next_lease: u64,
+    next_waiter: u64,
+    /// Connections stamped with an older generation must pass a check before reuse.
+    generation: u64,
+    /// Connections with a serial below this were drained: closed as soon as they are free.
+    retire_below: u64,
+    failures_in_row: u32,
+    retry_scheduled: bool,
+    last_connect_error: Option<String>,
+    closing: Option<Vec<oneshot::Sender<()>>>,
+    counters: Counters,
+}
+
+pub(crate) struct Supervisor;
+
+impl Actor for Supervisor {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = Arc<PoolConfig>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<PoolMsg>,
+        config: Arc<PoolConfig>,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        Ok(PoolState {
+            config,
+            slots: Vec::new(),
+            waiters: VecDeque::new(),
+            connecting: 0,
+            next_serial: 1,
+            next_lease: 1,
+            next_waiter: 1,
+            generation: 0,
+            retire_below: 0,
+            failures_in_row: 0,
+            retry_scheduled: false,
+            last_connect_error: None,
+            closing: None,
+            counters: Counters::default(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_interval(state.config.tick(), || PoolMsg::Tick);
+        state.replenish(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PoolMsg>,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.shut_down();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PoolMsg::Checkout(requester, reply) => state.checkout(&myself, requester, reply),
+            PoolMsg::Checkin { lease, clean, ack } => {
+                if let Some(i) = state.leased_by_lease(lease) {
+                    state.counters.checkins += 1;
+                    tracing::debug!(lease, clean, "checkin");
+                    state.end_lease(&myself, i, !clean);
+                }
+                let _ = ack.send(());
+            }
+            PoolMsg::Broken { lease } => {
+                if let Some(i) = state.leased_by_lease(lease) {
+                    state.counters.discards += 1;
+                    state.invalidate(&myself, "a session's connection was lost");
+                    state.close_slot(i);
+                }
+            }
+            PoolMsg::Connected(result) => state.connected(&myself, result),
+            PoolMsg::ResetDone { serial, ok } => state.reset_done(&myself, serial, ok),
+            PoolMsg::CheckDone { serial, ok } => state.check_done(&myself, serial, ok),
+            PoolMsg::WaiterExpired(id) => state.expire(id),
+            PoolMsg::RetryConnect => {
+                state.retry_scheduled = false;
+                state.replenish(&myself);
+                state.dispatch(&myself);
+            }
+            PoolMsg::Tick => state.tick(&myself),
+            PoolMsg::Stats(reply) => {
+                let _ = reply.send(state.stats());
+            }
+            PoolMsg::Drain(reply) => {
+                state.retire_below = state.next_serial;
+                tracing::info!("drain: every connection now open retires when it is free");
+                state.close_free_retired();
+                state.replenish(&myself);
+                let _ = reply.send(());
+            }
+            PoolMsg::Close(grace, reply) => state.close(&myself, grace, reply),
+            PoolMsg::CloseDeadline => {
+                if state.closing.is_some() {
+                    tracing::warn!(
+                        sessions = state.in_use(),
+                        "close: grace period over, stopping the sessions still holding connections"
+                    );
+                    state.finish_close(&myself);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        event: SupervisionEvent,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never stop the pool because a session ended: that is what sessions do.
+        let (cell, how) = match &event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        while let Some(i) = state.leased_by_actor(id) {
+            state.counters.reclaims += 1;
+            if let SlotState::Leased(info) = &state.slots[i].state {
+                tracing::info!(session = %info.label, how = %how, "reclaim: the session ended holding a connection; resetting it");
+            }
+            state.end_lease(&myself, i, true);
+        }
+        Ok(())
+    }
+}
+
+fn alive(cell: &ActorCell) -> bool {
+    cell.get_status() < ActorStatus::Stopping
+}
+
+fn random_below(limit: Duration, seed: u64) -> Duration {
+    let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let r = std::collections::hash_map::RandomState::new().hash_one(seed);
+    Duration::from_nanos(r % nanos)
+}
+
+impl PoolState {
+    fn in_use(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Leased(_)))
+            .count()
+    }
+
+    fn idle(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Idle))
+            .count()
+    }
+
+    fn leased_by_lease(&self, lease: u64) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| matches!(&s.state, SlotState::Leased(l) if l.lease == lease))
+    }
+
+    fn leased_by_actor(&self, actor: ActorId) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| matches!(&s.state, SlotState::Leased(l) if l.actor == actor))
+    }
+
+    fn by_serial(&self, serial: u64) -> Option<usize> {
+        self.slots.iter().position(|s| s.serial == serial)
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        PoolStats {
+            max_size: self.config.max_size,
+            total: self.slots.len(),
+            idle: self.idle(),
+            in_use: self.in_use(),
+            resetting: self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.state, SlotState::Resetting | SlotState::Checking))
+                .count(),
+            connecting: self.connecting,
+            waiting: self.waiters.len(),
+            generation: self.generation,
+            opened: c.opened,
+            closed: c.closed,
+            connect_failures: c.connect_failures,
+            checkouts: c.checkouts,
+            checkins: c.checkins,
+            reclaims: c.reclaims,
+            discards: c.discards,
+            reset_failures: c.reset_failures,
+            timeouts: c.timeouts,
+            leak_warnings: c.leak_warnings,
+            sessions_stopped: c.sessions_stopped,
+        }
+    }
+
+    // ----- checkout -----
+
+    fn checkout(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        requester: Requester,
+        reply: oneshot::Sender<Result<Lease>>,
+    ) {
+        if self.closing.is_some() {
+            let _ = reply.send(Err(Error::PoolClosed {
+                reason: "the pool is closing".into(),
+            }));
+            return;
+        }
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiters.push_back(Waiter {
+            id,
+            requester,
+            enqueued: Instant::now(),
+            reply,
+        });
+        self.dispatch(myself);
+        if self.waiters.iter().any(|w| w.id == id) {
+            myself.send_after(self.config.acquire_timeout, move || {
+                PoolMsg::WaiterExpired(id)
+            });
+        }
+    }
+
+    /// Hands free connections to waiters, first come first served, and opens connections when
+    /// waiters outnumber what may soon be free.
+    fn dispatch(&mut self, myself: &ActorRef<PoolMsg>) {
+        loop {
+            // A waiter whose session has gone (or stopped listening) is skipped.
+            while let Some(w) = self.waiters.front() {
+                if w.reply.is_closed() || !alive(&w.requester.cell) {
+                    self.waiters.pop_front();
+                } else {
+                    break;
+                }
+            }
+            if self.waiters.is_empty() {
+                return;
+            }
+            let Some(i) = self.ready_idle(myself) else {
+                self.grow(myself);
+                return;
+            };
+            let Some(w) = self.waiters.pop_front() else {
+                return;
+            };
+            self.next_lease += 1;
+            let lease = self.next_lease;
+            let slot = &mut self.slots[i];
+            let handed = w.reply.send(Ok(Lease {
+                id: lease,
+                conn: slot.conn.clone(),
+            }));
+            if handed.is_err() {
+                continue;
+            }
+            slot.state = SlotState::Leased(Box::new(LeaseInfo {
+                lease,
+                actor: w.requester.cell.get_id(),
+                cell: w.requester.cell,
+                label: w.requester.label,
+                since: Instant::now(),
+                warned: false,
+                stopped: false,
+            }));
+            self.counters.checkouts += 1;
+            tracing::trace!(lease, waited = ?w.enqueued.elapsed(), "checkout");
+        }
+    }
+
+    /// An idle connection ready for use, most recently used first. Retired or expired ones are
+    /// closed on the way; suspect ones are sent for a health check.
+    fn ready_idle(&mut self, myself: &ActorRef<PoolMsg>) -> Option<usize> {
+        self.close_free_retired();
+        let now = Instant::now();
+        let mut best: Option<usize> = None;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if !matches!(s.state, SlotState::Idle) {
+                continue;
+            }
+            let suspect = s.generation < self.generation
+                || now.duration_since(s.last_used) > self.config.health_check_after;
+            if suspect {
+                self.start_check(myself, i);
+            } else if best.is_none_or(|b| self.slots[b].last_used < s.last_used) {
+                best = Some(i);
+            }
+        }
+        best
+    }
+
+    fn must_retire(&self, i: usize, now: Instant) -> bool {
+        let s = &self.slots[i];
+        s.serial < self.retire_below
+            || s.expires.is_some_and(|e| e <= now)
+            || s.conn.is_closed()
+            || self.closing.is_some()
+    }
+
+    /// Opens connections while waiters outnumber those being opened, up to `max_size`.
+    fn grow(&mut self, myself: &ActorRef<PoolMsg>) {
+        if self.retry_scheduled {
+            return;
+        }
+        while self.connecting < self.waiters.len()
+            && self.slots.len() + self.connecting < self.config.max_size
+        {
+            self.open(myself);
+        }
+    }
+
+    /// Keeps at least `min_idle` connections open (not while connects are failing).
+    fn replenish(&mut self, myself: &ActorRef<PoolMsg>) {
+        if self.retry_scheduled || self.closing.is_some() {
+            return;
+        }
+        while self.slots.len() + self.connecting < self.config.min_idle {
+            self.open(myself);
+        }
+        self.grow(myself);
+    }
+
+    fn open(&mut self, myself: &ActorRef<PoolMsg>) {
+        self.connecting += 1;
+        let config = self.config.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = connect(&config).await.map(Box::new);
+            // The pool may be gone; then the connection is simply dropped.
+            let _ = me.send_message(PoolMsg::Connected(result));
+        });
+    }
+
+    fn connected(&mut self, myself: &ActorRef<PoolMsg>, result: Result<Box<Connection>>) {
+        self.connecting = self.connecting.saturating_sub(1);
+        match result {
+            Ok(conn) => {
+                self.failures_in_row = 0;
+                self.last_connect_error = None;
+                self.counters.opened += 1;
+                if self.closing.is_some() {
+                    return;
+                }
+                let now = Instant::now();
+                let serial = self.next_serial;
+                self.next_serial += 1;
+                let expires = self.config.max_lifetime.map(|l| {
+                    let jitter = random_below(self.config.jitter().min(l), serial);
+                    now + l - jitter
+                });
+                tracing::debug!(serial, "connect: opened a connection");
+                self.slots.push(Slot {
+                    serial,
+                    conn: Arc::from(conn),
+                    expires,
+                    last_used: now,
+                    last_checked: now,
+                    generation: self.generation,
+                    state: SlotState::Idle,
+                });
+                self.dispatch(myself);
+            }
+            Err(e) => {
+                self.counters.connect_failures += 1;
+                self.failures_in_row += 1;
+                let text = e.to_string();
+                tracing::warn!(error = %text, attempt = self.failures_in_row, "connect failed");
+                self.last_connect_error = Some(text);
+                if is_fatal_connect_error(&e) {
+                    // Wrong password, missing database: waiting will not help.
+                    for w in self.waiters.drain(..) {
+                        let _ = w.reply.send(Err(copy_error(&e)));
+                    }
+                }
+                if !self.retry_scheduled && self.closing.is_none() {
+                    self.retry_scheduled = true;
+                    let backoff = Duration::from_millis(25)
+                        .saturating_mul(1 << self.failures_in_row.min(6))
+                        .min(Duration::from_secs(1));
+                    myself.send_after(backoff, || PoolMsg::RetryConnect);
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, id: u64) {
+        let Some(pos) = self.waiters.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let waiting = self.waiters.len();
+        let Some(w) = self.waiters.remove(pos) else {
+            return;
+        };
+        self.counters.timeouts += 1;
+        let now = Instant::now();
+        let mut holders: Vec<Holder> = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                SlotState::Leased(l) => Some(Holder::new(&*l.label, now - l.since)),
+                _ => None,
+            })
+            .collect();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.held));
+        holders.truncate(5);
+        let report = PoolTimeout::new(
+            w.enqueued.elapsed(),
+            self.config.max_size,
+            self.slots.len() + self.connecting,
+            self.in_use(),
+            self.idle(),
+            waiting,
+            holders,
+            self.last_connect_error.clone(),
+        );
+        tracing::warn!(session = %w.requester.label, "timeout: {report}");
+        let _ = w.reply.send(Err(Error::PoolTimeout(Box::new(report))));
+    }
+
+    // ----- return -----
+
+    /// Ends the lease on slot `i`: the connection is reset if it may carry a transaction or
+    /// needs the reset policy, then offered again (or closed).
+    fn end_lease(&mut self, myself: &ActorRef<PoolMsg>, i: usize, may_be_in_transaction: bool) {
+        let now = Instant::now();
+        let slot = &mut self.slots[i];
+        slot.last_used = now;
+        if self.must_retire(i, now) {
+            self.close_slot(i);
+            self.after_close(myself);
+            return;
+        }
+        let slot = &mut self.slots[i];
+        let interrupted = slot.conn.was_interrupted();
+        if !may_be_in_transaction && !interrupted && self.config.reset == ResetPolicy::Rollback {
+            slot.state = SlotState::Idle;
+            self.dispatch(myself);
+            self.finish_close_if_done(myself);
+            return;
+        }
+        slot.state = SlotState::Resetting;
+        let serial = slot.serial;
+        let conn = slot.conn.clone();
+        let policy = self.config.reset.clone();
+        let timeout = self.config.reset_timeout;
+        let rollback = may_be_in_transaction || interrupted;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let ok = reset(&conn, rollback, &policy, timeout).await;
+            let _ = me.send_message(PoolMsg::ResetDone { serial, ok });
+        });
+    }
+
+    fn reset_done(&mut self, myself: &ActorRef<PoolMsg>, serial: u64, ok: bool) {
+        let Some(i) = self.by_serial(serial) else {
+            return;
+        };
+        if ok {
+            tracing::debug!(serial, "reset: connection clean again");
+            self.slots[i].state = SlotState::Idle;
+            self.slots[i].last_checked = Instant::now();
+        } else {
+            self.counters.reset_failures += 1;
+            tracing::warn!(
+                serial,
+                "reset failed or timed out: discarding the connection"
+            );
+            self.close_slot(i);
+        }
+        self.after_close(myself);
+        self.dispatch(myself);
+    }
+
+    fn start_check(&mut self, myself: &ActorRef<PoolMsg>, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.state = SlotState::Checking;
+        let serial = slot.serial;
+        let conn = slot.conn.clone();
+        let timeout = self.config.reset_timeout.min(self.config.connect_timeout);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let ok = matches!(
+                tokio::time::timeout(timeout, conn.batch("SELECT 1")).await,
+                Ok(Ok(()))
+            );
+            let _ = me.send_message(PoolMsg::CheckDone { serial, ok });
+        });
+    }
+
+    fn check_done(&mut self, myself: &ActorRef<PoolMsg>, serial: u64, ok: bool) {
+        let Some(i) = self.by_serial(serial) else {
+            return;
+        };
+        if ok {
+            let now = Instant::now();
+            let generation = self.generation;
+            let slot = &mut self.slots[i];
+            slot.state = SlotState::Idle;
+            slot.generation = generation;
+            slot.last_checked = now;
+            slot.last_used = now;
+        } else {
+            tracing::info!(serial, "health check failed: discarding the connection");
+            self.invalidate(myself, "a health check failed");
+            self.close_slot(i);
+        }
+        self.after_close(myself);
+        self.dispatch(myself);
+    }
+
+    /// A connection-class error: every connection opened before now is suspect and is checked
+    /// (or replaced) before it is handed out again.
+    fn invalidate(&mut self, myself: &ActorRef<PoolMsg>, why: &str) {
+        self.generation += 1;
+        tracing::warn!(
+            generation = self.generation,
+            why,
+            "invalidate: connections opened before now will be checked before reuse"
+        );
+        for i in 0..self.slots.len() {
+            if matches!(self.slots[i].state, SlotState::Idle) {
+                self.start_check(myself, i);
+            }
+        }
+    }
+
+    fn close_slot(&mut self, i: usize) {
+        let slot = self.slots.swap_remove(i);
+        self.counters.closed += 1;
+        tracing::debug!(serial = slot.serial, "close: connection closed");
+        discard(slot.conn);
+    }
+
+    /// After a connection went away: refill to `min_idle` and serve waiters.
+    fn after_close(&mut self, myself: &ActorRef<PoolMsg>) {
+        self.replenish(myself);
+        self.finish_close_if_done(myself);
+    }
+
+    fn close_free_retired(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.slots.len() {
+            if matches!(self.slots[i].state, SlotState::Idle) && self.must_retire(i, now) {
+                self.close_slot(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    // ----- maintenance -----
+
+    fn tick(&mut self, myself: &ActorRef<PoolMsg>) {
+        let now = Instant::now();
+        let config = self.config.clone();
+        for slot in &mut self.slots {
+            let SlotState::Leased(info) = &mut slot.state else {
+                continue;
+            };
+            let held = now.duration_since(info.since);
+            if let Some(limit) = config.leak_threshold
+                && held > limit
+                && !info.warned
+            {
+                info.warned = true;
+                self.counters.leak_warnings += 1;
+                tracing::warn!(
+                    session = %info.label,
+                    held = ?held,
+                    "leak: a session has held its connection longer than leak_threshold ({limit:?})"
+                );
+            }
+            if let Some(limit) = config.max_session_lifetime
+                && held > limit
+                && !info.stopped
+            {
+                info.stopped = true;
+                self.counters.sessions_stopped += 1;
+                tracing::warn!(session = %info.label, held = ?held, "stopping a session past max_session_lifetime; its connection will be reclaimed");
+                info.cell.kill();
+            }
+        }
+        self.close_free_retired();
+        // Idle connections past idle_timeout, oldest first, down to min_idle.
+        if let Some(limit) = config.idle_timeout {
+            loop {
+                if self.slots.len() <= config.min_idle {
+                    break;
+                }
+                let stale = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| {
+                        matches!(s.state, SlotState::Idle)
+                            && now.duration_since(s.last_used) > limit
+                    })
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(i, _)| i);
+                match stale {
+                    Some(i) => {
+                        tracing::debug!("idle_timeout: closing an idle connection");
+                        self.close_slot(i);
+                    }
+                    None => break,
+                }
+            }
+        }
+        if let Some(every) = config.keepalive_interval {
+            for i in 0..self.slots.len() {
+                let s = &self.slots[i];
+                if matches!(s.state, SlotState::Idle)
+                    && now.duration_since(s.last_checked.max(s.last_used)) > every
+                {
+                    self.start_check(myself, i);
+                }
+            }
+        }
+        self.replenish(myself);
+        self.dispatch(myself);
+    }
+
+    // ----- close -----
+
+    fn close(&mut self, myself: &ActorRef<PoolMsg>, grace: Duration, reply: oneshot::Sender<()>) {
+        if let Some(replies) = &mut self.closing {
+            replies.push(reply);
+            return;
+        }
+        tracing::info!(
+            in_use = self.in_use(),
+            "close: no new checkouts; waiting for sessions to return their connections"
+        );
+        self.closing = Some(vec![reply]);
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(Error::PoolClosed {
+                reason: "the pool is closing".into(),
+            }));
+        }
+        self.close_free_retired();
+        myself.send_after(grace, || PoolMsg::CloseDeadline);
+        self.finish_close_if_done(myself);
+    }
+
+    fn finish_close_if_done(&mut self, myself: &ActorRef<PoolMsg>) {
+        if self.closing.is_some() {
+            self.close_free_retired();
+            if self.slots.is_empty() {
+                self.finish_close(myself);
+            }
+        }
+    }
+
+    fn finish_close(&mut self, myself: &ActorRef<PoolMsg>) {
+        self.shut_down();
+        for reply in self.closing.take().unwrap_or_default() {
+            let _ = reply.send(());
+        }
+        tracing::info!("close: pool closed");
+        myself.stop(Some("closed".into()));
+    }
+
+    /// Stops every session still holding a connection and closes every connection.
+    fn shut_down(&mut self) {
+        for slot in &self.slots {
+            if let SlotState::Leased(info) = &slot.state {
+                info.cell.kill();
+            }
+        }
+        while !self.slots.is_empty() {
+            self.close_slot(self.slots.len() - 1);
+        }
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(Error::PoolClosed {
+                reason: "the pool has stopped".into(),
+            }));
+        }
+    }
+}
+
+/// Opens one connection within `connect_timeout`, its I/O driven by a task of its own.
+async fn connect(config: &PoolConfig) -> Result<Connection> {
+    let attempt = config.pg.connect(NoTls);
+    let (client, connection) = match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(r) => r.map_err(connect_error)?,
+        Err(_) => {
+            return Err(Error::ConnectionLost {
+                reason: format!(
+                    "could not connect within connect_timeout ({:?})",
+                    config.connect_timeout
+                ),
+            });
+        }
+    };
+    tokio::spawn(async move {
+        // Ends when the client is dropped or the server goes away.
+        let _ = connection.await;
+    });
+    Ok(Connection::new(client, config.statement_mode))
+}
+
+fn connect_error(e: tokio_postgres::Error) -> Error {
+    if e.as_db_error().is_some() {
+        return Error::from(e);
+    }
+    Error::ConnectionLost {
+        reason: format!("could not connect: {e}"),
+    }
+}
+
+/// Authentication failures and missing databases do not go away by waiting.
+fn is_fatal_connect_error(e: &Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.starts_with("28") || c == "3D000")
+}
+
+fn copy_error(e: &Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => Error::Database(Box::new(db.clone())),
+        None => Error::ConnectionLost {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Makes a returned connection safe for the next session: cancel what an interrupted session
+/// left running, end any transaction, apply the policy. Anything that fails or overruns
+/// `timeout` means the connection is discarded.
+async fn reset(conn: &Connection, rollback: bool, policy: &ResetPolicy, timeout: Duration) -> bool {
+    let work = async {
+        if conn.was_interrupted() {
+            conn.client()
+                .cancel_token()
+                .cancel_query(NoTls)
+                .await
+                .map_err(Error::from)?;
+            conn.clear_interrupted();
+        }
+        if rollback {
+            conn.batch("ROLLBACK").await?;
+        }
+        match policy {
+            ResetPolicy::Rollback => {}
+            ResetPolicy::DiscardAll => {
+                conn.batch("DISCARD ALL").await?;
+                conn.clear_statement_cache();
+            }
+            ResetPolicy::Custom(sql) => {
+                conn.batch(sql).await?;
+                conn.clear_statement_cache();
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(())))
+}
+
+/// Lets a connection go. One that may still be running an abandoned statement is sent a cancel
+/// first, so its backend does not linger past the socket.
+fn discard(conn: Arc<Connection>) {
+    if conn.was_interrupted() && !conn.is_closed() {
+        let token = conn.client().cancel_token();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), token.cancel_query(NoTls)).await;
+        });
+    }
+    drop(conn);
+}
+
+/// Where a session was created, for leak reports.
+pub(crate) fn label(name: Option<&str>, id: ActorId, site: &'static Location<'static>) -> Arc<str> {
+    match name {
+        Some(n) => format!("{n} (created at {site})").into(),
+        None => format!("session-{id} (created at {site})").into(),
+    }
+}
