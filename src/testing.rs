@@ -102,6 +102,8 @@ struct OwnedCluster {
     port: u16,
     postmaster: Child,
     watchdog: Option<Child>,
+    bin: ServerBinaries,
+    runner: ServerUser,
 }
 
 impl fmt::Debug for Cluster {
@@ -217,6 +219,8 @@ impl Cluster {
                             port,
                             postmaster,
                             watchdog,
+                            bin: bin.clone(),
+                            runner: runner.clone(),
                         }),
                     });
                 }
@@ -297,25 +301,52 @@ impl Cluster {
         self.shutdown();
     }
 
+    /// Stops the server of a throwaway cluster with a fast shutdown (`pg_ctl stop -m fast`:
+    /// transactions aborted, connections closed), keeping its data for [`Cluster::start_server`].
+    /// For fault tests; an error on an external server.
+    pub fn stop_server(&mut self) -> Result<(), TestingError> {
+        let owned = self.owned_mut("stop the server")?;
+        if let Some(mut watchdog) = owned.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        fast_shutdown(&mut owned.postmaster);
+        Ok(())
+    }
+
+    /// Starts the server of a throwaway cluster again, on the same port and data, after
+    /// [`Cluster::stop_server`].
+    pub fn start_server(&mut self) -> Result<(), TestingError> {
+        let owned = self.owned_mut("start the server")?;
+        if let Ok(None) = owned.postmaster.try_wait() {
+            return Ok(());
+        }
+        let data = owned.dir.join("data");
+        owned.postmaster =
+            start_postmaster(&owned.dir, &data, owned.port, &owned.bin, &owned.runner)?;
+        owned.watchdog = spawn_watchdog(std::process::id(), owned.postmaster.id(), &owned.dir).ok();
+        Ok(())
+    }
+
+    /// `pg_ctl restart -m fast`: [`Cluster::stop_server`] then [`Cluster::start_server`].
+    pub fn restart(&mut self) -> Result<(), TestingError> {
+        self.stop_server()?;
+        self.start_server()
+    }
+
+    fn owned_mut(&mut self, what: &str) -> Result<&mut OwnedCluster, TestingError> {
+        self.owned.as_mut().ok_or_else(|| {
+            cluster_error(what, "only a throwaway cluster can be stopped or started")
+        })
+    }
+
     fn shutdown(&mut self) {
         if let Some(mut owned) = self.owned.take() {
             if let Some(mut watchdog) = owned.watchdog.take() {
                 let _ = watchdog.kill();
                 let _ = watchdog.wait();
             }
-            // SIGINT is PostgreSQL's fast shutdown: abort transactions, close connections, exit.
-            signal(owned.postmaster.id(), libc::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = owned.postmaster.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Ok(None) = owned.postmaster.try_wait() {
-                let _ = owned.postmaster.kill();
-                let _ = owned.postmaster.wait();
-            }
+            fast_shutdown(&mut owned.postmaster);
             let _ = fs::remove_dir_all(&owned.dir);
         }
     }
@@ -518,6 +549,7 @@ fn is_executable(path: &Path) -> bool {
 // ----- the OS user that runs the server -----
 
 /// Who runs initdb and the server: this process's user, or `postgres` when we are root.
+#[derive(Debug, Clone)]
 struct ServerUser {
     ids: Option<(u32, u32)>,
 }
@@ -660,6 +692,24 @@ fn start_postmaster(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// SIGINT is PostgreSQL's fast shutdown: abort transactions, close connections, exit. Waits up
+/// to 10 s, then kills.
+fn fast_shutdown(postmaster: &mut Child) {
+    if let Ok(Some(_)) = postmaster.try_wait() {
+        return;
+    }
+    signal(postmaster.id(), libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = postmaster.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = postmaster.kill();
+    let _ = postmaster.wait();
 }
 
 fn log_tail(path: &Path) -> String {

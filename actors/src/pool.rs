@@ -195,7 +195,7 @@ impl PoolBuilder {
         max_size: usize
     );
     setter!(
-        /// Connections kept open even when unused. Default 0.
+        /// Connections kept ready besides those in use (within `max_size`). Default 0.
         min_idle: usize
     );
     setter!(

@@ -30,19 +30,57 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait Job: Send {
     /// Whether the work may leave the connection in a state the ORM did not track (raw SQL).
     fn untracked(&self) -> bool;
-    /// Runs; returns whether the connection was found lost.
+    /// Whether the caller has stopped waiting for the reply.
+    fn abandoned(&self) -> bool;
+    /// Whether a caller that stops waiting cancels the work.
+    fn cancellable(&self) -> bool;
+    /// Runs to the end, or — when `cancellable` and the caller stops waiting — until the statement
+    /// is cancelled on the server.
     fn run<'a>(
         self: Box<Self>,
         state: &'a mut SessionState,
         conn: &'a Connection,
-    ) -> BoxFuture<'a, bool>;
+    ) -> BoxFuture<'a, Outcome>;
     /// Replies with an error without running (no connection could be had).
     fn fail(self: Box<Self>, error: Error);
 }
 
+/// How a job ended, as far as the session's bookkeeping cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Done,
+    ConnectionLost,
+    /// The caller went away mid-statement and the statement was cancelled (or abandoned).
+    Cancelled,
+}
+
+/// Whether a caller that stops waiting cancels the statement on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Runs to completion whatever the caller does: transaction control, flushes, inserts.
+    Complete,
+    /// A statement whose only product is its reply (a read) or whose effect stays inside the
+    /// transaction: cancelled when nobody waits for it, and the transaction marked failed.
+    Cancellable,
+    /// User code or raw SQL: runs to completion, and the ORM cannot vouch for the session state.
+    Untracked,
+    /// Raw SQL that may be cancelled like a read, and leaves state the ORM cannot vouch for.
+    UntrackedCancellable,
+}
+
+impl Mode {
+    fn cancellable(self) -> bool {
+        matches!(self, Mode::Cancellable | Mode::UntrackedCancellable)
+    }
+
+    fn untracked(self) -> bool {
+        matches!(self, Mode::Untracked | Mode::UntrackedCancellable)
+    }
+}
+
 struct Call<T, F> {
     f: F,
-    untracked: bool,
+    mode: Mode,
     reply: oneshot::Sender<Result<T>>,
 }
 
@@ -54,20 +92,50 @@ where
         + 'static,
 {
     fn untracked(&self) -> bool {
-        self.untracked
+        self.mode.untracked()
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn cancellable(&self) -> bool {
+        self.mode.cancellable()
     }
 
     fn run<'a>(
         self: Box<Self>,
         state: &'a mut SessionState,
         conn: &'a Connection,
-    ) -> BoxFuture<'a, bool> {
+    ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let result = (self.f)(state, conn).await;
+            let Call { f, mode, mut reply } = *self;
+            let work = f(state, conn);
+            let result = if mode.cancellable() {
+                tokio::pin!(work);
+                tokio::select! {
+                    biased;
+                    r = &mut work => Some(r),
+                    () = reply.closed() => None,
+                }
+            } else {
+                Some(work.await)
+            };
+            let Some(result) = result else {
+                // Nobody waits for the answer: stop the statement instead of letting it hold the
+                // connection. If the cancel cannot be sent, the connection stays flagged as
+                // interrupted and the pool cancels or discards it on return.
+                let _ = conn.cancel_running().await;
+                return Outcome::Cancelled;
+            };
             let lost = matches!(&result, Err(e) if e.is_connection_lost());
             // The caller may have stopped waiting: then only the reply is lost.
-            let _ = self.reply.send(result);
-            lost
+            let _ = reply.send(result);
+            if lost {
+                Outcome::ConnectionLost
+            } else {
+                Outcome::Done
+            }
         })
     }
 
@@ -183,17 +251,59 @@ impl SessionCtx {
         Ok(conn)
     }
 
+    /// A connection with the transaction open. A fresh lease whose BEGIN finds the connection
+    /// dead (a server restart, a terminated backend) is reported and replaced: nothing had been
+    /// sent on it, so trying again is safe and the caller never sees the dead socket.
+    async fn connection_in_transaction(
+        &mut self,
+        me: &ractor::ActorCell,
+    ) -> Result<Arc<Connection>> {
+        let mut attempts = 0;
+        loop {
+            let conn = self.connection(me.clone()).await?;
+            if self.core.tx_state() != TxState::Idle {
+                return Ok(conn);
+            }
+            match self.core.begin(&conn).await {
+                Ok(()) => return Ok(conn),
+                Err(e) if e.is_connection_lost() && attempts < 3 => {
+                    attempts += 1;
+                    tracing::info!(error = %e, "BEGIN found the connection dead; taking another");
+                    self.lose_connection();
+                }
+                Err(e) => {
+                    if e.is_connection_lost() {
+                        self.lose_connection();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     async fn run(&mut self, me: ractor::ActorCell, job: Box<dyn Job>) {
-        let conn = match self.connection(me).await {
+        let conn = match self.connection_in_transaction(&me).await {
             Ok(c) => c,
             Err(e) => return job.fail(e),
         };
+        if job.abandoned() && job.cancellable() {
+            // The caller gave up while this waited for a connection: nothing to run.
+            return;
+        }
         if job.untracked() {
             self.untracked = true;
         }
-        let lost = job.run(&mut self.core, &conn).await;
-        if lost || conn.is_closed() {
-            self.lose_connection();
+        match job.run(&mut self.core, &conn).await {
+            _ if conn.is_closed() => self.lose_connection(),
+            Outcome::ConnectionLost => self.lose_connection(),
+            Outcome::Cancelled => {
+                tracing::debug!("a caller stopped waiting: its statement was cancelled");
+                // The cancelled statement aborted the transaction on the server (or the BEGIN
+                // may have gone through unseen): roll back before going on, and on return.
+                self.core.mark_failed();
+                self.untracked = true;
+            }
+            Outcome::Done => {}
         }
     }
 
@@ -204,21 +314,20 @@ impl SessionCtx {
             tracing::warn!("connection lost");
             let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
         }
-        self.core.connection_lost();
+        self.core.mark_failed();
     }
 
     async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
-        if self.lease.is_none() {
-            if self.core.tx_state() != TxState::Idle {
-                // The connection went away mid-transaction: the server rolled it back.
-                self.core.abandon();
-                return Err(Error::TransactionAborted);
-            }
-            if self.core.pending() == 0 {
-                return Ok(());
-            }
+        if self.core.tx_state() == TxState::Idle && self.core.pending() == 0 {
+            // Nothing was ever sent and nothing waits: nothing to commit.
+            return Ok(());
         }
-        let conn = self.connection(me).await?;
+        if self.lease.is_none() && self.core.tx_state() != TxState::Idle {
+            // The connection went away mid-transaction: the server rolled it back.
+            self.core.abandon();
+            return Err(Error::TransactionAborted);
+        }
+        let conn = self.connection_in_transaction(&me).await?;
         let r = self.core.commit(&conn).await;
         if conn.is_closed() || matches!(&r, Err(e) if e.is_connection_lost()) {
             self.lose_connection();
@@ -339,7 +448,7 @@ impl Session {
         self.inner.actor.get_status() < ractor::ActorStatus::Stopping
     }
 
-    async fn call<T, F>(&self, untracked: bool, f: F) -> Result<T>
+    async fn call<T, F>(&self, mode: Mode, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
@@ -347,11 +456,7 @@ impl Session {
             + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job = Box::new(Call {
-            f,
-            untracked,
-            reply,
-        });
+        let job = Box::new(Call { f, mode, reply });
         self.inner
             .actor
             .send_message(SessionMsg::Db(job))
@@ -392,7 +497,7 @@ impl Session {
     /// else one SELECT.
     pub async fn get<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
         let key = KeyValues(key.into_key_values());
-        self.call(false, move |s, c| Box::pin(s.get::<M>(c, key)))
+        self.call(Mode::Cancellable, move |s, c| Box::pin(s.get::<M>(c, key)))
             .await
     }
 
@@ -405,25 +510,27 @@ impl Session {
             .into_iter()
             .map(|k| KeyValues(k.into_key_values()))
             .collect();
-        self.call(false, move |s, c| Box::pin(s.get_many::<M, _>(c, keys)))
-            .await
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.get_many::<M, _>(c, keys))
+        })
+        .await
     }
 
     /// Every row the query selects.
     pub async fn all<M: Model>(&self, select: Select<M>) -> Result<Vec<M>> {
-        self.call(false, move |s, c| Box::pin(s.all(c, select)))
+        self.call(Mode::Cancellable, move |s, c| Box::pin(s.all(c, select)))
             .await
     }
 
     /// The first row the query selects.
     pub async fn first<M: Model>(&self, select: Select<M>) -> Result<Option<M>> {
-        self.call(false, move |s, c| Box::pin(s.first(c, select)))
+        self.call(Mode::Cancellable, move |s, c| Box::pin(s.first(c, select)))
             .await
     }
 
     /// How many rows the query selects.
     pub async fn count<M: Model>(&self, select: Select<M>) -> Result<i64> {
-        self.call(false, move |s, c| {
+        self.call(Mode::Cancellable, move |s, c| {
             Box::pin(async move { s.count(c, &select).await })
         })
         .await
@@ -431,7 +538,7 @@ impl Session {
 
     /// Whether the query selects any row.
     pub async fn exists<M: Model>(&self, select: Select<M>) -> Result<bool> {
-        self.call(false, move |s, c| {
+        self.call(Mode::Cancellable, move |s, c| {
             Box::pin(async move { s.exists(c, &select).await })
         })
         .await
@@ -442,14 +549,18 @@ impl Session {
         &self,
         select: SelectPair<M, N>,
     ) -> Result<Vec<(M, Option<N>)>> {
-        self.call(false, move |s, c| Box::pin(s.all_pairs(c, select)))
-            .await
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.all_pairs(c, select))
+        })
+        .await
     }
 
     /// Rows of a projection (selected columns and aggregates).
     pub async fn project<S: Selection>(&self, project: Project<S>) -> Result<Vec<S::Output>> {
-        self.call(false, move |s, c| Box::pin(s.project(c, project)))
-            .await
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.project(c, project))
+        })
+        .await
     }
 
     // ----- writes -----
@@ -461,14 +572,16 @@ impl Session {
 
     /// Inserts `model` now and returns it as stored (generated key and defaults filled in).
     pub async fn insert<M: Model>(&self, model: M) -> Result<M> {
-        self.call(false, move |s, c| Box::pin(s.insert(c, model)))
+        self.call(Mode::Complete, move |s, c| Box::pin(s.insert(c, model)))
             .await
     }
 
     /// INSERT … ON CONFLICT: the stored row, or `None` when the conflict did nothing.
     pub async fn upsert<M: Model>(&self, model: M, on_conflict: OnConflict) -> Result<Option<M>> {
-        self.call(false, move |s, c| Box::pin(s.upsert(c, model, on_conflict)))
-            .await
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(s.upsert(c, model, on_conflict))
+        })
+        .await
     }
 
     /// Queues the changes in `model` (compared with what this session loaded) for the next flush.
@@ -483,19 +596,23 @@ impl Session {
 
     /// Sends every queued change now, parents before children.
     pub async fn flush(&self) -> Result<()> {
-        self.call(false, |s, c| Box::pin(s.flush(c))).await
+        self.call(Mode::Complete, |s, c| Box::pin(s.flush(c))).await
     }
 
     /// UPDATE … WHERE for many rows at once; returns how many changed.
     pub async fn update_where<M: Model>(&self, update: UpdateWhere<M>) -> Result<u64> {
-        self.call(false, move |s, c| Box::pin(s.update_where(c, update)))
-            .await
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.update_where(c, update))
+        })
+        .await
     }
 
     /// DELETE … WHERE for many rows at once; returns how many went.
     pub async fn delete_where<M: Model>(&self, delete: DeleteWhere<M>) -> Result<u64> {
-        self.call(false, move |s, c| Box::pin(s.delete_where(c, delete)))
-            .await
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.delete_where(c, delete))
+        })
+        .await
     }
 
     // ----- transactions -----
@@ -513,18 +630,19 @@ impl Session {
 
     /// Flushes, then sets a savepoint.
     pub async fn savepoint(&self) -> Result<Savepoint> {
-        self.call(false, |s, c| Box::pin(s.savepoint(c))).await
+        self.call(Mode::Complete, |s, c| Box::pin(s.savepoint(c)))
+            .await
     }
 
     /// Undoes everything since `sp`; clears a failed statement's error.
     pub async fn rollback_to(&self, sp: Savepoint) -> Result<()> {
-        self.call(false, move |s, c| Box::pin(s.rollback_to(c, sp)))
+        self.call(Mode::Complete, move |s, c| Box::pin(s.rollback_to(c, sp)))
             .await
     }
 
     /// Keeps everything since `sp` and forgets the savepoint.
     pub async fn release(&self, sp: Savepoint) -> Result<()> {
-        self.call(false, move |s, c| Box::pin(s.release(c, sp)))
+        self.call(Mode::Complete, move |s, c| Box::pin(s.release(c, sp)))
             .await
     }
 
@@ -542,7 +660,7 @@ impl Session {
         params: Vec<Value>,
     ) -> Result<Vec<M>> {
         let sql = sql.into();
-        self.call(true, move |s, c| {
+        self.call(Mode::UntrackedCancellable, move |s, c| {
             Box::pin(async move { s.raw::<M>(c, &sql, params).await })
         })
         .await
@@ -551,7 +669,7 @@ impl Session {
     /// Raw SQL returning its rows as they are.
     pub async fn raw_rows(&self, sql: impl Into<String>, params: Vec<Value>) -> Result<Vec<Row>> {
         let sql = sql.into();
-        self.call(true, move |s, c| {
+        self.call(Mode::UntrackedCancellable, move |s, c| {
             Box::pin(async move { s.raw_rows(c, &sql, params).await })
         })
         .await
@@ -560,7 +678,7 @@ impl Session {
     /// Raw SQL returning how many rows it affected.
     pub async fn raw_execute(&self, sql: impl Into<String>, params: Vec<Value>) -> Result<u64> {
         let sql = sql.into();
-        self.call(true, move |s, c| {
+        self.call(Mode::UntrackedCancellable, move |s, c| {
             Box::pin(async move { s.raw_execute(c, &sql, params).await })
         })
         .await
@@ -576,7 +694,7 @@ impl Session {
             + Send
             + 'static,
     {
-        self.call(true, f).await
+        self.call(Mode::Untracked, f).await
     }
 
     // ----- ending -----

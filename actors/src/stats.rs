@@ -45,4 +45,6 @@ pub struct PoolStats {
     pub leak_warnings: u64,
     /// Sessions stopped for outliving `max_session_lifetime`.
     pub sessions_stopped: u64,
+    /// Health checks and keepalives sent to idle connections.
+    pub checks: u64,
 }

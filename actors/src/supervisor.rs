@@ -45,7 +45,12 @@ pub(crate) enum PoolMsg {
     Broken {
         lease: u64,
     },
-    Connected(Result<Box<Connection>>),
+    Connected(u64, Result<Box<Connection>>),
+    /// A connection's socket closed (its driver task ended).
+    Died {
+        serial: u64,
+        reason: String,
+    },
     ResetDone {
         serial: u64,
         ok: bool,
@@ -112,6 +117,7 @@ struct Counters {
     timeouts: u64,
     leak_warnings: u64,
     sessions_stopped: u64,
+    checks: u64,
 }
 
 pub(crate) struct PoolState {
@@ -201,11 +207,26 @@ impl Actor for Supervisor {
             PoolMsg::Broken { lease } => {
                 if let Some(i) = state.leased_by_lease(lease) {
                     state.counters.discards += 1;
-                    state.invalidate(&myself, "a session's connection was lost");
                     state.close_slot(i);
+                    state.invalidate(&myself, "a session's connection was lost");
+                    state.after_close(&myself);
+                    state.dispatch(&myself);
                 }
             }
-            PoolMsg::Connected(result) => state.connected(&myself, result),
+            PoolMsg::Died { serial, reason } => {
+                // The socket closed under an idle connection: the server went away or the
+                // backend was terminated. Leased ones are reported by their session.
+                if let Some(i) = state.by_serial(serial)
+                    && matches!(state.slots[i].state, SlotState::Idle | SlotState::Checking)
+                {
+                    tracing::info!(serial, reason = %reason, "an idle connection closed");
+                    state.close_slot(i);
+                    state.invalidate(&myself, "an idle connection closed");
+                    state.after_close(&myself);
+                    state.dispatch(&myself);
+                }
+            }
+            PoolMsg::Connected(serial, result) => state.connected(&myself, serial, result),
             PoolMsg::ResetDone { serial, ok } => state.reset_done(&myself, serial, ok),
             PoolMsg::CheckDone { serial, ok } => state.check_done(&myself, serial, ok),
             PoolMsg::WaiterExpired(id) => state.expire(id),
@@ -335,6 +356,7 @@ impl PoolState {
             timeouts: c.timeouts,
             leak_warnings: c.leak_warnings,
             sessions_stopped: c.sessions_stopped,
+            checks: c.checks,
         }
     }
 
@@ -456,12 +478,15 @@ impl PoolState {
         }
     }
 
-    /// Keeps at least `min_idle` connections open (not while connects are failing).
+    /// Keeps at least `min_idle` connections not in use (within `max_size`; not while connects
+    /// are failing).
     fn replenish(&mut self, myself: &ActorRef<PoolMsg>) {
         if self.retry_scheduled || self.closing.is_some() {
             return;
         }
-        while self.slots.len() + self.connecting < self.config.min_idle {
+        while self.slots.len() - self.in_use() + self.connecting < self.config.min_idle
+            && self.slots.len() + self.connecting < self.config.max_size
+        {
             self.open(myself);
         }
         self.grow(myself);
@@ -469,16 +494,23 @@ impl PoolState {
 
     fn open(&mut self, myself: &ActorRef<PoolMsg>) {
         self.connecting += 1;
+        let serial = self.next_serial;
+        self.next_serial += 1;
         let config = self.config.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let result = connect(&config).await.map(Box::new);
+            let result = connect(&config, serial, &me).await.map(Box::new);
             // The pool may be gone; then the connection is simply dropped.
-            let _ = me.send_message(PoolMsg::Connected(result));
+            let _ = me.send_message(PoolMsg::Connected(serial, result));
         });
     }
 
-    fn connected(&mut self, myself: &ActorRef<PoolMsg>, result: Result<Box<Connection>>) {
+    fn connected(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        serial: u64,
+        result: Result<Box<Connection>>,
+    ) {
         self.connecting = self.connecting.saturating_sub(1);
         match result {
             Ok(conn) => {
@@ -489,8 +521,6 @@ impl PoolState {
                     return;
                 }
                 let now = Instant::now();
-                let serial = self.next_serial;
-                self.next_serial += 1;
                 let expires = self.config.max_lifetime.map(|l| {
                     let jitter = random_below(self.config.jitter().min(l), serial);
                     now + l - jitter
@@ -619,6 +649,7 @@ impl PoolState {
     }
 
     fn start_check(&mut self, myself: &ActorRef<PoolMsg>, i: usize) {
+        self.counters.checks += 1;
         let slot = &mut self.slots[i];
         slot.state = SlotState::Checking;
         let serial = slot.serial;
@@ -732,7 +763,7 @@ impl PoolState {
         // Idle connections past idle_timeout, oldest first, down to min_idle.
         if let Some(limit) = config.idle_timeout {
             loop {
-                if self.slots.len() <= config.min_idle {
+                if self.slots.len() - self.in_use() <= config.min_idle {
                     break;
                 }
                 let stale = self
@@ -827,7 +858,7 @@ impl PoolState {
 }
 
 /// Opens one connection within `connect_timeout`, its I/O driven by a task of its own.
-async fn connect(config: &PoolConfig) -> Result<Connection> {
+async fn connect(config: &PoolConfig, serial: u64, pool: &ActorRef<PoolMsg>) -> Result<Connection> {
     let attempt = config.pg.connect(NoTls);
     let (client, connection) = match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(r) => r.map_err(connect_error)?,
@@ -840,9 +871,15 @@ async fn connect(config: &PoolConfig) -> Result<Connection> {
             });
         }
     };
+    let pool = pool.clone();
     tokio::spawn(async move {
-        // Ends when the client is dropped or the server goes away.
-        let _ = connection.await;
+        // Ends when the client is dropped or the server goes away; the pool hears of it (and
+        // ignores it when it closed the connection itself).
+        let reason = match connection.await {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
     Ok(Connection::new(client, config.statement_mode))
 }

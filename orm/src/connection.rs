@@ -95,6 +95,18 @@ impl Connection {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Asks the server to cancel whatever this connection is running (over a separate socket, as
+    /// PostgreSQL's protocol has it). On success the interrupted mark is cleared: the abandoned
+    /// statement ends with an error the client discards, and the next statement queues behind it.
+    pub async fn cancel_running(&self) -> Result<()> {
+        self.client
+            .cancel_token()
+            .cancel_query(tokio_postgres::NoTls)
+            .await?;
+        self.clear_interrupted();
+        Ok(())
+    }
+
     /// Clears the interrupted mark once the connection has been made safe again.
     pub fn clear_interrupted(&self) {
         self.in_flight.store(false, Ordering::Relaxed);

@@ -66,6 +66,13 @@ impl SessionState {
 
     // ----- transactions -----
 
+    /// Opens the transaction now if none is open (every statement does this on its own). A
+    /// failed BEGIN changes nothing: the session is still idle and may try again, on another
+    /// connection if this one is gone.
+    pub async fn begin(&mut self, conn: &Connection) -> Result<()> {
+        self.begin_if_needed(conn).await
+    }
+
     async fn begin_if_needed(&mut self, conn: &Connection) -> Result<()> {
         match self.tx {
             TxState::Active => Ok(()),
@@ -151,9 +158,10 @@ impl SessionState {
         self.savepoints.clear();
     }
 
-    /// Notes that the connection went away: an open transaction is now failed, and must be rolled
-    /// back (which then needs no server) before the session does anything else.
-    pub fn connection_lost(&mut self) {
+    /// Notes that the transaction can no longer be trusted (the connection went away, or a
+    /// statement was cancelled): an open transaction is now failed and must be rolled back before
+    /// the session does anything else.
+    pub fn mark_failed(&mut self) {
         if self.tx == TxState::Active {
             self.tx = TxState::Failed;
         }

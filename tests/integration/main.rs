@@ -3,14 +3,18 @@
 //!
 //! All integration tests live in this one binary so that they share one cluster and one link.
 
+mod bad_input;
+mod capture;
 mod cluster;
 mod core_queries;
 mod core_types;
 mod core_work;
+mod faults;
 mod models;
 mod pool;
 mod reclaim;
 mod sessions;
+mod soak;
 
 use actor_orm::{Connection, Pool, PoolBuilder, StatementMode, testing};
 
@@ -51,4 +55,27 @@ pub async fn backends(monitor: &tokio_postgres::Client, app: &str) -> Vec<(i32, 
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
+}
+
+/// Marks a deliberate panic; the hook below keeps such panics out of the test output.
+pub const EXPECTED_PANIC: &str = "[expected panic]";
+
+/// Installs (once) a panic hook that stays quiet for panics carrying [`EXPECTED_PANIC`] and
+/// reports every other panic as the default hook does.
+pub fn quiet_expected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !text.contains(EXPECTED_PANIC) {
+                default(info);
+            }
+        }));
+    });
 }

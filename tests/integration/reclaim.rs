@@ -56,7 +56,9 @@ async fn end(s: Session, how: Ending) {
         Ending::Panic => {
             let r = s
                 .run(|_, _| -> actor_orm::BoxFuture<'_, actor_orm::Result<()>> {
-                    Box::pin(async { panic!("a bug in the request handler") })
+                    Box::pin(async {
+                        panic!("{} a bug in the request handler", crate::EXPECTED_PANIC)
+                    })
                 })
                 .await;
             assert!(matches!(r, Err(actor_orm::Error::SessionClosed)), "{r:?}");
@@ -69,6 +71,7 @@ async fn end(s: Session, how: Ending) {
 }
 
 async fn reclaim_after(how: Ending) {
+    crate::quiet_expected_panics();
     let (db, conn) = crate::connect(&format!("reclaim_{how:?}")).await;
     conn.batch(&ddl::create_table::<Account>())
         .await
@@ -198,6 +201,7 @@ async fn a_dropped_session_gives_its_connection_back_reset() {
 /// nothing is in use and every lease is accounted for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sessions_with_panics_on_a_pool_of_ten() {
+    crate::quiet_expected_panics();
     let (db, conn) = crate::connect("thousand").await;
     create_schema(&conn).await;
     let monitor = db.connect().await.expect("monitor");
@@ -228,7 +232,7 @@ async fn a_thousand_sessions_with_panics_on_a_pool_of_ten() {
             if i % 10 == 0 {
                 let r = s
                     .run(|_, _| -> actor_orm::BoxFuture<'_, actor_orm::Result<()>> {
-                        Box::pin(async { panic!("session {} panics", 0) })
+                        Box::pin(async { panic!("{} a session panics", crate::EXPECTED_PANIC) })
                     })
                     .await;
                 assert!(r.is_err());

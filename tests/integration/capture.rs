@@ -1,0 +1,91 @@
+//! A tracing subscriber that keeps every event as text, for tests that check what the pool logs.
+//! Installed per thread: use it from a current-thread runtime, where the pool runs too.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<(Level, String)>>>);
+
+impl Captured {
+    /// The events at `level` whose text contains `needle`.
+    pub fn matching(&self, level: Level, needle: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(l, text)| *l == level && text.contains(needle))
+            .map(|(_, text)| text.clone())
+            .collect()
+    }
+
+    /// Every event's text.
+    pub fn all(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}
+
+struct Capture {
+    out: Captured,
+    next_span: AtomicU64,
+}
+
+struct Text(String);
+
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, "{}={} ", field.name(), value);
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.out
+            .0
+            .lock()
+            .expect("lock")
+            .push((*event.metadata().level(), text.0));
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// Captures the events of this thread until the guard is dropped.
+pub fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let out = Captured::default();
+    let guard = tracing::subscriber::set_default(Capture {
+        out: out.clone(),
+        next_span: AtomicU64::new(0),
+    });
+    (out, guard)
+}
