@@ -30,6 +30,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait Job: Send {
     /// Whether the work may leave the connection in a state the ORM did not track (raw SQL).
     fn untracked(&self) -> bool;
+    /// Whether the work only reads (apart from the pending changes it flushes first).
+    fn reads_only(&self) -> bool;
     /// Whether the caller has stopped waiting for the reply.
     fn abandoned(&self) -> bool;
     /// Whether a caller that stops waiting cancels the work.
@@ -57,6 +59,8 @@ pub(crate) enum Outcome {
 /// Whether a caller that stops waiting cancels the statement on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
+    /// A read (which autoflushes pending changes first): cancelled when nobody waits for it.
+    Read,
     /// Runs to completion whatever the caller does: transaction control, flushes, inserts.
     Complete,
     /// A statement whose only product is its reply (a read) or whose effect stays inside the
@@ -70,7 +74,10 @@ enum Mode {
 
 impl Mode {
     fn cancellable(self) -> bool {
-        matches!(self, Mode::Cancellable | Mode::UntrackedCancellable)
+        matches!(
+            self,
+            Mode::Read | Mode::Cancellable | Mode::UntrackedCancellable
+        )
     }
 
     fn untracked(self) -> bool {
@@ -93,6 +100,10 @@ where
 {
     fn untracked(&self) -> bool {
         self.mode.untracked()
+    }
+
+    fn reads_only(&self) -> bool {
+        self.mode == Mode::Read
     }
 
     fn abandoned(&self) -> bool {
@@ -152,6 +163,7 @@ pub(crate) enum SessionMsg {
     Commit(oneshot::Sender<Result<()>>),
     Rollback(oneshot::Sender<Result<()>>),
     Close(Option<oneshot::Sender<()>>),
+    Acquire(oneshot::Sender<Result<()>>),
 }
 
 pub(crate) struct SessionActor;
@@ -169,8 +181,11 @@ pub(crate) struct SessionCtx {
     pool: ActorRef<PoolMsg>,
     label: Arc<str>,
     span: tracing::Span,
-    /// Raw SQL or user code ran on this lease: the transaction state is not known for sure.
+    /// Raw SQL or user code ran since the last COMMIT/ROLLBACK: the server's transaction state
+    /// is not known for sure.
     untracked: bool,
+    /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
+    read_only: bool,
 }
 
 impl Actor for SessionActor {
@@ -193,6 +208,7 @@ impl Actor for SessionActor {
             label,
             span,
             untracked: false,
+            read_only: true,
         })
     }
 
@@ -209,6 +225,10 @@ impl Actor for SessionActor {
                 SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).await,
                 SessionMsg::Commit(reply) => {
                     let r = ctx.commit(myself.get_cell()).await;
+                    let _ = reply.send(r);
+                }
+                SessionMsg::Acquire(reply) => {
+                    let r = ctx.acquire(myself.get_cell()).await;
                     let _ = reply.send(r);
                 }
                 SessionMsg::Rollback(reply) => {
@@ -293,6 +313,9 @@ impl SessionCtx {
         if job.untracked() {
             self.untracked = true;
         }
+        if !(job.reads_only() && self.core.pending() == 0) {
+            self.read_only = false;
+        }
         match job.run(&mut self.core, &conn).await {
             _ if conn.is_closed() => self.lose_connection(),
             Outcome::ConnectionLost => self.lose_connection(),
@@ -327,16 +350,35 @@ impl SessionCtx {
             self.core.abandon();
             return Err(Error::TransactionAborted);
         }
+        if self.read_only
+            && !self.untracked
+            && self.core.pending() == 0
+            && self.core.tx_state() == TxState::Active
+            && let Some(lease) = &self.lease
+            && lease.conn.send_and_forget("COMMIT")
+        {
+            // A transaction that only read has nothing to report at COMMIT: send it and move on.
+            // Whatever this session (or the next user of the connection) sends next queues
+            // behind it on the same connection.
+            self.core.abandon();
+            return Ok(());
+        }
         let conn = self.connection_in_transaction(&me).await?;
         let r = self.core.commit(&conn).await;
         if conn.is_closed() || matches!(&r, Err(e) if e.is_connection_lost()) {
             self.lose_connection();
             self.core.abandon();
         }
+        if r.is_ok() {
+            // COMMIT leaves the server outside any transaction, whatever raw SQL did before.
+            self.untracked = false;
+        }
+        self.read_only = true;
         r
     }
 
     async fn rollback(&mut self) -> Result<()> {
+        self.read_only = true;
         let Some(lease) = &self.lease else {
             self.core.abandon();
             return Ok(());
@@ -348,6 +390,9 @@ impl SessionCtx {
             self.lose_connection();
             self.core.abandon();
             return Ok(());
+        }
+        if r.is_ok() {
+            self.untracked = false;
         }
         r
     }
@@ -362,8 +407,13 @@ impl SessionCtx {
             let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
             return;
         }
-        let clean = self.core.tx_state() == TxState::Idle && !self.untracked;
+        let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
         self.core.abandon();
+        // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
+        // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the
+        // connection ends any transaction, and the lease returns clean at once.
+        let clean = !lease.conn.was_interrupted()
+            && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
         let (ack, acked) = oneshot::channel();
         let sent = self.pool.send_message(PoolMsg::Checkin {
             lease: lease.id,
@@ -373,6 +423,11 @@ impl SessionCtx {
         if sent.is_ok() {
             let _ = acked.await;
         }
+    }
+
+    /// Checks a connection out now, if the session has none.
+    async fn acquire(&mut self, me: ractor::ActorCell) -> Result<()> {
+        self.connection(me).await.map(drop)
     }
 }
 
@@ -491,13 +546,19 @@ impl Session {
         rx.await.map_err(|_| Error::SessionClosed)?
     }
 
+    /// Checks a connection out now instead of at the first statement: to fail fast with
+    /// [`Error::PoolTimeout`] before doing any work, or to hold a connection ready.
+    pub async fn acquire(&self) -> Result<()> {
+        self.ask(SessionMsg::Acquire).await
+    }
+
     // ----- reads -----
 
     /// The row of `M` with this key: from the session's identity map when already loaded,
     /// else one SELECT.
     pub async fn get<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
         let key = KeyValues(key.into_key_values());
-        self.call(Mode::Cancellable, move |s, c| Box::pin(s.get::<M>(c, key)))
+        self.call(Mode::Read, move |s, c| Box::pin(s.get::<M>(c, key)))
             .await
     }
 
@@ -510,7 +571,7 @@ impl Session {
             .into_iter()
             .map(|k| KeyValues(k.into_key_values()))
             .collect();
-        self.call(Mode::Cancellable, move |s, c| {
+        self.call(Mode::Read, move |s, c| {
             Box::pin(s.get_many::<M, _>(c, keys))
         })
         .await
@@ -518,19 +579,19 @@ impl Session {
 
     /// Every row the query selects.
     pub async fn all<M: Model>(&self, select: Select<M>) -> Result<Vec<M>> {
-        self.call(Mode::Cancellable, move |s, c| Box::pin(s.all(c, select)))
+        self.call(Mode::Read, move |s, c| Box::pin(s.all(c, select)))
             .await
     }
 
     /// The first row the query selects.
     pub async fn first<M: Model>(&self, select: Select<M>) -> Result<Option<M>> {
-        self.call(Mode::Cancellable, move |s, c| Box::pin(s.first(c, select)))
+        self.call(Mode::Read, move |s, c| Box::pin(s.first(c, select)))
             .await
     }
 
     /// How many rows the query selects.
     pub async fn count<M: Model>(&self, select: Select<M>) -> Result<i64> {
-        self.call(Mode::Cancellable, move |s, c| {
+        self.call(Mode::Read, move |s, c| {
             Box::pin(async move { s.count(c, &select).await })
         })
         .await
@@ -538,7 +599,7 @@ impl Session {
 
     /// Whether the query selects any row.
     pub async fn exists<M: Model>(&self, select: Select<M>) -> Result<bool> {
-        self.call(Mode::Cancellable, move |s, c| {
+        self.call(Mode::Read, move |s, c| {
             Box::pin(async move { s.exists(c, &select).await })
         })
         .await
@@ -549,18 +610,14 @@ impl Session {
         &self,
         select: SelectPair<M, N>,
     ) -> Result<Vec<(M, Option<N>)>> {
-        self.call(Mode::Cancellable, move |s, c| {
-            Box::pin(s.all_pairs(c, select))
-        })
-        .await
+        self.call(Mode::Read, move |s, c| Box::pin(s.all_pairs(c, select)))
+            .await
     }
 
     /// Rows of a projection (selected columns and aggregates).
     pub async fn project<S: Selection>(&self, project: Project<S>) -> Result<Vec<S::Output>> {
-        self.call(Mode::Cancellable, move |s, c| {
-            Box::pin(s.project(c, project))
-        })
-        .await
+        self.call(Mode::Read, move |s, c| Box::pin(s.project(c, project)))
+            .await
     }
 
     // ----- writes -----

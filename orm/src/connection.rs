@@ -2,6 +2,7 @@
 //! and a count of round trips.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -242,6 +243,23 @@ impl Connection {
                 }
                 Ok(self.query_inner(sql, values, columns).await?.len() as u64)
             }
+        }
+    }
+
+    /// Sends SQL text without parameters and does not wait for the answer (which the client
+    /// discards). Statements sent afterwards on this connection run after it. For statements
+    /// whose outcome does not matter (COMMIT of a transaction that only read, ROLLBACK on
+    /// return). `false` when the connection is closed and nothing was sent.
+    pub fn send_and_forget(&self, sql: &str) -> bool {
+        self.record(sql);
+        self.count();
+        let mut request = std::pin::pin!(self.client.batch_execute(sql));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // The first poll hands the request to the connection task; dropping the future then
+        // only drops the reply.
+        match request.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Err(_)) => false,
+            std::task::Poll::Ready(Ok(())) | std::task::Poll::Pending => !self.is_closed(),
         }
     }
 
