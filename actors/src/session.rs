@@ -23,6 +23,23 @@ use tracing::Instrument;
 use crate::pool::{Pool, closed};
 use crate::supervisor::{Lease, PoolMsg, Requester, label};
 
+/// Runs a one-shot closure as a job (which the session never runs twice).
+fn once<T, F>(
+    f: F,
+) -> impl for<'a> FnMut(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>> + Send + 'static
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+        + Send
+        + 'static,
+{
+    let mut f = Some(f);
+    move |state, conn| match f.take() {
+        Some(f) => f(state, conn),
+        None => Box::pin(async { Err(Error::SessionClosed) }),
+    }
+}
+
 /// A boxed future borrowing the session for `'a`, as [`Session::run`] closures return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -37,23 +54,26 @@ pub(crate) trait Job: Send {
     /// Whether a caller that stops waiting cancels the work.
     fn cancellable(&self) -> bool;
     /// Runs to the end, or — when `cancellable` and the caller stops waiting — until the statement
-    /// is cancelled on the server.
+    /// is cancelled on the server. With `may_retry`, a lost connection hands the job back
+    /// unanswered, to run again on another connection.
     fn run<'a>(
         self: Box<Self>,
         state: &'a mut SessionState,
         conn: &'a Connection,
+        may_retry: bool,
     ) -> BoxFuture<'a, Outcome>;
     /// Replies with an error without running (no connection could be had).
     fn fail(self: Box<Self>, error: Error);
 }
 
 /// How a job ended, as far as the session's bookkeeping cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Done,
     ConnectionLost,
     /// The caller went away mid-statement and the statement was cancelled (or abandoned).
     Cancelled,
+    /// The connection was found dead before the job could have had any effect; run it again.
+    Retry(Box<dyn Job>),
 }
 
 /// Whether a caller that stops waiting cancels the statement on the server.
@@ -94,7 +114,7 @@ struct Call<T, F> {
 impl<T, F> Job for Call<T, F>
 where
     T: Send + 'static,
-    F: for<'a> FnOnce(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+    F: for<'a> FnMut(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
         + Send
         + 'static,
 {
@@ -115,19 +135,19 @@ where
     }
 
     fn run<'a>(
-        self: Box<Self>,
+        mut self: Box<Self>,
         state: &'a mut SessionState,
         conn: &'a Connection,
+        may_retry: bool,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let Call { f, mode, mut reply } = *self;
-            let work = f(state, conn);
-            let result = if mode.cancellable() {
+            let work = (self.f)(state, conn);
+            let result = if self.mode.cancellable() {
                 tokio::pin!(work);
                 tokio::select! {
                     biased;
                     r = &mut work => Some(r),
-                    () = reply.closed() => None,
+                    () = self.reply.closed() => None,
                 }
             } else {
                 Some(work.await)
@@ -140,8 +160,11 @@ where
                 return Outcome::Cancelled;
             };
             let lost = matches!(&result, Err(e) if e.is_connection_lost());
+            if lost && may_retry {
+                return Outcome::Retry(self);
+            }
             // The caller may have stopped waiting: then only the reply is lost.
-            let _ = reply.send(result);
+            let _ = self.reply.send(result);
             if lost {
                 Outcome::ConnectionLost
             } else {
@@ -301,32 +324,62 @@ impl SessionCtx {
         }
     }
 
-    async fn run(&mut self, me: ractor::ActorCell, job: Box<dyn Job>) {
-        let conn = match self.connection_in_transaction(&me).await {
-            Ok(c) => c,
-            Err(e) => return job.fail(e),
-        };
-        if job.abandoned() && job.cancellable() {
-            // The caller gave up while this waited for a connection: nothing to run.
-            return;
-        }
-        if job.untracked() {
-            self.untracked = true;
-        }
-        if !(job.reads_only() && self.core.pending() == 0) {
-            self.read_only = false;
-        }
-        match job.run(&mut self.core, &conn).await {
-            _ if conn.is_closed() => self.lose_connection(),
-            Outcome::ConnectionLost => self.lose_connection(),
-            Outcome::Cancelled => {
-                tracing::debug!("a caller stopped waiting: its statement was cancelled");
-                // The cancelled statement aborted the transaction on the server (or the BEGIN
-                // may have gone through unseen): roll back before going on, and on return.
-                self.core.mark_failed();
+    async fn run(&mut self, me: ractor::ActorCell, mut job: Box<dyn Job>) {
+        let mut attempts = 0;
+        loop {
+            // The first statement of a transaction carries its BEGIN in the same round trip. A
+            // read may be run again if the connection turns out dead.
+            let conn = if job.untracked() && !job.cancellable() {
+                // User code in `run` may use the connection directly: open the transaction
+                // first.
+                self.connection_in_transaction(&me).await
+            } else {
+                self.connection(me.clone()).await
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => return job.fail(e),
+            };
+            if job.abandoned() && job.cancellable() {
+                // The caller gave up while this waited for a connection: nothing to run.
+                return;
+            }
+            if job.untracked() {
                 self.untracked = true;
             }
-            Outcome::Done => {}
+            if !(job.reads_only() && self.core.pending() == 0) {
+                self.read_only = false;
+            }
+            // Safe to run again only when this job opens the transaction and has nothing to
+            // flush first: then a dead connection took nothing with it.
+            let may_retry = job.reads_only()
+                && self.core.tx_state() == TxState::Idle
+                && self.core.pending() == 0
+                && attempts < 3;
+            match job.run(&mut self.core, &conn, may_retry).await {
+                Outcome::Retry(again) => {
+                    attempts += 1;
+                    tracing::info!(
+                        "the connection was dead before the first statement; retrying on another"
+                    );
+                    self.lose_connection();
+                    self.core.abandon();
+                    job = again;
+                    continue;
+                }
+                _ if conn.is_closed() => self.lose_connection(),
+                Outcome::ConnectionLost => self.lose_connection(),
+                Outcome::Cancelled => {
+                    tracing::debug!("a caller stopped waiting: its statement was cancelled");
+                    // The cancelled statement aborted the transaction on the server (or the
+                    // BEGIN may have gone through unseen): roll back before going on, and on
+                    // return.
+                    self.core.statement_cancelled();
+                    self.untracked = true;
+                }
+                Outcome::Done => {}
+            }
+            return;
         }
     }
 
@@ -510,6 +563,28 @@ impl Session {
             + Send
             + 'static,
     {
+        self.send_job(mode, once(f)).await
+    }
+
+    /// A read: may be sent again on another connection when the first turns out dead, so `f`
+    /// may run more than once.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnMut(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.send_job(Mode::Read, f).await
+    }
+
+    async fn send_job<T, F>(&self, mode: Mode, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnMut(&'a mut SessionState, &'a Connection) -> BoxFuture<'a, Result<T>>
+            + Send
+            + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(Call { f, mode, reply });
         self.inner
@@ -558,7 +633,7 @@ impl Session {
     /// else one SELECT.
     pub async fn get<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
         let key = KeyValues(key.into_key_values());
-        self.call(Mode::Read, move |s, c| Box::pin(s.get::<M>(c, key)))
+        self.read(move |s, c| Box::pin(s.get::<M>(c, key.clone())))
             .await
     }
 
@@ -571,27 +646,26 @@ impl Session {
             .into_iter()
             .map(|k| KeyValues(k.into_key_values()))
             .collect();
-        self.call(Mode::Read, move |s, c| {
-            Box::pin(s.get_many::<M, _>(c, keys))
-        })
-        .await
+        self.read(move |s, c| Box::pin(s.get_many::<M, _>(c, keys.clone())))
+            .await
     }
 
     /// Every row the query selects.
     pub async fn all<M: Model>(&self, select: Select<M>) -> Result<Vec<M>> {
-        self.call(Mode::Read, move |s, c| Box::pin(s.all(c, select)))
+        self.read(move |s, c| Box::pin(s.all(c, select.clone())))
             .await
     }
 
     /// The first row the query selects.
     pub async fn first<M: Model>(&self, select: Select<M>) -> Result<Option<M>> {
-        self.call(Mode::Read, move |s, c| Box::pin(s.first(c, select)))
+        self.read(move |s, c| Box::pin(s.first(c, select.clone())))
             .await
     }
 
     /// How many rows the query selects.
     pub async fn count<M: Model>(&self, select: Select<M>) -> Result<i64> {
-        self.call(Mode::Read, move |s, c| {
+        self.read(move |s, c| {
+            let select = select.clone();
             Box::pin(async move { s.count(c, &select).await })
         })
         .await
@@ -599,7 +673,8 @@ impl Session {
 
     /// Whether the query selects any row.
     pub async fn exists<M: Model>(&self, select: Select<M>) -> Result<bool> {
-        self.call(Mode::Read, move |s, c| {
+        self.read(move |s, c| {
+            let select = select.clone();
             Box::pin(async move { s.exists(c, &select).await })
         })
         .await
@@ -610,13 +685,16 @@ impl Session {
         &self,
         select: SelectPair<M, N>,
     ) -> Result<Vec<(M, Option<N>)>> {
-        self.call(Mode::Read, move |s, c| Box::pin(s.all_pairs(c, select)))
+        self.read(move |s, c| Box::pin(s.all_pairs(c, select.clone())))
             .await
     }
 
     /// Rows of a projection (selected columns and aggregates).
-    pub async fn project<S: Selection>(&self, project: Project<S>) -> Result<Vec<S::Output>> {
-        self.call(Mode::Read, move |s, c| Box::pin(s.project(c, project)))
+    pub async fn project<S: Selection + Clone>(
+        &self,
+        project: Project<S>,
+    ) -> Result<Vec<S::Output>> {
+        self.read(move |s, c| Box::pin(s.project(c, project.clone())))
             .await
     }
 
@@ -625,6 +703,13 @@ impl Session {
     /// Queues `model` for INSERT at the next flush. Bad values are refused now.
     pub async fn add<M: Model>(&self, model: M) -> Result<()> {
         self.local(move |s| s.add(model)).await
+    }
+
+    /// Queues many models for INSERT at the next flush, in one message. All are checked first;
+    /// if one is refused, none is queued.
+    pub async fn add_all<M: Model>(&self, models: impl IntoIterator<Item = M>) -> Result<()> {
+        let models: Vec<M> = models.into_iter().collect();
+        self.local(move |s| s.add_all(models)).await
     }
 
     /// Inserts `model` now and returns it as stored (generated key and defaults filled in).

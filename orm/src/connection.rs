@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sea_query::{Value, Values};
 use tokio_postgres::types::ToSql;
@@ -34,21 +34,24 @@ pub struct Connection {
     cache: Mutex<HashMap<String, Statement>>,
     round_trips: AtomicU64,
     log: Mutex<Option<Vec<String>>>,
-    in_flight: AtomicBool,
+    in_flight: AtomicUsize,
 }
 
-/// Marks a statement in flight; only a statement that ran to its end (success or error) clears
-/// the mark, so a future dropped mid-statement leaves the connection flagged as interrupted.
-struct InFlight<'a>(&'a AtomicBool);
+/// Counts a statement in flight; only a statement that ran to its end (success or error) takes
+/// its count back, so a future dropped mid-statement leaves the connection flagged as
+/// interrupted.
+struct InFlight<'a>(&'a AtomicUsize);
 
 impl<'a> InFlight<'a> {
-    fn start(flag: &'a AtomicBool) -> Self {
-        flag.store(true, Ordering::Relaxed);
-        InFlight(flag)
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
     }
 
     fn done<T>(self, result: T) -> T {
-        self.0.store(false, Ordering::Relaxed);
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         result
     }
 }
@@ -65,7 +68,7 @@ impl Connection {
             cache: Mutex::new(HashMap::new()),
             round_trips: AtomicU64::new(0),
             log: Mutex::new(None),
-            in_flight: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -93,7 +96,7 @@ impl Connection {
     /// answered): the server may still be running it, so the connection needs a cancel or a
     /// discard before reuse.
     pub fn was_interrupted(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Relaxed) > 0
     }
 
     /// Asks the server to cancel whatever this connection is running (over a separate socket, as
@@ -110,7 +113,7 @@ impl Connection {
 
     /// Clears the interrupted mark once the connection has been made safe again.
     pub fn clear_interrupted(&self) {
-        self.in_flight.store(false, Ordering::Relaxed);
+        self.in_flight.store(0, Ordering::Relaxed);
     }
 
     /// Forgets cached statements (after `DISCARD ALL`, which deallocates them on the server).

@@ -1,6 +1,9 @@
 //! Everything a session does over one connection: the identity map, the unit of work and the
 //! transaction, with no actors. The session actor owns one [`SessionState`] and drives it.
 
+use std::future::Future;
+use std::task::Poll;
+
 use sea_query::{PostgresQueryBuilder, Value, Values};
 use tokio_postgres::Row;
 
@@ -12,6 +15,35 @@ use crate::query::{
     DeleteWhere, Filter, OnConflict, Project, Select, SelectPair, Selection, UpdateWhere,
 };
 use crate::unit_of_work::{self, Op, Pending, UnitOfWork};
+
+/// Polls both futures, `a` first on every turn (so a request `a` sends goes out before `b`'s),
+/// until both are done.
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none()
+            && let Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
+        }
+        match (ra.take(), rb.take()) {
+            (Some(x), Some(y)) => Poll::Ready((x, y)),
+            (x, y) => {
+                ra = x;
+                rb = y;
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
 
 /// Where the session's transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +128,26 @@ impl SessionState {
         result
     }
 
+    /// Runs `work` inside the transaction. When none is open, BEGIN is sent in the same round
+    /// trip, ahead of the statement: the server runs them in order.
+    async fn in_transaction<T>(
+        &mut self,
+        conn: &Connection,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.tx {
+            TxState::Active => self.note(work.await),
+            TxState::Failed => Err(Error::TransactionAborted),
+            TxState::Idle => {
+                let (begun, result) = join(conn.batch("BEGIN"), work).await;
+                // BEGIN fails only with its connection, and then so did the statement behind it.
+                begun?;
+                self.tx = TxState::Active;
+                self.note(result)
+            }
+        }
+    }
+
     async fn run_query(
         &mut self,
         conn: &Connection,
@@ -103,15 +155,13 @@ impl SessionState {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<Vec<Row>> {
-        self.begin_if_needed(conn).await?;
-        let r = conn.query(sql, values, columns).await;
-        self.note(r)
+        self.in_transaction(conn, conn.query(sql, values, columns))
+            .await
     }
 
     async fn run_execute(&mut self, conn: &Connection, sql: &str, values: &Values) -> Result<u64> {
-        self.begin_if_needed(conn).await?;
-        let r = conn.execute(sql, values, None).await;
-        self.note(r)
+        self.in_transaction(conn, conn.execute(sql, values, None))
+            .await
     }
 
     /// Flushes, then commits. A transaction that had failed is rolled back and reported.
@@ -165,6 +215,13 @@ impl SessionState {
         if self.tx == TxState::Active {
             self.tx = TxState::Failed;
         }
+    }
+
+    /// Notes that a statement was cancelled mid-flight: whatever the session thought, the server
+    /// may now hold an aborted transaction (a BEGIN sent with the statement went through), so
+    /// the session must roll back before anything else.
+    pub fn statement_cancelled(&mut self) {
+        self.tx = TxState::Failed;
     }
 
     /// Forgets the transaction without talking to the server (the connection is gone or will be
@@ -353,6 +410,21 @@ impl SessionState {
             col.sql_type.coerce(v, col.name)?;
         }
         self.work.ops.push(Op::Insert(Box::new(model)));
+        Ok(())
+    }
+
+    /// [`SessionState::add`] for many models: all are checked first; if one is refused, none is
+    /// queued.
+    pub fn add_all<M: Model>(&mut self, models: Vec<M>) -> Result<()> {
+        let columns = &M::meta().columns;
+        for model in &models {
+            for (col, v) in columns.iter().zip(model.values()?) {
+                col.sql_type.coerce(v, col.name)?;
+            }
+        }
+        self.work
+            .ops
+            .extend(models.into_iter().map(|m| Op::Insert(Box::new(m))));
         Ok(())
     }
 
