@@ -242,7 +242,9 @@ impl Actor for SessionActor {
         ctx: &mut SessionCtx,
     ) -> Result<(), ActorProcessingErr> {
         let span = ctx.span.clone();
-        async move {
+        // Boxed, so that an idle session's task holds a pointer rather than room for the largest
+        // operation's state.
+        Box::pin(async move {
             match msg {
                 SessionMsg::Local(f) => f(&mut ctx.core),
                 SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).await,
@@ -267,7 +269,7 @@ impl Actor for SessionActor {
                     myself.stop(None);
                 }
             }
-        }
+        })
         .instrument(span)
         .await;
         Ok(())

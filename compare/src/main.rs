@@ -1,1 +1,1009 @@
-fn main() {}
+//! The comparison harness: the same workloads through raw tokio-postgres (the floor),
+//! deadpool-postgres, bb8-postgres, SeaORM (on its sqlx pool) and actor-orm — same server, same
+//! pool size, same process, interleaved rounds — printed as a markdown table of medians and
+//! ratios and written to `BENCHMARKS.md`.
+//!
+//! `cargo run --release --manifest-path compare/Cargo.toml` (on `DATABASE_URL` when set, else a
+//! throwaway PostgreSQL). `ROUNDS=n` changes the number of rounds (default 5).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use actor_orm::prelude::*;
+use actor_orm::testing::Cluster;
+use futures_util::pin_mut;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, Set, TransactionTrait};
+use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+// ----- allocation counting, for peak memory and bytes per session -----
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed)
+                    + (new_size - layout.size());
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Bytes allocated at the peak of `work`, above what was allocated before it.
+async fn peak_of<T>(work: impl Future<Output = T>) -> (T, usize) {
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let out = work.await;
+    (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
+}
+
+// ----- the model, three ways -----
+
+#[derive(Model, Clone, Debug, PartialEq)]
+#[orm(table_name = "bench_users")]
+struct BenchUser {
+    #[orm(primary_key, auto_increment)]
+    id: i64,
+    name: String,
+    email: Option<String>,
+    age: i32,
+}
+
+#[derive(Model, Clone, Debug, PartialEq)]
+#[orm(table_name = "bench_many")]
+struct BenchMany {
+    #[orm(primary_key, auto_increment)]
+    id: i64,
+    name: String,
+    email: Option<String>,
+    age: i32,
+}
+
+#[derive(Model, Clone, Debug, PartialEq)]
+#[orm(table_name = "bench_writes")]
+struct BenchWrite {
+    #[orm(primary_key, auto_increment)]
+    id: i64,
+    name: String,
+    email: Option<String>,
+    age: i32,
+}
+
+mod sea_user {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bench_users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub name: String,
+        pub email: Option<String>,
+        pub age: i32,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+mod sea_many {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bench_many")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub name: String,
+        pub email: Option<String>,
+        pub age: i32,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+mod sea_write {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bench_writes")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub name: String,
+        pub email: Option<String>,
+        pub age: i32,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+fn by_hand(row: &tokio_postgres::Row) -> BenchUser {
+    BenchUser {
+        id: row.get(0),
+        name: row.get(1),
+        email: row.get(2),
+        age: row.get(3),
+    }
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const USERS: i64 = 10_000;
+const MANY: i64 = 100_000;
+const POOL: usize = 16;
+const N: usize = 2_000;
+
+struct Systems {
+    raw: tokio_postgres::Client,
+    deadpool: deadpool_postgres::Pool,
+    bb8: bb8::Pool<bb8_postgres::PostgresConnectionManager<NoTls>>,
+    sea: sea_orm::DatabaseConnection,
+    orm: actor_orm::Pool,
+}
+
+async fn systems(pg: &tokio_postgres::Config, url: &str, size: usize) -> Res<Systems> {
+    let (raw, conn) = pg.connect(NoTls).await?;
+    tokio::spawn(conn);
+    let mgr = deadpool_postgres::Manager::from_config(
+        pg.clone(),
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let deadpool = deadpool_postgres::Pool::builder(mgr)
+        .max_size(size)
+        .build()?;
+    let bb8 = bb8::Pool::builder()
+        .max_size(size as u32)
+        .build(bb8_postgres::PostgresConnectionManager::new(
+            pg.clone(),
+            NoTls,
+        ))
+        .await?;
+    let mut opt = sea_orm::ConnectOptions::new(url.to_owned());
+    opt.max_connections(size as u32)
+        .min_connections(size as u32)
+        .sqlx_logging(false);
+    let sea = sea_orm::Database::connect(opt).await?;
+    let orm = actor_orm::Pool::builder(pg)
+        .max_size(size)
+        .min_idle(size)
+        .build()
+        .await?;
+    // Warm every pool to its full size, so no round measures a connect.
+    let mut held = Vec::new();
+    for _ in 0..size {
+        held.push(deadpool.get().await?);
+    }
+    drop(held);
+    let mut held = Vec::new();
+    for _ in 0..size {
+        held.push(bb8.get().await?);
+    }
+    drop(held);
+    let mut held = Vec::new();
+    for _ in 0..size {
+        let s = orm.session().await?;
+        s.acquire().await?;
+        held.push(s);
+    }
+    for s in held {
+        s.close().await?;
+    }
+    Ok(Systems {
+        raw,
+        deadpool,
+        bb8,
+        sea,
+        orm,
+    })
+}
+
+// ----- measurements -----
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Per-round results: (workload, metric, system) → values.
+#[derive(Default)]
+struct Results(BTreeMap<(String, String), BTreeMap<&'static str, Vec<f64>>>);
+
+impl Results {
+    fn add(&mut self, workload: &str, metric: &str, system: &'static str, v: f64) {
+        self.0
+            .entry((workload.to_owned(), metric.to_owned()))
+            .or_default()
+            .entry(system)
+            .or_default()
+            .push(v);
+    }
+
+    fn get(&self, workload: &str, metric: &str, system: &str) -> f64 {
+        self.0
+            .get(&(workload.to_owned(), metric.to_owned()))
+            .and_then(|m| m.get(system))
+            .map(|v| median(v.clone()))
+            .unwrap_or(f64::NAN)
+    }
+}
+
+async fn latencies<F, Fut>(n: usize, mut op: F) -> Res<Vec<Duration>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Res<()>>,
+{
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        op(i).await?;
+        out.push(t.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn key(i: usize) -> i64 {
+    (i as i64 * 7919) % USERS + 1
+}
+
+async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
+    let w = "1. point read by primary key";
+    let stmt_sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
+    let mut record = |sys: &'static str, l: Vec<Duration>| {
+        r.add(w, "p50 µs", sys, us(percentile(&l, 0.5)));
+        r.add(w, "p99 µs", sys, us(percentile(&l, 0.99)));
+    };
+
+    let stmt = s.raw.prepare(stmt_sql).await?;
+    let l = latencies(N, |i| {
+        let stmt = stmt.clone();
+        async move {
+            black_box(by_hand(&s.raw.query_one(&stmt, &[&key(i)]).await?));
+            Ok(())
+        }
+    })
+    .await?;
+    record("raw tokio-postgres", l);
+
+    let client = s.deadpool.get().await?;
+    let stmt = client.prepare_cached(stmt_sql).await?;
+    let l = latencies(N, |i| {
+        let (client, stmt) = (&client, stmt.clone());
+        async move {
+            black_box(by_hand(&client.query_one(&stmt, &[&key(i)]).await?));
+            Ok(())
+        }
+    })
+    .await?;
+    drop(client);
+    record("deadpool-postgres", l);
+
+    let conn = s.bb8.get().await?;
+    let stmt = conn.prepare(stmt_sql).await?;
+    let l = latencies(N, |i| {
+        let (conn, stmt) = (&conn, stmt.clone());
+        async move {
+            black_box(by_hand(&conn.query_one(&stmt, &[&key(i)]).await?));
+            Ok(())
+        }
+    })
+    .await?;
+    drop(conn);
+    record("bb8-postgres", l);
+
+    let l = latencies(N, |i| async move {
+        black_box(sea_user::Entity::find_by_id(key(i)).one(&s.sea).await?);
+        Ok(())
+    })
+    .await?;
+    record("SeaORM", l);
+
+    let session = s.orm.session().await?;
+    let l = latencies(N, |i| {
+        let session = &session;
+        async move {
+            black_box(session.get::<BenchUser>(key(i)).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    session.close().await?;
+    record("actor-orm", l);
+
+    // 2. The same key again in one session: the identity map answers.
+    let session = s.orm.session().await?;
+    session.get::<BenchUser>(7).await?;
+    let l = latencies(N, |_| {
+        let session = &session;
+        async move {
+            black_box(session.get::<BenchUser>(7).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    session.close().await?;
+    r.add(
+        "2. same key again in one session",
+        "p50 µs",
+        "actor-orm",
+        us(percentile(&l, 0.5)),
+    );
+    Ok(())
+}
+
+async fn request_cycles(s: &Systems, r: &mut Results) -> Res<()> {
+    let w = "3. request cycle (checkout, point read, return)";
+    let sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
+    let mut record = |sys: &'static str, l: Vec<Duration>| {
+        r.add(w, "p50 µs", sys, us(percentile(&l, 0.5)));
+        r.add(w, "p99 µs", sys, us(percentile(&l, 0.99)));
+    };
+    let l = latencies(N, |i| async move {
+        let client = s.deadpool.get().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        black_box(by_hand(&client.query_one(&stmt, &[&key(i)]).await?));
+        Ok(())
+    })
+    .await?;
+    record("deadpool-postgres", l);
+    let l = latencies(N, |i| async move {
+        let conn = s.bb8.get().await?;
+        black_box(by_hand(&conn.query_one(sql, &[&key(i)]).await?));
+        Ok(())
+    })
+    .await?;
+    record("bb8-postgres", l);
+    let l = latencies(N, |i| async move {
+        black_box(sea_user::Entity::find_by_id(key(i)).one(&s.sea).await?);
+        Ok(())
+    })
+    .await?;
+    record("SeaORM", l);
+    let l = latencies(N, |i| async move {
+        let session = s.orm.session().await?;
+        black_box(session.get::<BenchUser>(key(i)).await?);
+        session.commit().await?;
+        drop(session);
+        Ok(())
+    })
+    .await?;
+    record("actor-orm", l);
+    Ok(())
+}
+
+/// `workers` tasks × 10 requests each; requests per second.
+async fn throughput<F, Fut>(workers: usize, op: F) -> Res<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Res<()>> + Send,
+{
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let op = op.clone();
+        set.spawn(async move {
+            for _ in 0..10 {
+                op().await?;
+            }
+            Res::Ok(())
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok((workers * 10) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn contended(s: &Arc<Systems>, workers: usize, size: usize, r: &mut Results) -> Res<()> {
+    let w = format!("4. contended: {workers} workers × 10 on {size} connections");
+    let sel = "SELECT 1 req/s";
+    let chk = "checkout+return req/s";
+
+    let p = s.deadpool.clone();
+    let v = throughput(workers, move || {
+        let p = p.clone();
+        async move {
+            let c = p.get().await?;
+            let stmt = c.prepare_cached("SELECT 1").await?;
+            black_box(c.query_one(&stmt, &[]).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, sel, "deadpool-postgres", v);
+    let p = s.deadpool.clone();
+    let v = throughput(workers, move || {
+        let p = p.clone();
+        async move {
+            drop(black_box(p.get().await?));
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, chk, "deadpool-postgres", v);
+
+    let p = s.bb8.clone();
+    let v = throughput(workers, move || {
+        let p = p.clone();
+        async move {
+            let c = p.get().await?;
+            black_box(c.simple_query("SELECT 1").await?);
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, sel, "bb8-postgres", v);
+    let p = s.bb8.clone();
+    let v = throughput(workers, move || {
+        let p = p.clone();
+        async move {
+            drop(black_box(p.get().await?));
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, chk, "bb8-postgres", v);
+
+    let db = s.sea.clone();
+    let v = throughput(workers, move || {
+        let db = db.clone();
+        async move {
+            black_box(db.execute_unprepared("SELECT 1").await?);
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, sel, "SeaORM", v);
+    let db = s.sea.clone();
+    let v = throughput(workers, move || {
+        let db = db.clone();
+        async move {
+            black_box(db.get_postgres_connection_pool().acquire().await?);
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, chk, "SeaORM", v);
+
+    let p = s.orm.clone();
+    let v = throughput(workers, move || {
+        let p = p.clone();
+        async move {
+            let session = p.session().await?;
+            black_box(session.raw_rows("SELECT 1", vec![]).await?);
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, sel, "actor-orm", v);
+    let p = s.orm.clone();
+    let v = throughput(workers, move || {
+        let p = p.clone();
+        async move {
+            let session = p.session().await?;
+            session.acquire().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    r.add(&w, chk, "actor-orm", v);
+    Ok(())
+}
+
+fn new_rows(n: usize) -> Vec<BenchWrite> {
+    (0..n)
+        .map(|i| BenchWrite {
+            id: 0,
+            name: format!("new{i}"),
+            email: None,
+            age: i as i32,
+        })
+        .collect()
+}
+
+async fn writes(s: &Systems, r: &mut Results) -> Res<()> {
+    let w = "5. insert 1,000 rows";
+    let m = "ms";
+    let truncate = || s.raw.batch_execute("TRUNCATE bench_writes");
+
+    truncate().await?;
+    let t = Instant::now();
+    let session = s.orm.session().await?;
+    session.add_all(new_rows(1000)).await?;
+    session.commit().await?;
+    r.add(w, m, "actor-orm", t.elapsed().as_secs_f64() * 1e3);
+    session.close().await?;
+
+    truncate().await?;
+    let stmt = s
+        .raw
+        .prepare("INSERT INTO bench_writes (name, email, age) VALUES ($1, $2, $3) RETURNING id")
+        .await?;
+    let t = Instant::now();
+    s.raw.batch_execute("BEGIN").await?;
+    for row in new_rows(1000) {
+        black_box(
+            s.raw
+                .query_one(&stmt, &[&row.name, &row.email, &row.age])
+                .await?,
+        );
+    }
+    s.raw.batch_execute("COMMIT").await?;
+    r.add(
+        w,
+        m,
+        "raw: 1,000 single-row INSERTs",
+        t.elapsed().as_secs_f64() * 1e3,
+    );
+
+    truncate().await?;
+    let t = Instant::now();
+    let sink = s
+        .raw
+        .copy_in("COPY bench_writes (name, email, age) FROM STDIN BINARY")
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT4]);
+    pin_mut!(writer);
+    for row in new_rows(1000) {
+        writer
+            .as_mut()
+            .write(&[&row.name, &row.email, &row.age])
+            .await?;
+    }
+    writer.finish().await?;
+    r.add(w, m, "raw: COPY BINARY", t.elapsed().as_secs_f64() * 1e3);
+
+    truncate().await?;
+    let t = Instant::now();
+    let models = new_rows(1000)
+        .into_iter()
+        .map(|row| sea_write::ActiveModel {
+            name: Set(row.name),
+            email: Set(row.email),
+            age: Set(row.age),
+            ..Default::default()
+        });
+    sea_write::Entity::insert_many(models).exec(&s.sea).await?;
+    r.add(w, m, "SeaORM", t.elapsed().as_secs_f64() * 1e3);
+
+    // 6. Update 1,000 loaded rows, one changed column each.
+    let w = "6. update 1,000 loaded rows (one column each)";
+    let session = s.orm.session().await?;
+    let loaded = session.all(BenchWrite::query()).await?;
+    let t = Instant::now();
+    for mut row in loaded {
+        row.age += 1;
+        session.save(row).await?;
+    }
+    session.commit().await?;
+    r.add(w, m, "actor-orm", t.elapsed().as_secs_f64() * 1e3);
+    session.close().await?;
+
+    let ids: Vec<i64> = s
+        .raw
+        .query("SELECT id FROM bench_writes", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let stmt = s
+        .raw
+        .prepare("UPDATE bench_writes SET age = age + 1 WHERE id = $1")
+        .await?;
+    let t = Instant::now();
+    s.raw.batch_execute("BEGIN").await?;
+    for id in &ids {
+        s.raw.execute(&stmt, &[id]).await?;
+    }
+    s.raw.batch_execute("COMMIT").await?;
+    r.add(w, m, "raw tokio-postgres", t.elapsed().as_secs_f64() * 1e3);
+
+    let loaded = sea_write::Entity::find().all(&s.sea).await?;
+    let t = Instant::now();
+    let txn = s.sea.begin().await?;
+    for row in loaded {
+        let age = row.age + 1;
+        let mut am: sea_write::ActiveModel = row.into();
+        am.age = Set(age);
+        am.update(&txn).await?;
+    }
+    txn.commit().await?;
+    r.add(w, m, "SeaORM", t.elapsed().as_secs_f64() * 1e3);
+    Ok(())
+}
+
+async fn bulk_read(s: &Systems, r: &mut Results) -> Res<()> {
+    let w = "7. read 100,000 rows into models";
+    let (rows, peak) = peak_of(async {
+        let t = Instant::now();
+        let rows: Vec<BenchUser> = s
+            .raw
+            .query("SELECT id, name, email, age FROM bench_many", &[])
+            .await?
+            .iter()
+            .map(by_hand)
+            .collect();
+        Res::Ok((t.elapsed(), rows.len()))
+    })
+    .await;
+    let (took, n) = rows?;
+    r.add(w, "ms", "raw tokio-postgres", took.as_secs_f64() * 1e3);
+    r.add(w, "peak MB", "raw tokio-postgres", peak as f64 / 1e6);
+    assert_eq!(n as i64, MANY);
+
+    let (rows, peak) = peak_of(async {
+        let t = Instant::now();
+        let rows = sea_many::Entity::find().all(&s.sea).await?;
+        Res::Ok((t.elapsed(), rows.len()))
+    })
+    .await;
+    let (took, _) = rows?;
+    r.add(w, "ms", "SeaORM", took.as_secs_f64() * 1e3);
+    r.add(w, "peak MB", "SeaORM", peak as f64 / 1e6);
+
+    let session = s.orm.session().await?;
+    let (rows, peak) = peak_of(async {
+        let t = Instant::now();
+        let rows = session.all(BenchMany::query()).await?;
+        Res::Ok((t.elapsed(), rows.len()))
+    })
+    .await;
+    let (took, _) = rows?;
+    session.close().await?;
+    r.add(w, "ms", "actor-orm", took.as_secs_f64() * 1e3);
+    r.add(w, "peak MB", "actor-orm", peak as f64 / 1e6);
+    Ok(())
+}
+
+async fn idle_sessions(s: &Systems, r: &mut Results) -> Res<()> {
+    let n = 10_000;
+    let base = CURRENT.load(Ordering::Relaxed);
+    let mut sessions = Vec::with_capacity(n);
+    let vec_bytes = n * std::mem::size_of::<actor_orm::Session>();
+    for _ in 0..n {
+        sessions.push(s.orm.session().await?);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let used = CURRENT
+        .load(Ordering::Relaxed)
+        .saturating_sub(base + vec_bytes);
+    r.add(
+        "8. 10,000 live idle sessions",
+        "bytes per session",
+        "actor-orm",
+        used as f64 / n as f64,
+    );
+    drop(sessions);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+fn url_of(pg: &tokio_postgres::Config, db: &str) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let user = pg.get_user().unwrap_or("postgres");
+    match pg.get_password() {
+        Some(p) => format!(
+            "postgres://{user}:{}@{host}:{port}/{db}",
+            String::from_utf8_lossy(p)
+        ),
+        None => format!("postgres://{user}@{host}:{port}/{db}"),
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores, {}", std::env::consts::ARCH)
+}
+
+fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+const SYSTEMS: [&str; 5] = [
+    "raw tokio-postgres",
+    "deadpool-postgres",
+    "bb8-postgres",
+    "SeaORM",
+    "actor-orm",
+];
+
+async fn run() -> Res<()> {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let cluster = tokio::task::spawn_blocking(Cluster::from_env).await??;
+    let db = cluster.create_database("compare").await?;
+    let pg = db.config().clone();
+    let url = url_of(&pg, db.name());
+    let setup = db.connect().await?;
+    for table in ["bench_users", "bench_many", "bench_writes"] {
+        setup
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, \
+                 name text NOT NULL, email text, age integer NOT NULL)"
+            ))
+            .await?;
+    }
+    setup
+        .batch_execute(&format!(
+            "INSERT INTO bench_users (name, email, age) SELECT 'user' || g, 'user' || g || '@example.com', g % 90 \
+             FROM generate_series(1, {USERS}) g; \
+             INSERT INTO bench_many (name, email, age) SELECT 'user' || g, 'user' || g || '@example.com', g % 90 \
+             FROM generate_series(1, {MANY}) g"
+        ))
+        .await?;
+    setup.batch_execute("VACUUM ANALYZE").await?;
+    let version: String = setup.query_one("SHOW server_version", &[]).await?.get(0);
+
+    let main = Arc::new(systems(&pg, &url, POOL).await?);
+    let small = Arc::new(systems(&pg, &url, 4).await?);
+    let mut r = Results::default();
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}", round + 1);
+        point_reads(&main, &mut r).await?;
+        request_cycles(&main, &mut r).await?;
+        contended(&main, 64, POOL, &mut r).await?;
+        contended(&small, 256, 4, &mut r).await?;
+        writes(&main, &mut r).await?;
+        bulk_read(&main, &mut r).await?;
+        idle_sessions(&main, &mut r).await?;
+    }
+
+    let mut out = String::new();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    writeln!(out, "# Benchmarks\n")?;
+    writeln!(
+        out,
+        "Run on {date}; {}; PostgreSQL {version} on loopback (throwaway cluster, fsync off); \
+         pool size {POOL} unless stated; {rounds} interleaved rounds, medians of the rounds; \
+         {N} operations per latency measurement; tokio {}. Produced by \
+         `cargo run --release --manifest-path compare/Cargo.toml`.\n",
+        machine(),
+        RUNTIME_NAME.get().copied().unwrap_or("runtime")
+    )?;
+    writeln!(out, "| workload | metric | {} |", SYSTEMS.join(" | "))?;
+    writeln!(out, "|---|---|{}", "---:|".repeat(SYSTEMS.len()))?;
+    let mut extra: Vec<String> = Vec::new();
+    for ((workload, metric), by_system) in &r.0 {
+        let mut line = format!("| {workload} | {metric} |");
+        for sys in SYSTEMS {
+            let v = by_system.get(sys).map(|v| median(v.clone()));
+            write!(line, " {} |", v.map(fmt).unwrap_or_else(|| "—".into()))?;
+        }
+        writeln!(out, "{line}")?;
+        for (sys, v) in by_system {
+            if !SYSTEMS.contains(sys) {
+                extra.push(format!(
+                    "| {workload} | {metric} | {sys} | {} |",
+                    fmt(median(v.clone()))
+                ));
+            }
+        }
+    }
+    if !extra.is_empty() {
+        writeln!(
+            out,
+            "\nOther anchors:\n\n| workload | metric | what | value |\n|---|---|---|---:|"
+        )?;
+        for e in extra {
+            writeln!(out, "{e}")?;
+        }
+    }
+
+    // Ratios against the anchors of the same run.
+    let p50 = |w: &str, sys: &str| r.get(w, "p50 µs", sys);
+    let w1 = "1. point read by primary key";
+    let w3 = "3. request cycle (checkout, point read, return)";
+    let w4a = format!("4. contended: 64 workers × 10 on {POOL} connections");
+    let w4b = "4. contended: 256 workers × 10 on 4 connections".to_owned();
+    let w5 = "5. insert 1,000 rows";
+    let w7 = "7. read 100,000 rows into models";
+    let best_pool = |w: &str, m: &str| {
+        r.get(w, m, "deadpool-postgres")
+            .max(r.get(w, m, "bb8-postgres"))
+    };
+    let rows: Vec<(String, f64, &str)> = vec![
+        (
+            "point read p50 vs raw tokio-postgres (lower is better)".into(),
+            p50(w1, "actor-orm") / p50(w1, "raw tokio-postgres"),
+            "≤ 1.05×",
+        ),
+        (
+            "identity-map hit: speed-up over a database read".into(),
+            p50(w1, "actor-orm") / p50("2. same key again in one session", "actor-orm"),
+            "≥ 30×",
+        ),
+        (
+            "request cycle p50 vs deadpool-postgres (lower is better)".into(),
+            p50(w3, "actor-orm") / p50(w3, "deadpool-postgres"),
+            "≤ 1.10×",
+        ),
+        (
+            "request cycle p50 vs SeaORM (lower is better)".into(),
+            p50(w3, "actor-orm") / p50(w3, "SeaORM"),
+            "< 1×",
+        ),
+        (
+            format!("contended SELECT 1, 64 on {POOL}: throughput vs best of deadpool/bb8"),
+            r.get(&w4a, "SELECT 1 req/s", "actor-orm") / best_pool(&w4a, "SELECT 1 req/s"),
+            "≥ 0.95×",
+        ),
+        (
+            "contended SELECT 1, 256 on 4: throughput vs best of deadpool/bb8".into(),
+            r.get(&w4b, "SELECT 1 req/s", "actor-orm") / best_pool(&w4b, "SELECT 1 req/s"),
+            "≥ 0.95×",
+        ),
+        (
+            format!("contended checkout only, 64 on {POOL}: throughput vs best of deadpool/bb8"),
+            r.get(&w4a, "checkout+return req/s", "actor-orm")
+                / best_pool(&w4a, "checkout+return req/s"),
+            "(no target)",
+        ),
+        (
+            "insert 1,000: speed vs SeaORM insert_many".into(),
+            r.get(w5, "ms", "SeaORM") / r.get(w5, "ms", "actor-orm"),
+            "≥ 1.0×",
+        ),
+        (
+            "insert 1,000: time vs COPY BINARY (lower is better)".into(),
+            r.get(w5, "ms", "actor-orm") / r.get(w5, "ms", "raw: COPY BINARY"),
+            "≤ 2×",
+        ),
+        (
+            "insert 1,000: speed-up over 1,000 single-row round trips".into(),
+            r.get(w5, "ms", "raw: 1,000 single-row INSERTs") / r.get(w5, "ms", "actor-orm"),
+            "≥ 10×",
+        ),
+        (
+            "read 100,000 rows: time vs raw with hand-written mapping (lower is better)".into(),
+            r.get(w7, "ms", "actor-orm") / r.get(w7, "ms", "raw tokio-postgres"),
+            "≤ 1.2×",
+        ),
+        (
+            "live idle session, KiB (allocated bytes / 10,000 sessions)".into(),
+            r.get(
+                "8. 10,000 live idle sessions",
+                "bytes per session",
+                "actor-orm",
+            ) / 1024.0,
+            "≤ 8 KiB",
+        ),
+    ];
+    writeln!(
+        out,
+        "\n## Ratios (same run)\n\n| measure | actor-orm | target |\n|---|---:|---|"
+    )?;
+    for (what, v, target) in rows {
+        let unit = if what.contains("KiB") { " KiB" } else { "×" };
+        writeln!(out, "| {what} | {}{unit} | {target} |", fmt(v))?;
+    }
+    print!("{out}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    std::fs::write(&path, &out)?;
+    eprintln!("wrote {}", path.display());
+    main.orm.close(Duration::from_secs(5)).await?;
+    small.orm.close(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    // One thread by default: every system's tasks (caller, connection drivers, pool and session
+    // actors) share it, so the numbers measure each layer's work rather than where the
+    // scheduler happened to place its tasks (on this 2-core machine a cross-thread wake-up
+    // costs more than a loopback round trip). RUNTIME=multi runs on two worker threads.
+    let multi = std::env::var("RUNTIME").is_ok_and(|v| v == "multi");
+    let rt = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    };
+    RUNTIME_NAME
+        .set(if multi {
+            "multi-thread runtime, 2 workers"
+        } else {
+            "current-thread runtime"
+        })
+        .ok();
+    rt.block_on(async { tokio::spawn(run()).await? })
+}
+
+static RUNTIME_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();

@@ -39,6 +39,15 @@ impl IdentityMap {
             .insert(key, Box::new(model));
     }
 
+    /// Records many rows of `M` at once.
+    pub fn insert_all<M: Model>(&mut self, rows: Vec<(Key, M)>) {
+        let table = self.tables.entry(M::meta().identity()).or_default();
+        table.reserve(rows.len());
+        for (key, model) in rows {
+            table.insert(key, Box::new(model));
+        }
+    }
+
     /// Forgets one row.
     pub fn remove(&mut self, meta: &ModelMeta, key: &Key) {
         if let Some(t) = self.tables.get_mut(&meta.identity()) {

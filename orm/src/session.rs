@@ -333,12 +333,26 @@ impl SessionState {
         Ok(model)
     }
 
+    /// Decodes rows into models and records each in the identity map.
+    fn remember_all<M: Model>(&mut self, rows: &[Row]) -> Result<Vec<M>> {
+        let positions: Vec<usize> = (0..M::meta().columns.len()).collect();
+        let mut models = Vec::with_capacity(rows.len());
+        let mut snapshots = Vec::with_capacity(rows.len());
+        for row in rows {
+            let model = M::from_row(row, &positions)?;
+            snapshots.push((model.key()?, model.clone()));
+            models.push(model);
+        }
+        self.identity.insert_all(snapshots);
+        Ok(models)
+    }
+
     /// Every model the query returns (pending changes are flushed first).
     pub async fn all<M: Model>(&mut self, conn: &Connection, select: Select<M>) -> Result<Vec<M>> {
         self.flush(conn).await?;
         let (sql, values) = select.build();
         let rows = self.run_query(conn, &sql, &values, None).await?;
-        rows.iter().map(|r| self.remember::<M>(r)).collect()
+        self.remember_all::<M>(&rows)
     }
 
     /// The first model the query returns, if any.
