@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::pool::{Pool, closed};
-use crate::supervisor::{Lease, PoolMsg, Requester, label};
+use crate::supervisor::{Lease, PoolMsg, Requester};
 
 /// Runs a one-shot closure as a job (which the session never runs twice).
 fn once<T, F>(
@@ -38,6 +38,11 @@ where
         Some(f) => f(state, conn),
         None => Box::pin(async { Err(Error::SessionClosed) }),
     }
+}
+
+/// Whether `result` (or the state of `conn` after it) says the connection is gone.
+fn lost<T>(conn: &Connection, result: &Result<T>) -> bool {
+    conn.is_closed() || matches!(result, Err(e) if e.is_connection_lost())
 }
 
 /// A boxed future borrowing the session for `'a`, as [`Session::run`] closures return.
@@ -83,8 +88,8 @@ enum Mode {
     Read,
     /// Runs to completion whatever the caller does: transaction control, flushes, inserts.
     Complete,
-    /// A statement whose only product is its reply (a read) or whose effect stays inside the
-    /// transaction: cancelled when nobody waits for it, and the transaction marked failed.
+    /// A write whose effect stays inside the transaction (`update_where`, `delete_where`):
+    /// cancelled when nobody waits for it, and the transaction marked failed.
     Cancellable,
     /// User code or raw SQL: runs to completion, and the ORM cannot vouch for the session state.
     Untracked,
@@ -190,6 +195,15 @@ pub(crate) enum SessionMsg {
 }
 
 pub(crate) struct SessionActor;
+
+/// The session's name (or `session-<id>`) and where it was created, for logs, leak reports and
+/// timeout errors.
+fn label(name: Option<&str>, id: ractor::ActorId, site: &Location<'_>) -> Arc<str> {
+    match name {
+        Some(n) => format!("{n} (created at {site})").into(),
+        None => format!("session-{id} (created at {site})").into(),
+    }
+}
 
 pub(crate) struct SessionArgs {
     pool: ActorRef<PoolMsg>,
@@ -349,15 +363,14 @@ impl SessionCtx {
             if job.untracked() {
                 self.untracked = true;
             }
-            if !(job.reads_only() && self.core.pending() == 0) {
+            // A read with nothing to flush first sends nothing but reads.
+            let pure_read = job.reads_only() && self.core.pending() == 0;
+            if !pure_read {
                 self.read_only = false;
             }
-            // Safe to run again only when this job opens the transaction and has nothing to
-            // flush first: then a dead connection took nothing with it.
-            let may_retry = job.reads_only()
-                && self.core.tx_state() == TxState::Idle
-                && self.core.pending() == 0
-                && attempts < 3;
+            // Safe to run again only when this job also opens the transaction: then a dead
+            // connection took nothing with it.
+            let may_retry = pure_read && self.core.tx_state() == TxState::Idle && attempts < 3;
             match job.run(&mut self.core, &conn, may_retry).await {
                 Outcome::Retry(again) => {
                     attempts += 1;
@@ -373,11 +386,9 @@ impl SessionCtx {
                 Outcome::ConnectionLost => self.lose_connection(),
                 Outcome::Cancelled => {
                     tracing::debug!("a caller stopped waiting: its statement was cancelled");
-                    // The cancelled statement aborted the transaction on the server (or the
-                    // BEGIN may have gone through unseen): roll back before going on, and on
-                    // return.
-                    self.core.statement_cancelled();
-                    self.untracked = true;
+                    // The cancelled statement aborted the transaction on the server: roll back
+                    // before going on (release does so on return).
+                    self.core.mark_failed();
                 }
                 Outcome::Done => {}
             }
@@ -420,7 +431,7 @@ impl SessionCtx {
         }
         let conn = self.connection_in_transaction(&me).await?;
         let r = self.core.commit(&conn).await;
-        if conn.is_closed() || matches!(&r, Err(e) if e.is_connection_lost()) {
+        if lost(&conn, &r) {
             self.lose_connection();
             self.core.abandon();
         }
@@ -440,7 +451,7 @@ impl SessionCtx {
         };
         let conn = lease.conn.clone();
         let r = self.core.rollback(&conn).await;
-        if conn.is_closed() || matches!(&r, Err(e) if e.is_connection_lost()) {
+        if lost(&conn, &r) {
             // No connection, no transaction: the rollback happened on the server's side.
             self.lose_connection();
             self.core.abandon();
@@ -452,8 +463,9 @@ impl SessionCtx {
         r
     }
 
-    /// Gives the connection back. Uncommitted work is dropped; the pool rolls back whatever may
-    /// be open. Waits for the pool to take it, so the lease ends as a checkin, not a reclaim.
+    /// Gives the connection back. Uncommitted work is dropped and a ROLLBACK sent (or, after an
+    /// interrupted statement, left to the pool's full reset). Waits for the pool to take it, so
+    /// the lease ends as a checkin, not a reclaim.
     async fn release(&mut self) {
         let Some(lease) = self.lease.take() else {
             return;

@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::panic::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -207,10 +206,7 @@ impl Actor for Supervisor {
             PoolMsg::Broken { lease } => {
                 if let Some(i) = state.leased_by_lease(lease) {
                     state.counters.discards += 1;
-                    state.close_slot(i);
-                    state.invalidate(&myself, "a session's connection was lost");
-                    state.after_close(&myself);
-                    state.dispatch(&myself);
+                    state.discard_dead(&myself, i, "a session's connection was lost");
                 }
             }
             PoolMsg::Died { serial, reason } => {
@@ -220,10 +216,7 @@ impl Actor for Supervisor {
                     && matches!(state.slots[i].state, SlotState::Idle | SlotState::Checking)
                 {
                     tracing::info!(serial, reason = %reason, "an idle connection closed");
-                    state.close_slot(i);
-                    state.invalidate(&myself, "an idle connection closed");
-                    state.after_close(&myself);
-                    state.dispatch(&myself);
+                    state.discard_dead(&myself, i, "an idle connection closed");
                 }
             }
             PoolMsg::Connected(serial, result) => state.connected(&myself, serial, result),
@@ -669,19 +662,27 @@ impl PoolState {
         let Some(i) = self.by_serial(serial) else {
             return;
         };
-        if ok {
-            let now = Instant::now();
-            let generation = self.generation;
-            let slot = &mut self.slots[i];
-            slot.state = SlotState::Idle;
-            slot.generation = generation;
-            slot.last_checked = now;
-            slot.last_used = now;
-        } else {
+        if !ok {
             tracing::info!(serial, "health check failed: discarding the connection");
-            self.invalidate(myself, "a health check failed");
-            self.close_slot(i);
+            return self.discard_dead(myself, i, "a health check failed");
         }
+        let now = Instant::now();
+        let generation = self.generation;
+        let slot = &mut self.slots[i];
+        slot.state = SlotState::Idle;
+        slot.generation = generation;
+        slot.last_checked = now;
+        slot.last_used = now;
+        // While closing, a connection back from its check is closed here.
+        self.after_close(myself);
+        self.dispatch(myself);
+    }
+
+    /// Slot `i`'s connection is dead: close it, treat every older connection as suspect, refill
+    /// and serve waiters.
+    fn discard_dead(&mut self, myself: &ActorRef<PoolMsg>, i: usize, why: &str) {
+        self.close_slot(i);
+        self.invalidate(myself, why);
         self.after_close(myself);
         self.dispatch(myself);
     }
@@ -950,12 +951,4 @@ fn discard(conn: Arc<Connection>) {
         });
     }
     drop(conn);
-}
-
-/// Where a session was created, for leak reports.
-pub(crate) fn label(name: Option<&str>, id: ActorId, site: &'static Location<'static>) -> Arc<str> {
-    match name {
-        Some(n) => format!("{n} (created at {site})").into(),
-        None => format!("session-{id} (created at {site})").into(),
-    }
 }

@@ -459,98 +459,53 @@ where
     Ok((workers * 10) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Requests per second of `$body` — run with a clone of `$handle` bound to `$h` — by
+/// `$workers` tasks × 10 requests.
+macro_rules! rate {
+    ($workers:expr, $handle:expr, |$h:ident| $body:block) => {{
+        let handle = $handle.clone();
+        throughput($workers, move || {
+            let $h = handle.clone();
+            async move {
+                black_box($body);
+                Res::Ok(())
+            }
+        })
+        .await?
+    }};
+}
+
 async fn contended(s: &Arc<Systems>, workers: usize, size: usize, r: &mut Results) -> Res<()> {
     let w = format!("4. contended: {workers} workers × 10 on {size} connections");
     let sel = "SELECT 1 req/s";
     let chk = "checkout+return req/s";
-
-    let p = s.deadpool.clone();
-    let v = throughput(workers, move || {
-        let p = p.clone();
-        async move {
-            let c = p.get().await?;
-            let stmt = c.prepare_cached("SELECT 1").await?;
-            black_box(c.query_one(&stmt, &[]).await?);
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.deadpool, |p| {
+        let c = p.get().await?;
+        let stmt = c.prepare_cached("SELECT 1").await?;
+        c.query_one(&stmt, &[]).await?
+    });
     r.add(&w, sel, "deadpool-postgres", v);
-    let p = s.deadpool.clone();
-    let v = throughput(workers, move || {
-        let p = p.clone();
-        async move {
-            drop(black_box(p.get().await?));
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.deadpool, |p| { drop(p.get().await?) });
     r.add(&w, chk, "deadpool-postgres", v);
-
-    let p = s.bb8.clone();
-    let v = throughput(workers, move || {
-        let p = p.clone();
-        async move {
-            let c = p.get().await?;
-            black_box(c.simple_query("SELECT 1").await?);
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.bb8, |p| {
+        p.get().await?.simple_query("SELECT 1").await?
+    });
     r.add(&w, sel, "bb8-postgres", v);
-    let p = s.bb8.clone();
-    let v = throughput(workers, move || {
-        let p = p.clone();
-        async move {
-            drop(black_box(p.get().await?));
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.bb8, |p| { drop(p.get().await?) });
     r.add(&w, chk, "bb8-postgres", v);
-
-    let db = s.sea.clone();
-    let v = throughput(workers, move || {
-        let db = db.clone();
-        async move {
-            black_box(db.execute_unprepared("SELECT 1").await?);
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.sea, |db| {
+        db.execute_unprepared("SELECT 1").await?
+    });
     r.add(&w, sel, "SeaORM", v);
-    let db = s.sea.clone();
-    let v = throughput(workers, move || {
-        let db = db.clone();
-        async move {
-            black_box(db.get_postgres_connection_pool().acquire().await?);
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.sea, |db| {
+        drop(db.get_postgres_connection_pool().acquire().await?)
+    });
     r.add(&w, chk, "SeaORM", v);
-
-    let p = s.orm.clone();
-    let v = throughput(workers, move || {
-        let p = p.clone();
-        async move {
-            let session = p.session().await?;
-            black_box(session.raw_rows("SELECT 1", vec![]).await?);
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.orm, |p| {
+        p.session().await?.raw_rows("SELECT 1", vec![]).await?
+    });
     r.add(&w, sel, "actor-orm", v);
-    let p = s.orm.clone();
-    let v = throughput(workers, move || {
-        let p = p.clone();
-        async move {
-            let session = p.session().await?;
-            session.acquire().await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let v = rate!(workers, s.orm, |p| { p.session().await?.acquire().await? });
     r.add(&w, chk, "actor-orm", v);
     Ok(())
 }

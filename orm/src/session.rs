@@ -110,9 +110,15 @@ impl SessionState {
             TxState::Active => Ok(()),
             TxState::Failed => Err(Error::TransactionAborted),
             TxState::Idle => {
-                conn.batch("BEGIN").await?;
+                // Active from the moment BEGIN is sent (in this same poll): a caller that drops
+                // this future mid-way leaves a session that knows a transaction may be open.
                 self.tx = TxState::Active;
-                Ok(())
+                let begun = conn.batch("BEGIN").await;
+                if begun.is_err() {
+                    // BEGIN fails only with its connection: no transaction exists.
+                    self.tx = TxState::Idle;
+                }
+                begun
             }
         }
     }
@@ -139,10 +145,15 @@ impl SessionState {
             TxState::Active => self.note(work.await),
             TxState::Failed => Err(Error::TransactionAborted),
             TxState::Idle => {
-                let (begun, result) = join(conn.batch("BEGIN"), work).await;
-                // BEGIN fails only with its connection, and then so did the statement behind it.
-                begun?;
+                // As in `begin_if_needed`: Active from the poll that sends BEGIN.
                 self.tx = TxState::Active;
+                let (begun, result) = join(conn.batch("BEGIN"), work).await;
+                if let Err(e) = begun {
+                    // BEGIN fails only with its connection, and then so did the statement
+                    // behind it: no transaction exists.
+                    self.tx = TxState::Idle;
+                    return Err(e);
+                }
                 self.note(result)
             }
         }
@@ -215,13 +226,6 @@ impl SessionState {
         if self.tx == TxState::Active {
             self.tx = TxState::Failed;
         }
-    }
-
-    /// Notes that a statement was cancelled mid-flight: whatever the session thought, the server
-    /// may now hold an aborted transaction (a BEGIN sent with the statement went through), so
-    /// the session must roll back before anything else.
-    pub fn statement_cancelled(&mut self) {
-        self.tx = TxState::Failed;
     }
 
     /// Forgets the transaction without talking to the server (the connection is gone or will be

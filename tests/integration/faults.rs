@@ -1,7 +1,6 @@
 //! Faults, modelled on what trusted pools test (HikariCP's connection and database-down tests,
 //! SQLAlchemy's reconnect tests, deadpool's cancellation matrix, bb8's broken connections).
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use actor_orm::testing::Cluster;
@@ -18,41 +17,9 @@ async fn setup(
     Pool,
     tokio_postgres::Client,
 ) {
-    let (db, conn) = crate::connect(hint).await;
-    create_schema(&conn).await;
-    let pool = crate::pool_on(&db, configure).await;
+    let (db, pool) = crate::pool_with_schema(hint, configure).await;
     let monitor = db.connect().await.expect("monitor");
     (db, pool, monitor)
-}
-
-/// Polls `check` every 10 ms until it holds or `limit` passes; whether it held.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn settled(pool: &Pool) -> PoolStats {
-    let mut stats = pool.stats().await.expect("stats");
-    for _ in 0..300 {
-        if stats.in_use == 0 && stats.resetting == 0 && stats.connecting == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        stats = pool.stats().await.expect("stats");
-    }
-    stats
 }
 
 fn balanced(s: &PoolStats) -> bool {
@@ -75,20 +42,13 @@ async fn own_cluster() -> Option<Cluster> {
     }
 }
 
-async fn count(pool: &Pool) -> actor_orm::Result<i64> {
-    let s = pool.session().await?;
-    let n = s.count(User::query()).await?;
-    s.close().await?;
-    Ok(n)
-}
-
 // 1.
 #[tokio::test]
 async fn a_terminated_idle_connection_is_never_handed_out() {
     let (db, pool, monitor) = setup("fault_terminate_idle", |b| b.max_size(2).min_idle(2)).await;
     let app = db.name().to_owned();
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        crate::eventually(Duration::from_secs(5), || async {
             crate::backends(&monitor, &app).await.len() == 2
         })
         .await
@@ -102,9 +62,9 @@ async fn a_terminated_idle_connection_is_never_handed_out() {
         .expect("terminate");
     // Straight away: every session works on its first try.
     for _ in 0..5 {
-        assert_eq!(count(&pool).await.expect("works at once"), 0);
+        assert_eq!(crate::count_users(&pool).await.expect("works at once"), 0);
     }
-    let stats = settled(&pool).await;
+    let stats = crate::settled(&pool).await;
     assert_eq!(
         stats.discards, 0,
         "no session was given a dead connection: {stats:?}"
@@ -115,7 +75,7 @@ async fn a_terminated_idle_connection_is_never_handed_out() {
         "the deaths invalidated the generation: {stats:?}"
     );
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        crate::eventually(Duration::from_secs(5), || async {
             crate::backends(&monitor, &app).await.len() == 2
         })
         .await,
@@ -151,12 +111,12 @@ async fn a_backend_killed_mid_transaction_is_a_typed_error_and_no_leak() {
     assert_eq!(s.count(User::query()).await.expect("count"), 0);
     s.close().await.expect("close");
 
-    let stats = settled(&pool).await;
+    let stats = crate::settled(&pool).await;
     assert_eq!(stats.discards, 1, "{stats:?}");
     assert_eq!(stats.in_use, 0);
     assert!(balanced(&stats), "{stats:?}");
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        crate::eventually(Duration::from_secs(5), || async {
             !crate::backends(&monitor, &app).await.is_empty()
         })
         .await,
@@ -184,7 +144,7 @@ async fn a_server_restart_invalidates_the_old_generation_and_the_next_session_ju
     s.commit().await.expect("commit");
     s.close().await.expect("close");
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        crate::eventually(Duration::from_secs(5), || async {
             pool.stats().await.expect("stats").idle == 2
         })
         .await
@@ -210,7 +170,7 @@ async fn a_server_restart_invalidates_the_old_generation_and_the_next_session_ju
         "server restart: first session succeeded {first_success:?} after the server was back"
     );
 
-    let stats = settled(&pool).await;
+    let stats = crate::settled(&pool).await;
     assert!(stats.generation > before.generation, "{stats:?}");
     assert_eq!(
         stats.discards, 0,
@@ -328,13 +288,13 @@ async fn a_cancellation_storm_leaves_nothing_in_use() {
     for t in tasks {
         let _ = t.await.expect("join");
     }
-    let stats = settled(&pool).await;
+    let stats = crate::settled(&pool).await;
     assert_eq!(stats.in_use, 0, "{stats:?}");
     assert!(stats.total <= 3, "{stats:?}");
     assert!(balanced(&stats), "{stats:?}");
     let started = Instant::now();
     assert_eq!(
-        count(&pool).await.expect("next checkout"),
+        crate::count_users(&pool).await.expect("next checkout"),
         0,
         "nothing was committed"
     );
@@ -358,7 +318,7 @@ async fn a_dropped_long_query_does_not_hold_up_the_next_user() {
     assert!(slow.is_err(), "the caller gave up");
     drop(s);
     let started = Instant::now();
-    assert_eq!(count(&pool).await.expect("next user"), 0);
+    assert_eq!(crate::count_users(&pool).await.expect("next user"), 0);
     let waited = started.elapsed();
     assert!(
         waited < Duration::from_millis(2500),
@@ -516,7 +476,7 @@ async fn the_leak_warning_fires_once_per_lease_with_name_and_site() {
     })
     .await;
     for _ in 0..10 {
-        count(&pool).await.expect("short session");
+        crate::count_users(&pool).await.expect("short session");
     }
     let long = pool.named_session("nightly-export").await.expect("session");
     long.count(User::query()).await.expect("hold");
@@ -560,12 +520,15 @@ async fn when_the_pool_actor_dies_sessions_get_typed_errors_and_no_backend_remai
     ));
     assert!(matches!(pool.stats().await, Err(Error::PoolClosed { .. })));
     assert!(
-        eventually(Duration::from_secs(5), || async {
+        crate::eventually(Duration::from_secs(5), || async {
             crate::backends(&monitor, &app).await.is_empty()
         })
         .await,
         "every backend of the dead pool went away"
     );
     let fresh = crate::pool_on(&db, |b| b.max_size(1)).await;
-    assert_eq!(count(&fresh).await.expect("a new pool works"), 0);
+    assert_eq!(
+        crate::count_users(&fresh).await.expect("a new pool works"),
+        0
+    );
 }

@@ -16,7 +16,10 @@ mod reclaim;
 mod sessions;
 mod soak;
 
-use actor_orm::{Connection, Pool, PoolBuilder, StatementMode, testing};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actor_orm::{Connection, Pool, PoolBuilder, PoolStats, StatementMode, testing};
 
 /// A database of its own for one test, and an ORM connection to it.
 pub async fn connect(hint: &str) -> (testing::TestDatabase, Connection) {
@@ -78,4 +81,55 @@ pub fn quiet_expected_panics() {
             }
         }));
     });
+}
+
+/// A database of its own with the core tests' schema, and a pool on it (see [`pool_on`]).
+pub async fn pool_with_schema(
+    hint: &str,
+    configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
+) -> (testing::TestDatabase, Pool) {
+    let (db, conn) = connect(hint).await;
+    models::create_schema(&conn).await;
+    let pool = pool_on(&db, configure).await;
+    (db, pool)
+}
+
+/// `SELECT count(*) FROM users` in a session of its own, closed afterwards.
+pub async fn count_users(pool: &Pool) -> actor_orm::Result<i64> {
+    let s = pool.session().await?;
+    let n = s.count(models::User::query()).await?;
+    s.close().await?;
+    Ok(n)
+}
+
+/// The pool's stats once nothing is in use, being reset or being opened (background reclaims
+/// and resets finish shortly after the sessions end), or after 3 s.
+pub async fn settled(pool: &Pool) -> PoolStats {
+    let mut stats = pool.stats().await.expect("stats");
+    for _ in 0..300 {
+        if stats.in_use == 0 && stats.resetting == 0 && stats.connecting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stats = pool.stats().await.expect("stats");
+    }
+    stats
+}
+
+/// Polls `check` every 10 ms until it holds or `limit` passes; whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -14,20 +14,11 @@ async fn hold(s: &Session) {
     s.count(User::query()).await.expect("first statement");
 }
 
-async fn setup(
-    hint: &str,
-    configure: impl FnOnce(actor_orm::PoolBuilder) -> actor_orm::PoolBuilder,
-) -> (actor_orm::testing::TestDatabase, Pool) {
-    let (db, conn) = crate::connect(hint).await;
-    create_schema(&conn).await;
-    let pool = crate::pool_on(&db, configure).await;
-    (db, pool)
-}
-
 #[tokio::test]
 async fn an_exhausted_pool_times_out_with_its_numbers() {
     let timeout = Duration::from_millis(500);
-    let (_db, pool) = setup("pool_timeout", |b| b.max_size(2).acquire_timeout(timeout)).await;
+    let (_db, pool) =
+        crate::pool_with_schema("pool_timeout", |b| b.max_size(2).acquire_timeout(timeout)).await;
     let a = pool.named_session("report-job").await.expect("session");
     hold(&a).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -81,7 +72,7 @@ async fn an_exhausted_pool_times_out_with_its_numbers() {
 
 #[tokio::test]
 async fn waiters_are_served_first_come_first_served() {
-    let (_db, pool) = setup("pool_fifo", |b| b.max_size(1)).await;
+    let (_db, pool) = crate::pool_with_schema("pool_fifo", |b| b.max_size(1)).await;
     let holder = pool.session().await.expect("session");
     hold(&holder).await;
 
@@ -107,7 +98,7 @@ async fn waiters_are_served_first_come_first_served() {
 
 #[tokio::test]
 async fn a_waiter_whose_session_is_gone_is_skipped() {
-    let (_db, pool) = setup("pool_skip", |b| b.max_size(1)).await;
+    let (_db, pool) = crate::pool_with_schema("pool_skip", |b| b.max_size(1)).await;
     let holder = pool.session().await.expect("session");
     hold(&holder).await;
     let gone = pool.session().await.expect("session");
@@ -135,7 +126,7 @@ async fn a_waiter_whose_session_is_gone_is_skipped() {
 /// it. Dropping the handle is enough — the pool never runs dry.
 #[tokio::test]
 async fn a_loop_that_never_releases_never_exhausts_the_pool() {
-    let (_db, pool) = setup("pool_loop", |b| {
+    let (_db, pool) = crate::pool_with_schema("pool_loop", |b| {
         b.max_size(2).acquire_timeout(Duration::from_secs(5))
     })
     .await;
@@ -158,7 +149,7 @@ async fn a_loop_that_never_releases_never_exhausts_the_pool() {
 
 #[tokio::test]
 async fn a_long_lease_warns_once_and_max_session_lifetime_stops_it() {
-    let (_db, pool) = setup("pool_leak", |b| {
+    let (_db, pool) = crate::pool_with_schema("pool_leak", |b| {
         b.max_size(2)
             .leak_threshold(Duration::from_millis(100))
             .max_session_lifetime(Duration::from_millis(400))
@@ -185,11 +176,7 @@ async fn a_long_lease_warns_once_and_max_session_lifetime_stops_it() {
         forgetful.count(User::query()).await,
         Err(Error::SessionClosed)
     ));
-    let mut stats = pool.stats().await.expect("stats");
-    while stats.in_use + stats.resetting > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        stats = pool.stats().await.expect("stats");
-    }
+    let stats = crate::settled(&pool).await;
     assert_eq!(stats.leak_warnings, 1);
     assert_eq!(stats.sessions_stopped, 1);
     assert_eq!(stats.reclaims, 1);
@@ -197,7 +184,7 @@ async fn a_long_lease_warns_once_and_max_session_lifetime_stops_it() {
 
 #[tokio::test]
 async fn drain_retires_every_connection_open_now() {
-    let (db, pool) = setup("pool_drain", |b| b.max_size(3).min_idle(2)).await;
+    let (db, pool) = crate::pool_with_schema("pool_drain", |b| b.max_size(3).min_idle(2)).await;
     let monitor = db.connect().await.expect("monitor");
     let app = db.name().to_owned();
     let mut before = Vec::new();
@@ -237,7 +224,7 @@ async fn drain_retires_every_connection_open_now() {
 
 #[tokio::test]
 async fn close_waits_for_sessions_then_stops_them() {
-    let (db, pool) = setup("pool_close", |b| b.max_size(2)).await;
+    let (db, pool) = crate::pool_with_schema("pool_close", |b| b.max_size(2)).await;
     let monitor = db.connect().await.expect("monitor");
     let app = db.name().to_owned();
     let stubborn = pool.session().await.expect("session");
@@ -287,7 +274,7 @@ async fn a_bad_connection_string_is_a_typed_error_without_the_password() {
 /// the parent's pool.
 #[tokio::test]
 async fn a_forked_child_cannot_use_the_parents_pool() {
-    let (_db, pool) = setup("pool_fork", |b| b.max_size(1)).await;
+    let (_db, pool) = crate::pool_with_schema("pool_fork", |b| b.max_size(1)).await;
     let s = pool.session().await.expect("session");
     hold(&s).await;
     // SAFETY: the child polls one future without a runtime and exits.

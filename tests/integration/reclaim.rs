@@ -266,14 +266,7 @@ async fn a_thousand_sessions_with_panics_on_a_pool_of_ten() {
     }));
 
     // Reclaims run in the background; wait for the last ones.
-    let mut stats = pool.stats().await.expect("stats");
-    for _ in 0..200 {
-        if stats.in_use == 0 && stats.resetting == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        stats = pool.stats().await.expect("stats");
-    }
+    let stats = crate::settled(&pool).await;
     assert_eq!(stats.in_use, 0, "{stats:?}");
     assert!(stats.total <= 10);
     assert_eq!(stats.reclaims, 100, "{stats:?}");

@@ -8,17 +8,11 @@ use actor_orm::{Error, Session, TxState};
 use crate::models::*;
 
 async fn setup(hint: &str) -> (actor_orm::testing::TestDatabase, actor_orm::Pool) {
-    let (db, conn) = crate::connect(hint).await;
-    create_schema(&conn).await;
-    let pool = crate::pool_on(&db, |b| b.max_size(4)).await;
-    (db, pool)
+    crate::pool_with_schema(hint, |b| b.max_size(4)).await
 }
 
 async fn count_users(pool: &actor_orm::Pool) -> i64 {
-    let s = pool.session().await.expect("session");
-    let n = s.count(User::query()).await.expect("count");
-    s.close().await.expect("close");
-    n
+    crate::count_users(pool).await.expect("count")
 }
 
 #[tokio::test]

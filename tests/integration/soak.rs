@@ -162,14 +162,7 @@ async fn soak(hint: &str, sessions: usize, concurrency: usize, max_size: usize) 
     let elapsed = started.elapsed();
 
     // Let the last reclaims and resets finish.
-    let mut stats = pool.stats().await.expect("stats");
-    for _ in 0..500 {
-        if stats.in_use == 0 && stats.resetting == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        stats = pool.stats().await.expect("stats");
-    }
+    let stats = crate::settled(&pool).await;
     stop.store(true, Ordering::Relaxed);
     let (max_backends, longest_idle_in_tx, samples, monitor) = sampler.await.expect("sampler");
     eprintln!(
