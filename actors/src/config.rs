@@ -44,6 +44,7 @@ pub struct PoolConfig {
     pub(crate) leak_threshold: Option<Duration>,
     pub(crate) max_session_lifetime: Option<Duration>,
     pub(crate) statement_mode: StatementMode,
+    pub(crate) autocommit_reads: bool,
     pub(crate) close_timeout: Duration,
 }
 
@@ -65,6 +66,7 @@ impl fmt::Debug for PoolConfig {
             .field("leak_threshold", &self.leak_threshold)
             .field("max_session_lifetime", &self.max_session_lifetime)
             .field("statement_mode", &self.statement_mode)
+            .field("autocommit_reads", &self.autocommit_reads)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +89,7 @@ impl PoolConfig {
             leak_threshold: Some(Duration::from_secs(60)),
             max_session_lifetime: None,
             statement_mode: StatementMode::Prepared,
+            autocommit_reads: true,
             close_timeout: Duration::from_secs(5),
         }
     }

@@ -253,6 +253,20 @@ impl PoolBuilder {
         statement_mode: StatementMode
     );
     setter!(
+        /// Whether a session's reads run without BEGIN until it first writes. Default `true`.
+        ///
+        /// A session opens its transaction at the first write, raw statement, locking or
+        /// hand-written expression, or [`Session::begin`](crate::Session::begin). Reads before
+        /// that (`get`, `all`, `count`, … built from typed columns) run on their own: at READ
+        /// COMMITTED every statement of a transaction takes a fresh snapshot anyway, so they see
+        /// what they would see inside it, and a read-only request costs one statement instead of
+        /// three (BEGIN, SELECT, COMMIT). This holds only where the server's
+        /// `default_transaction_isolation` is READ COMMITTED (each connection asks once) and no
+        /// raw SQL on the connection has mentioned isolation since. `false` makes every read open
+        /// the transaction, as SQLAlchemy's autobegin does.
+        autocommit_reads: bool
+    );
+    setter!(
         /// How long a pool closed by dropping its last handle waits for sessions. Default 5 s.
         close_timeout: Duration
     );

@@ -95,13 +95,16 @@ enum Mode {
     Untracked,
     /// Raw SQL that may be cancelled like a read, and leaves state the ORM cannot vouch for.
     UntrackedCancellable,
+    /// Raw SQL that cannot change the transaction state (it starts with SELECT, WITH, …), run
+    /// outside the transaction when none is open: cancelled like a read.
+    Autocommit,
 }
 
 impl Mode {
     fn cancellable(self) -> bool {
         matches!(
             self,
-            Mode::Read | Mode::Cancellable | Mode::UntrackedCancellable
+            Mode::Read | Mode::Cancellable | Mode::UntrackedCancellable | Mode::Autocommit
         )
     }
 
@@ -408,7 +411,10 @@ impl SessionCtx {
 
     async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
         if self.core.tx_state() == TxState::Idle && self.core.pending() == 0 {
-            // Nothing was ever sent and nothing waits: nothing to commit.
+            // No transaction open and nothing waits: nothing to commit. What reads loaded is
+            // forgotten, as after any commit.
+            self.core.abandon();
+            self.read_only = true;
             return Ok(());
         }
         if self.lease.is_none() && self.core.tx_state() != TxState::Idle {
@@ -802,6 +808,14 @@ impl Session {
             .await
     }
 
+    /// Opens the transaction now. Without this a session opens it at its first write (see
+    /// [`PoolBuilder::autocommit_reads`](crate::PoolBuilder::autocommit_reads)); call it first
+    /// when reads must be part of the transaction too (so that `now()` or a raw
+    /// `SET TRANSACTION ISOLATION LEVEL …` applies to them).
+    pub async fn begin(&self) -> Result<()> {
+        self.call(Mode::Complete, |s, c| Box::pin(s.begin(c))).await
+    }
+
     /// Where the session's transaction stands.
     pub async fn tx_state(&self) -> Result<TxState> {
         self.local(|s| Ok(s.tx_state())).await
@@ -827,6 +841,30 @@ impl Session {
         let sql = sql.into();
         self.call(Mode::UntrackedCancellable, move |s, c| {
             Box::pin(async move { s.raw_rows(c, &sql, params).await })
+        })
+        .await
+    }
+
+    /// Raw SQL returning its rows, run on its own when the session has no transaction open
+    /// (autocommit, as on a plain connection): no BEGIN, and no ROLLBACK when the session ends.
+    /// Whatever it changes is committed at once, beyond the reach of a later rollback; inside an
+    /// open transaction (or with changes pending, flushed first) it joins the transaction. For
+    /// statements that only read: health checks, reports. SQL that does not start with
+    /// `SELECT`, `WITH`, `VALUES`, `TABLE` or `SHOW` is treated as [`raw_rows`](Self::raw_rows)
+    /// treats it for the session's bookkeeping.
+    pub async fn raw_rows_autocommit(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Value>,
+    ) -> Result<Vec<Row>> {
+        let sql = sql.into();
+        let mode = if actor_orm_core::leaves_transaction_alone(&sql) {
+            Mode::Autocommit
+        } else {
+            Mode::UntrackedCancellable
+        };
+        self.call(mode, move |s, c| {
+            Box::pin(async move { s.raw_rows_autocommit(c, &sql, params).await })
         })
         .await
     }

@@ -882,7 +882,19 @@ async fn connect(config: &PoolConfig, serial: u64, pool: &ActorRef<PoolMsg>) -> 
         };
         let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
-    Ok(Connection::new(client, config.statement_mode))
+    let conn = Connection::new(client, config.statement_mode);
+    if config.autocommit_reads {
+        // One question (the server's default isolation), within the same time limit.
+        match tokio::time::timeout(config.connect_timeout, conn.enable_autocommit_reads()).await {
+            Ok(r) => r.map(drop)?,
+            Err(_) => {
+                return Err(Error::ConnectionLost {
+                    reason: "the new connection did not answer within connect_timeout".into(),
+                });
+            }
+        }
+    }
+    Ok(conn)
 }
 
 fn connect_error(e: tokio_postgres::Error) -> Error {
@@ -915,8 +927,7 @@ fn copy_error(e: &Error) -> Error {
 async fn reset(conn: &Connection, rollback: bool, policy: &ResetPolicy, timeout: Duration) -> bool {
     let work = async {
         if conn.was_interrupted() {
-            conn.client()
-                .cancel_token()
+            conn.cancel_token()
                 .cancel_query(NoTls)
                 .await
                 .map_err(Error::from)?;
@@ -945,7 +956,7 @@ async fn reset(conn: &Connection, rollback: bool, policy: &ResetPolicy, timeout:
 /// first, so its backend does not linger past the socket.
 fn discard(conn: Arc<Connection>) {
     if conn.was_interrupted() && !conn.is_closed() {
-        let token = conn.client().cancel_token();
+        let token = conn.cancel_token();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), token.cancel_query(NoTls)).await;
         });

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use sea_query::{Value, Values};
 use tokio_postgres::types::ToSql;
@@ -35,6 +35,7 @@ pub struct Connection {
     round_trips: AtomicU64,
     log: Mutex<Option<Vec<String>>>,
     in_flight: AtomicUsize,
+    autocommit_reads: AtomicBool,
 }
 
 /// Counts a statement in flight; only a statement that ran to its end (success or error) takes
@@ -69,12 +70,73 @@ impl Connection {
             round_trips: AtomicU64::new(0),
             log: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            autocommit_reads: AtomicBool::new(false),
         }
     }
 
-    /// The tokio-postgres client, for what the ORM does not cover.
+    /// Lets reads built by the ORM run outside a transaction on this connection, when the
+    /// session has none open, if the server's `default_transaction_isolation` is READ COMMITTED
+    /// (PostgreSQL's default). At that level every statement of a transaction takes a fresh
+    /// snapshot, so such a read sees exactly what it would see as the first statement of one;
+    /// at REPEATABLE READ or SERIALIZABLE it would not, and reads keep opening the transaction.
+    /// One round trip; returns whether reads may now skip BEGIN.
+    pub async fn enable_autocommit_reads(&self) -> Result<bool> {
+        self.count();
+        let rows = self
+            .client
+            .simple_query("SHOW default_transaction_isolation")
+            .await?;
+        let level = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        let ok = matches!(
+            level.as_deref(),
+            Some("read committed" | "read uncommitted")
+        );
+        self.autocommit_reads.store(ok, Ordering::Relaxed);
+        Ok(ok)
+    }
+
+    /// Whether reads built by the ORM may run outside a transaction on this connection (see
+    /// [`enable_autocommit_reads`](Self::enable_autocommit_reads)).
+    pub fn autocommit_reads(&self) -> bool {
+        self.autocommit_reads.load(Ordering::Relaxed)
+    }
+
+    /// Makes every read on this connection open the transaction again, for the rest of its life:
+    /// called when something the ORM cannot see through (raw SQL naming an isolation level, user
+    /// code given the connection) may have changed the session's default isolation.
+    pub fn disable_autocommit_reads(&self) {
+        self.autocommit_reads.store(false, Ordering::Relaxed);
+    }
+
+    /// Notes SQL about to run (prepared statements once, when first prepared): SQL that mentions
+    /// isolation (`SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL …`,
+    /// `SET default_transaction_isolation …`) may change what a read outside a transaction would
+    /// see, so reads go back inside one. A false alarm only costs the BEGIN saved.
+    fn note_sql(&self, sql: &str) {
+        if self.autocommit_reads()
+            && sql
+                .as_bytes()
+                .windows(b"isolation".len())
+                .any(|w| w.eq_ignore_ascii_case(b"isolation"))
+        {
+            self.disable_autocommit_reads();
+        }
+    }
+
+    /// The tokio-postgres client, for what the ORM does not cover. What is done with it is out
+    /// of the ORM's sight, so from then on reads on this connection open the transaction (see
+    /// [`disable_autocommit_reads`](Self::disable_autocommit_reads)).
     pub fn client(&self) -> &Client {
+        self.disable_autocommit_reads();
         &self.client
+    }
+
+    /// A token to cancel whatever this connection is running, from anywhere.
+    pub fn cancel_token(&self) -> tokio_postgres::CancelToken {
+        self.client.cancel_token()
     }
 
     /// The statement mode.
@@ -103,8 +165,7 @@ impl Connection {
     /// PostgreSQL's protocol has it). On success the interrupted mark is cleared: the abandoned
     /// statement ends with an error the client discards, and the next statement queues behind it.
     pub async fn cancel_running(&self) -> Result<()> {
-        self.client
-            .cancel_token()
+        self.cancel_token()
             .cancel_query(tokio_postgres::NoTls)
             .await?;
         self.clear_interrupted();
@@ -156,6 +217,7 @@ impl Connection {
         if let Some(stmt) = self.cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
             return Ok(stmt);
         }
+        self.note_sql(sql);
         self.count();
         let stmt = self.client.prepare(sql).await?;
         if let Ok(mut cache) = self.cache.lock() {
@@ -199,6 +261,7 @@ impl Connection {
                     .iter()
                     .map(|b| (b as &(dyn ToSql + Sync), crate::bind::param_type(b.value())))
                     .collect();
+                self.note_sql(sql);
                 self.count();
                 Ok(self.client.query_typed(sql, &typed).await?)
             }
@@ -268,6 +331,7 @@ impl Connection {
 
     /// Runs SQL text without parameters (BEGIN, COMMIT, SAVEPOINT, DDL) in one round trip.
     pub async fn batch(&self, sql: &str) -> Result<()> {
+        self.note_sql(sql);
         self.record(sql);
         self.count();
         let mark = InFlight::start(&self.in_flight);

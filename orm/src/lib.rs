@@ -19,6 +19,41 @@ mod session;
 pub mod types;
 mod unit_of_work;
 
+#[cfg(test)]
+mod tests {
+    use super::leaves_transaction_alone as alone;
+
+    #[test]
+    fn statements_that_cannot_change_the_transaction() {
+        for sql in [
+            "SELECT 1",
+            "  select pg_backend_pid()",
+            "(SELECT 1) UNION (SELECT 2)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "VALUES (1)",
+            "table users",
+            "SHOW search_path",
+        ] {
+            assert!(alone(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "start transaction",
+            "COMMIT",
+            "ROLLBACK",
+            "CALL p()",
+            "DO $$ BEGIN END $$",
+            "-- comment\nSELECT 1",
+            "/* x */ SELECT 1",
+            "SELECTED",
+            "INSERT INTO t VALUES (1)",
+            "",
+        ] {
+            assert!(!alone(sql), "{sql}");
+        }
+    }
+}
+
 pub use connection::{Connection, StatementMode};
 pub use error::{DbError, Error, Holder, PoolTimeout, Result};
 pub use identity::IdentityMap;
@@ -34,6 +69,20 @@ pub use session::{Savepoint, SessionState, TxState};
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, SqlType};
 pub use unit_of_work::UnitOfWork;
+
+/// Whether one SQL statement cannot change the connection's transaction state: it starts with
+/// `SELECT`, `WITH`, `VALUES`, `TABLE` or `SHOW` (no function can BEGIN, COMMIT or ROLLBACK).
+/// Anything else, including SQL starting with a comment, may (`BEGIN`, `COMMIT`, `CALL`, …).
+pub fn leaves_transaction_alone(sql: &str) -> bool {
+    let head: String = sql
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    ["select", "with", "values", "table", "show"]
+        .iter()
+        .any(|k| head.eq_ignore_ascii_case(k))
+}
 
 /// Quotes an SQL identifier (doubling embedded quotes).
 pub fn quote_ident(name: &str) -> String {

@@ -350,31 +350,31 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
 
     /// `column = value`
     pub fn eq(self, v: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().eq(v.into_value()))
+        Filter::typed(self.expr().eq(v.into_value()))
     }
     /// `column <> value`
     pub fn ne(self, v: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().ne(v.into_value()))
+        Filter::typed(self.expr().ne(v.into_value()))
     }
     /// `column < value`
     pub fn lt(self, v: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().lt(v.into_value()))
+        Filter::typed(self.expr().lt(v.into_value()))
     }
     /// `column <= value`
     pub fn le(self, v: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().lte(v.into_value()))
+        Filter::typed(self.expr().lte(v.into_value()))
     }
     /// `column > value`
     pub fn gt(self, v: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().gt(v.into_value()))
+        Filter::typed(self.expr().gt(v.into_value()))
     }
     /// `column >= value`
     pub fn ge(self, v: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().gte(v.into_value()))
+        Filter::typed(self.expr().gte(v.into_value()))
     }
     /// `column BETWEEN low AND high`
     pub fn between(self, low: impl ValueFor<T>, high: impl ValueFor<T>) -> Filter {
-        Filter(self.expr().between(low.into_value(), high.into_value()))
+        Filter::typed(self.expr().between(low.into_value(), high.into_value()))
     }
     /// `column IN (values…)`; an empty list matches nothing.
     pub fn is_in<V: ValueFor<T>>(self, values: impl IntoIterator<Item = V>) -> Filter {
@@ -382,7 +382,7 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
         if values.is_empty() {
             return Filter::constant(false);
         }
-        Filter(self.expr().is_in(values))
+        Filter::typed(self.expr().is_in(values))
     }
     /// `column NOT IN (values…)`
     pub fn not_in<V: ValueFor<T>>(self, values: impl IntoIterator<Item = V>) -> Filter {
@@ -390,19 +390,19 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
         if values.is_empty() {
             return Filter::constant(true);
         }
-        Filter(self.expr().is_not_in(values))
+        Filter::typed(self.expr().is_not_in(values))
     }
     /// `column IS NULL`
     pub fn is_null(self) -> Filter {
-        Filter(self.expr().is_null())
+        Filter::typed(self.expr().is_null())
     }
     /// `column IS NOT NULL`
     pub fn is_not_null(self) -> Filter {
-        Filter(self.expr().is_not_null())
+        Filter::typed(self.expr().is_not_null())
     }
     /// Equality with another column (of any model), for join conditions.
     pub fn eq_col<N: Model, U: ColumnValue>(self, other: Column<N, U>) -> Filter {
-        Filter(self.expr().eq(other.expr()))
+        Filter::typed(self.expr().eq(other.expr()))
     }
     /// Ascending order.
     pub fn asc(self) -> Ordering {
@@ -418,12 +418,12 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
 impl<M: Model, T: ColumnValue + TextLike> Column<M, T> {
     /// `column LIKE pattern`
     pub fn like(self, pattern: &str) -> Filter {
-        Filter(self.expr().like(pattern))
+        Filter::typed(self.expr().like(pattern))
     }
     /// `column ILIKE pattern` (case-insensitive)
     pub fn ilike(self, pattern: &str) -> Filter {
         use sea_query::extension::postgres::PgExpr as _;
-        Filter(self.expr().ilike(pattern))
+        Filter::typed(self.expr().ilike(pattern))
     }
 }
 

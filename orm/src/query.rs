@@ -15,21 +15,42 @@ use crate::types::ColumnValue;
 /// A boolean condition for WHERE, ON and HAVING; combine with [`and`](Filter::and),
 /// [`or`](Filter::or) and [`not`](Filter::not).
 #[derive(Debug, Clone)]
-pub struct Filter(pub(crate) Expr);
+pub struct Filter {
+    pub(crate) expr: Expr,
+    /// Built from an expression the ORM did not write ([`Filter::from_expr`]): it may call
+    /// functions with side effects, so a query using it runs inside the transaction.
+    pub(crate) opaque: bool,
+}
 
 impl Filter {
+    /// A condition the ORM built from typed columns and bound values: it only reads.
+    pub(crate) fn typed(expr: Expr) -> Filter {
+        Filter {
+            expr,
+            opaque: false,
+        }
+    }
     /// Both conditions.
     pub fn and(self, other: Filter) -> Filter {
-        Filter(self.0.and(other.0))
+        Filter {
+            expr: self.expr.and(other.expr),
+            opaque: self.opaque || other.opaque,
+        }
     }
     /// Either condition.
     pub fn or(self, other: Filter) -> Filter {
-        Filter(self.0.or(other.0))
+        Filter {
+            expr: self.expr.or(other.expr),
+            opaque: self.opaque || other.opaque,
+        }
     }
     /// The negation.
     #[allow(clippy::should_implement_trait)]
     pub fn not(self) -> Filter {
-        Filter(self.0.not())
+        Filter {
+            expr: self.expr.not(),
+            opaque: self.opaque,
+        }
     }
     /// All of these conditions (TRUE when empty).
     pub fn all(filters: impl IntoIterator<Item = Filter>) -> Filter {
@@ -47,11 +68,13 @@ impl Filter {
     }
     /// TRUE or FALSE as SQL keywords (a bound boolean would leave its type to inference).
     pub(crate) fn constant(value: bool) -> Filter {
-        Filter(Expr::cust(if value { "TRUE" } else { "FALSE" }))
+        Filter::typed(Expr::cust(if value { "TRUE" } else { "FALSE" }))
     }
-    /// A condition from a sea-query expression, for what the typed columns do not cover.
+    /// A condition from a sea-query expression, for what the typed columns do not cover. The ORM
+    /// cannot tell what such an expression calls, so a query using it always runs inside the
+    /// session's transaction (see [`Select::reads_only`]).
     pub fn from_expr(expr: Expr) -> Filter {
-        Filter(expr)
+        Filter { expr, opaque: true }
     }
 }
 
@@ -72,6 +95,7 @@ impl Ordering {
 #[derive(Debug, Clone)]
 pub struct Select<M> {
     pub(crate) stmt: SelectStatement,
+    opaque: bool,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -96,14 +120,23 @@ impl<M: Model> Select<M> {
         stmt.from(M::meta().table_ref());
         Select {
             stmt,
+            opaque: false,
             _model: PhantomData,
         }
     }
 
     /// Keeps the rows matching `filter` (ANDed with earlier filters).
     pub fn filter(mut self, filter: Filter) -> Self {
-        self.stmt.and_where(filter.0);
+        self.opaque |= filter.opaque;
+        self.stmt.and_where(filter.expr);
         self
+    }
+
+    /// Whether the statement is built only from typed columns and bound values, so that running
+    /// it cannot change anything: such a read may run outside the session's transaction while
+    /// none is open. A filter from [`Filter::from_expr`] makes this `false`.
+    pub fn reads_only(&self) -> bool {
+        !self.opaque
     }
 
     /// Orders by a column (`User::NAME.asc()`); later calls break ties.
@@ -126,15 +159,17 @@ impl<M: Model> Select<M> {
 
     /// Inner-joins `N` on `on`; filters may then use `N`'s columns.
     pub fn inner_join<N: Model>(mut self, on: Filter) -> Self {
+        self.opaque |= on.opaque;
         self.stmt
-            .join(JoinType::InnerJoin, N::meta().table_ref(), on.0);
+            .join(JoinType::InnerJoin, N::meta().table_ref(), on.expr);
         self
     }
 
     /// Left-joins `N` on `on`; filters may then use `N`'s columns.
     pub fn left_join<N: Model>(mut self, on: Filter) -> Self {
+        self.opaque |= on.opaque;
         self.stmt
-            .join(JoinType::LeftJoin, N::meta().table_ref(), on.0);
+            .join(JoinType::LeftJoin, N::meta().table_ref(), on.expr);
         self
     }
 
@@ -144,6 +179,7 @@ impl<M: Model> Select<M> {
         select_columns::<N>(&mut self.stmt);
         SelectPair {
             stmt: self.stmt,
+            opaque: self.opaque,
             _models: PhantomData,
         }
     }
@@ -191,10 +227,16 @@ impl<M: Model> Select<M> {
 #[derive(Debug, Clone)]
 pub struct SelectPair<M, N> {
     pub(crate) stmt: SelectStatement,
+    opaque: bool,
     _models: PhantomData<fn() -> (M, N)>,
 }
 
 impl<M: Model, N: Model> SelectPair<M, N> {
+    /// As [`Select::reads_only`].
+    pub fn reads_only(&self) -> bool {
+        !self.opaque
+    }
+
     /// The SQL and its bound values.
     pub fn build(&self) -> (String, Values) {
         self.stmt.build(PostgresQueryBuilder)
@@ -268,11 +310,11 @@ impl<T: ColumnValue> Aggregate<T> {
     }
     /// `aggregate > value`, for HAVING.
     pub fn gt(&self, v: impl crate::model::ValueFor<T>) -> Filter {
-        Filter(self.expr.clone().gt(v.into_value()))
+        Filter::from_expr(self.expr.clone().gt(v.into_value()))
     }
     /// `aggregate = value`, for HAVING.
     pub fn eq(&self, v: impl crate::model::ValueFor<T>) -> Filter {
-        Filter(self.expr.clone().eq(v.into_value()))
+        Filter::from_expr(self.expr.clone().eq(v.into_value()))
     }
     /// Ascending order by this aggregate.
     pub fn asc(&self) -> Ordering {
@@ -389,7 +431,7 @@ impl<S: Selection> Project<S> {
     }
     /// HAVING a condition on the groups.
     pub fn having(mut self, filter: Filter) -> Self {
-        self.stmt.and_having(filter.0);
+        self.stmt.and_having(filter.expr);
         self
     }
     /// ORDER BY.
@@ -455,7 +497,7 @@ impl<M: Model> UpdateWhere<M> {
             stmt.value(col.name, col.sql_type.coerce(v.clone(), col.name)?);
         }
         if let Some(f) = &self.filter {
-            stmt.and_where(f.0.clone());
+            stmt.and_where(f.expr.clone());
         }
         Ok(stmt.build(PostgresQueryBuilder))
     }
@@ -481,7 +523,7 @@ impl<M: Model> DeleteWhere<M> {
     pub fn build(&self) -> (String, Values) {
         let mut stmt = Query::delete();
         stmt.from_table(M::meta().table_ref())
-            .and_where(self.filter.0.clone());
+            .and_where(self.filter.expr.clone());
         stmt.build(PostgresQueryBuilder)
     }
 }

@@ -170,6 +170,22 @@ impl SessionState {
             .await
     }
 
+    /// Runs a read. While no transaction is open, a statement the ORM built from typed columns
+    /// and bound values (`reads_only`) runs on its own, without BEGIN, where the connection
+    /// allows it ([`Connection::autocommit_reads`]); anything else opens the transaction.
+    async fn run_read(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        values: &Values,
+        reads_only: bool,
+    ) -> Result<Vec<Row>> {
+        if reads_only && self.tx == TxState::Idle && conn.autocommit_reads() {
+            return conn.query(sql, values, None).await;
+        }
+        self.run_query(conn, sql, values, None).await
+    }
+
     async fn run_execute(&mut self, conn: &Connection, sql: &str, values: &Values) -> Result<u64> {
         self.in_transaction(conn, conn.execute(sql, values, None))
             .await
@@ -298,9 +314,9 @@ impl SessionState {
         if let Some(hit) = self.identity.get::<M>(&key) {
             return Ok(Some(hit.clone()));
         }
-        let select = Select::<M>::new().filter(Filter::from_expr(key_in::<M>(&[&key_values])?));
+        let select = Select::<M>::new().filter(Filter::typed(key_in::<M>(&[&key_values])?));
         let (sql, values) = select.build();
-        let rows = self.run_query(conn, &sql, &values, None).await?;
+        let rows = self.run_read(conn, &sql, &values, true).await?;
         match rows.first() {
             Some(row) => Ok(Some(self.remember::<M>(row)?)),
             None => Ok(None),
@@ -321,7 +337,7 @@ impl SessionState {
             .filter(|k| self.identity.get::<M>(&Key::new((*k).clone())).is_none())
             .collect();
         if !missing.is_empty() {
-            let select = Select::<M>::new().filter(Filter::from_expr(key_in::<M>(&missing)?));
+            let select = Select::<M>::new().filter(Filter::typed(key_in::<M>(&missing)?));
             self.all(conn, select).await?;
         }
         Ok(keys
@@ -355,7 +371,9 @@ impl SessionState {
     pub async fn all<M: Model>(&mut self, conn: &Connection, select: Select<M>) -> Result<Vec<M>> {
         self.flush(conn).await?;
         let (sql, values) = select.build();
-        let rows = self.run_query(conn, &sql, &values, None).await?;
+        let rows = self
+            .run_read(conn, &sql, &values, select.reads_only())
+            .await?;
         self.remember_all::<M>(&rows)
     }
 
@@ -376,7 +394,9 @@ impl SessionState {
     ) -> Result<Vec<(M, Option<N>)>> {
         self.flush(conn).await?;
         let (sql, values) = select.build();
-        let rows = self.run_query(conn, &sql, &values, None).await?;
+        let rows = self
+            .run_read(conn, &sql, &values, select.reads_only())
+            .await?;
         rows.iter().map(SelectPair::<M, N>::decode).collect()
     }
 
@@ -398,7 +418,9 @@ impl SessionState {
     pub async fn count<M: Model>(&mut self, conn: &Connection, select: &Select<M>) -> Result<i64> {
         self.flush(conn).await?;
         let (sql, values) = select.count_statement().build(PostgresQueryBuilder);
-        let rows = self.run_query(conn, &sql, &values, None).await?;
+        let rows = self
+            .run_read(conn, &sql, &values, select.reads_only())
+            .await?;
         rows.first()
             .map(|r| crate::types::decode_required::<i64>(r, 0, "count"))
             .unwrap_or(Ok(0))
@@ -412,7 +434,9 @@ impl SessionState {
     ) -> Result<bool> {
         self.flush(conn).await?;
         let (sql, values) = select.exists_statement().build(PostgresQueryBuilder);
-        let rows = self.run_query(conn, &sql, &values, None).await?;
+        let rows = self
+            .run_read(conn, &sql, &values, select.reads_only())
+            .await?;
         rows.first()
             .map(|r| crate::types::decode_required::<bool>(r, 0, "exists"))
             .unwrap_or(Ok(false))
@@ -705,6 +729,26 @@ impl SessionState {
         params: Vec<Value>,
     ) -> Result<Vec<Row>> {
         self.flush(conn).await?;
+        self.run_query(conn, sql, &Values(params), None).await
+    }
+
+    /// Raw SQL run on its own when no transaction is open (autocommit, as on a plain
+    /// connection): it costs no BEGIN, and whatever it changes is committed at once, beyond the
+    /// reach of a later rollback. Inside an open transaction (or with changes pending, which are
+    /// flushed first and so open one) it is part of that transaction like [`raw_rows`]. Meant
+    /// for statements that only read: health checks, reports.
+    ///
+    /// [`raw_rows`]: Self::raw_rows
+    pub async fn raw_rows_autocommit(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<Row>> {
+        self.flush(conn).await?;
+        if self.tx == TxState::Idle {
+            return conn.query(sql, &Values(params), None).await;
+        }
         self.run_query(conn, sql, &Values(params), None).await
     }
 

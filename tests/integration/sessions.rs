@@ -99,6 +99,9 @@ async fn a_database_error_is_a_reply_and_the_session_goes_on() {
     assert!(matches!(s.commit().await, Err(Error::TransactionAborted)));
     assert_eq!(s.tx_state().await.expect("state"), TxState::Idle);
     assert_eq!(s.all(User::query()).await.expect("usable again").len(), 1);
+    // Reads alone open no transaction; the first write does.
+    assert_eq!(s.tx_state().await.expect("state"), TxState::Idle);
+    s.insert(User::new("bob", 40)).await.expect("insert");
     // Bad input is refused before anything is sent, and the transaction stays usable.
     let bad = s.add(User::new("nul\0byte", 1)).await;
     assert!(matches!(bad, Err(Error::InvalidInput(_))), "{bad:?}");
