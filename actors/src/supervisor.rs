@@ -58,7 +58,8 @@ pub(crate) enum PoolMsg {
         serial: u64,
         ok: bool,
     },
-    WaiterExpired(u64),
+    /// The oldest waiter's acquire_timeout may have passed.
+    WaitersDue,
     RetryConnect,
     Tick,
     Stats(oneshot::Sender<PoolStats>),
@@ -123,6 +124,9 @@ pub(crate) struct PoolState {
     config: Arc<PoolConfig>,
     slots: Vec<Slot>,
     waiters: VecDeque<Waiter>,
+    /// When the one pending expiry timer fires. Waiters queue in order and share one
+    /// acquire_timeout, so only the oldest one's deadline needs a timer.
+    expiry_timer: Option<Instant>,
     connecting: usize,
     next_serial: u64,
     next_lease: u64,
@@ -154,6 +158,7 @@ impl Actor for Supervisor {
             config,
             slots: Vec::new(),
             waiters: VecDeque::new(),
+            expiry_timer: None,
             connecting: 0,
             next_serial: 1,
             next_lease: 1,
@@ -222,7 +227,7 @@ impl Actor for Supervisor {
             PoolMsg::Connected(serial, result) => state.connected(&myself, serial, result),
             PoolMsg::ResetDone { serial, ok } => state.reset_done(&myself, serial, ok),
             PoolMsg::CheckDone { serial, ok } => state.check_done(&myself, serial, ok),
-            PoolMsg::WaiterExpired(id) => state.expire(id),
+            PoolMsg::WaitersDue => state.waiters_due(&myself),
             PoolMsg::RetryConnect => {
                 state.retry_scheduled = false;
                 state.replenish(&myself);
@@ -376,11 +381,43 @@ impl PoolState {
             reply,
         });
         self.dispatch(myself);
-        if self.waiters.iter().any(|w| w.id == id) {
-            myself.send_after(self.config.acquire_timeout, move || {
-                PoolMsg::WaiterExpired(id)
-            });
+        // Still queued (dispatch only takes from the front): make sure a timer is pending.
+        if self.waiters.back().is_some_and(|w| w.id == id) {
+            self.arm_expiry(myself);
         }
+    }
+
+    /// Starts the expiry timer for the oldest waiter, unless one is pending (it fires no later
+    /// than the oldest waiter's deadline, since waiters only leave the queue).
+    fn arm_expiry(&mut self, myself: &ActorRef<PoolMsg>) {
+        if self.expiry_timer.is_some() {
+            return;
+        }
+        let Some(head) = self.waiters.front() else {
+            return;
+        };
+        let deadline = head.enqueued + self.config.acquire_timeout;
+        self.expiry_timer = Some(deadline);
+        myself.send_after(deadline.saturating_duration_since(Instant::now()), || {
+            PoolMsg::WaitersDue
+        });
+    }
+
+    /// Times out every waiter whose acquire_timeout has passed (they are at the front), then
+    /// arms the timer for the next.
+    fn waiters_due(&mut self, myself: &ActorRef<PoolMsg>) {
+        self.expiry_timer = None;
+        let now = Instant::now();
+        while let Some(w) = self.waiters.front() {
+            if w.enqueued + self.config.acquire_timeout > now + Duration::from_millis(1) {
+                break;
+            }
+            let waiting = self.waiters.len();
+            if let Some(w) = self.waiters.pop_front() {
+                self.time_out(w, waiting);
+            }
+        }
+        self.arm_expiry(myself);
     }
 
     /// Hands free connections to waiters, first come first served, and opens connections when
@@ -553,14 +590,12 @@ impl PoolState {
         }
     }
 
-    fn expire(&mut self, id: u64) {
-        let Some(pos) = self.waiters.iter().position(|w| w.id == id) else {
+    /// Answers a waiter whose time ran out with a report of the pool; `waiting` counts it too.
+    fn time_out(&mut self, w: Waiter, waiting: usize) {
+        if w.reply.is_closed() {
+            // Its session stopped waiting already: nobody to tell.
             return;
-        };
-        let waiting = self.waiters.len();
-        let Some(w) = self.waiters.remove(pos) else {
-            return;
-        };
+        }
         self.counters.timeouts += 1;
         let now = Instant::now();
         let mut holders: Vec<Holder> = self

@@ -75,6 +75,50 @@ async fn peak_of<T>(work: impl Future<Output = T>) -> (T, usize) {
     (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
 }
 
+// ----- pinning: the client on one core, PostgreSQL on the other -----
+
+/// Restricts process (or thread) `pid` (0: the caller) to one CPU.
+fn pin(pid: i32, cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the pointers are to locals.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": comm may hold spaces, so split after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Moves the postmaster and every process it has forked to `cpu`; backends forked later inherit
+/// it. Returns how many processes moved.
+fn pin_server(postmaster: u32, cpu: usize) -> usize {
+    let mut moved = usize::from(pin(postmaster as i32, cpu));
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                && parent_of(pid) == Some(postmaster)
+                && pin(pid as i32, cpu)
+            {
+                moved += 1;
+            }
+        }
+    }
+    moved
+}
+
 // ----- the model, three ways -----
 
 #[derive(Model, Clone, Debug, PartialEq)]
@@ -292,19 +336,43 @@ impl Results {
     }
 }
 
-async fn latencies<F, Fut>(n: usize, mut op: F) -> Res<Vec<Duration>>
+type OpFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Res<()>> + Send + 'a>>;
+type Op<'a> = Box<dyn FnMut(usize) -> OpFuture<'a> + Send + 'a>;
+
+/// Boxes one system's operation for [`interleaved`].
+fn op<'a, F, Fut>(mut f: F) -> Op<'a>
 where
-    F: FnMut(usize) -> Fut,
-    Fut: Future<Output = Res<()>>,
+    F: FnMut(usize) -> Fut + Send + 'a,
+    Fut: Future<Output = Res<()>> + Send + 'a,
 {
-    let mut out = Vec::with_capacity(n);
+    Box::new(move |i| Box::pin(f(i)))
+}
+
+/// `n` timed operations of each system, taken in turn — operation `i` of every system before
+/// operation `i + 1` of any, starting with a different system each time — so that every system
+/// meets the same machine conditions. Sorted latencies per system.
+async fn interleaved(
+    n: usize,
+    mut ops: Vec<(&'static str, Op<'_>)>,
+) -> Res<Vec<(&'static str, Vec<Duration>)>> {
+    let k = ops.len();
+    let mut out: Vec<Vec<Duration>> = (0..k).map(|_| Vec::with_capacity(n)).collect();
     for i in 0..n {
-        let t = Instant::now();
-        op(i).await?;
-        out.push(t.elapsed());
+        for j in 0..k {
+            let which = (i + j) % k;
+            let t = Instant::now();
+            (ops[which].1)(i).await?;
+            out[which].push(t.elapsed());
+        }
     }
-    out.sort();
-    Ok(out)
+    Ok(ops
+        .iter_mut()
+        .zip(out)
+        .map(|((name, _), mut l)| {
+            l.sort();
+            (*name, l)
+        })
+        .collect())
 }
 
 fn key(i: usize) -> i64 {
@@ -314,125 +382,137 @@ fn key(i: usize) -> i64 {
 async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
     let w = "1. point read by primary key";
     let stmt_sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
-    let mut record = |sys: &'static str, l: Vec<Duration>| {
+    let raw_stmt = s.raw.prepare(stmt_sql).await?;
+    let dp = s.deadpool.get().await?;
+    let dp_stmt = dp.prepare_cached(stmt_sql).await?;
+    let b8 = s.bb8.get().await?;
+    let b8_stmt = b8.prepare(stmt_sql).await?;
+    let session = s.orm.session().await?;
+    let (raw, dp_ref, b8_ref, session_ref) = (&s.raw, &dp, &b8, &session);
+    let (raw_stmt, dp_stmt, b8_stmt) = (&raw_stmt, &dp_stmt, &b8_stmt);
+    let results = interleaved(
+        N,
+        vec![
+            (
+                "raw tokio-postgres",
+                op(move |i| async move {
+                    black_box(by_hand(&raw.query_one(raw_stmt, &[&key(i)]).await?));
+                    Ok(())
+                }),
+            ),
+            (
+                "deadpool-postgres",
+                op(move |i| async move {
+                    black_box(by_hand(&dp_ref.query_one(dp_stmt, &[&key(i)]).await?));
+                    Ok(())
+                }),
+            ),
+            (
+                "bb8-postgres",
+                op(move |i| async move {
+                    black_box(by_hand(&b8_ref.query_one(b8_stmt, &[&key(i)]).await?));
+                    Ok(())
+                }),
+            ),
+            (
+                "SeaORM",
+                op(move |i| async move {
+                    black_box(sea_user::Entity::find_by_id(key(i)).one(&s.sea).await?);
+                    Ok(())
+                }),
+            ),
+            (
+                "actor-orm",
+                op(move |i| async move {
+                    // Keys differ for the N operations: every get reads the database.
+                    black_box(session_ref.get::<BenchUser>(key(i)).await?);
+                    Ok(())
+                }),
+            ),
+        ],
+    )
+    .await?;
+    for (sys, l) in results {
         r.add(w, "p50 µs", sys, us(percentile(&l, 0.5)));
         r.add(w, "p99 µs", sys, us(percentile(&l, 0.99)));
-    };
-
-    let stmt = s.raw.prepare(stmt_sql).await?;
-    let l = latencies(N, |i| {
-        let stmt = stmt.clone();
-        async move {
-            black_box(by_hand(&s.raw.query_one(&stmt, &[&key(i)]).await?));
-            Ok(())
-        }
-    })
-    .await?;
-    record("raw tokio-postgres", l);
-
-    let client = s.deadpool.get().await?;
-    let stmt = client.prepare_cached(stmt_sql).await?;
-    let l = latencies(N, |i| {
-        let (client, stmt) = (&client, stmt.clone());
-        async move {
-            black_box(by_hand(&client.query_one(&stmt, &[&key(i)]).await?));
-            Ok(())
-        }
-    })
-    .await?;
-    drop(client);
-    record("deadpool-postgres", l);
-
-    let conn = s.bb8.get().await?;
-    let stmt = conn.prepare(stmt_sql).await?;
-    let l = latencies(N, |i| {
-        let (conn, stmt) = (&conn, stmt.clone());
-        async move {
-            black_box(by_hand(&conn.query_one(&stmt, &[&key(i)]).await?));
-            Ok(())
-        }
-    })
-    .await?;
-    drop(conn);
-    record("bb8-postgres", l);
-
-    let l = latencies(N, |i| async move {
-        black_box(sea_user::Entity::find_by_id(key(i)).one(&s.sea).await?);
-        Ok(())
-    })
-    .await?;
-    record("SeaORM", l);
-
-    let session = s.orm.session().await?;
-    let l = latencies(N, |i| {
-        let session = &session;
-        async move {
-            black_box(session.get::<BenchUser>(key(i)).await?);
-            Ok(())
-        }
-    })
-    .await?;
+    }
+    drop((dp, b8));
     session.close().await?;
-    record("actor-orm", l);
 
     // 2. The same key again in one session: the identity map answers.
     let session = s.orm.session().await?;
     session.get::<BenchUser>(7).await?;
-    let l = latencies(N, |_| {
-        let session = &session;
-        async move {
-            black_box(session.get::<BenchUser>(7).await?);
-            Ok(())
-        }
-    })
+    let session_ref = &session;
+    let results = interleaved(
+        N,
+        vec![(
+            "actor-orm",
+            op(move |_| async move {
+                black_box(session_ref.get::<BenchUser>(7).await?);
+                Ok(())
+            }),
+        )],
+    )
     .await?;
     session.close().await?;
-    r.add(
-        "2. same key again in one session",
-        "p50 µs",
-        "actor-orm",
-        us(percentile(&l, 0.5)),
-    );
+    for (sys, l) in results {
+        r.add(
+            "2. same key again in one session",
+            "p50 µs",
+            sys,
+            us(percentile(&l, 0.5)),
+        );
+    }
     Ok(())
 }
 
 async fn request_cycles(s: &Systems, r: &mut Results) -> Res<()> {
     let w = "3. request cycle (checkout, point read, return)";
     let sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
-    let mut record = |sys: &'static str, l: Vec<Duration>| {
+    let results = interleaved(
+        N,
+        vec![
+            (
+                "deadpool-postgres",
+                op(move |i| async move {
+                    let client = s.deadpool.get().await?;
+                    let stmt = client.prepare_cached(sql).await?;
+                    black_box(by_hand(&client.query_one(&stmt, &[&key(i)]).await?));
+                    Ok(())
+                }),
+            ),
+            (
+                "bb8-postgres",
+                op(move |i| async move {
+                    let conn = s.bb8.get().await?;
+                    black_box(by_hand(&conn.query_one(sql, &[&key(i)]).await?));
+                    Ok(())
+                }),
+            ),
+            (
+                "SeaORM",
+                op(move |i| async move {
+                    black_box(sea_user::Entity::find_by_id(key(i)).one(&s.sea).await?);
+                    Ok(())
+                }),
+            ),
+            (
+                "actor-orm",
+                op(move |i| async move {
+                    let session = s.orm.session().await?;
+                    black_box(session.get::<BenchUser>(key(i)).await?);
+                    session.commit().await?;
+                    drop(session);
+                    Ok(())
+                }),
+            ),
+        ],
+    )
+    .await?;
+    for (sys, l) in results {
         r.add(w, "p50 µs", sys, us(percentile(&l, 0.5)));
         r.add(w, "p99 µs", sys, us(percentile(&l, 0.99)));
-    };
-    let l = latencies(N, |i| async move {
-        let client = s.deadpool.get().await?;
-        let stmt = client.prepare_cached(sql).await?;
-        black_box(by_hand(&client.query_one(&stmt, &[&key(i)]).await?));
-        Ok(())
-    })
-    .await?;
-    record("deadpool-postgres", l);
-    let l = latencies(N, |i| async move {
-        let conn = s.bb8.get().await?;
-        black_box(by_hand(&conn.query_one(sql, &[&key(i)]).await?));
-        Ok(())
-    })
-    .await?;
-    record("bb8-postgres", l);
-    let l = latencies(N, |i| async move {
-        black_box(sea_user::Entity::find_by_id(key(i)).one(&s.sea).await?);
-        Ok(())
-    })
-    .await?;
-    record("SeaORM", l);
-    let l = latencies(N, |i| async move {
-        let session = s.orm.session().await?;
-        black_box(session.get::<BenchUser>(key(i)).await?);
-        session.commit().await?;
-        drop(session);
-        Ok(())
-    })
-    .await?;
-    record("actor-orm", l);
+    }
     Ok(())
 }
 
@@ -502,7 +582,10 @@ async fn contended(s: &Arc<Systems>, workers: usize, size: usize, r: &mut Result
     });
     r.add(&w, chk, "SeaORM", v);
     let v = rate!(workers, s.orm, |p| {
-        p.session().await?.raw_rows("SELECT 1", vec![]).await?
+        p.session()
+            .await?
+            .raw_rows_autocommit("SELECT 1", vec![])
+            .await?
     });
     r.add(&w, sel, "actor-orm", v);
     let v = rate!(workers, s.orm, |p| { p.session().await?.acquire().await? });
@@ -756,6 +839,14 @@ async fn run() -> Res<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let cluster = tokio::task::spawn_blocking(Cluster::from_env).await??;
+    let pinned = match (PINNED.get(), cluster.postmaster_pid()) {
+        (Some(true), Some(postmaster)) => {
+            let moved = pin_server(postmaster, 1);
+            eprintln!("pinned this process to CPU 0 and {moved} server processes to CPU 1");
+            true
+        }
+        _ => false,
+    };
     let db = cluster.create_database("compare").await?;
     let pg = db.config().clone();
     let url = url_of(&pg, db.name());
@@ -782,15 +873,30 @@ async fn run() -> Res<()> {
     let main = Arc::new(systems(&pg, &url, POOL).await?);
     let small = Arc::new(systems(&pg, &url, 4).await?);
     let mut r = Results::default();
+    // ONLY=1,3 runs just those workloads (for profiling); workloads 5 and 6 run together.
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let on = |n: &str| only.is_empty() || only.split(',').any(|w| w.trim() == n);
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
-        point_reads(&main, &mut r).await?;
-        request_cycles(&main, &mut r).await?;
-        contended(&main, 64, POOL, &mut r).await?;
-        contended(&small, 256, 4, &mut r).await?;
-        writes(&main, &mut r).await?;
-        bulk_read(&main, &mut r).await?;
-        idle_sessions(&main, &mut r).await?;
+        if on("1") {
+            point_reads(&main, &mut r).await?;
+        }
+        if on("3") {
+            request_cycles(&main, &mut r).await?;
+        }
+        if on("4") {
+            contended(&main, 64, POOL, &mut r).await?;
+            contended(&small, 256, 4, &mut r).await?;
+        }
+        if on("5") {
+            writes(&main, &mut r).await?;
+        }
+        if on("7") {
+            bulk_read(&main, &mut r).await?;
+        }
+        if on("8") {
+            idle_sessions(&main, &mut r).await?;
+        }
     }
 
     let mut out = String::new();
@@ -805,10 +911,16 @@ async fn run() -> Res<()> {
         out,
         "Run on {date}; {}; PostgreSQL {version} on loopback (throwaway cluster, fsync off); \
          pool size {POOL} unless stated; {rounds} interleaved rounds, medians of the rounds; \
-         {N} operations per latency measurement; tokio {}. Produced by \
+         {N} operations per latency measurement, the systems taking turns operation by \
+         operation; tokio {}; {}. Produced by \
          `cargo run --release --manifest-path compare/Cargo.toml`.\n",
         machine(),
-        RUNTIME_NAME.get().copied().unwrap_or("runtime")
+        RUNTIME_NAME.get().copied().unwrap_or("runtime"),
+        if pinned {
+            "the harness pinned to CPU 0 and PostgreSQL to CPU 1"
+        } else {
+            "not pinned"
+        }
     )?;
     writeln!(out, "| workload | metric | {} |", SYSTEMS.join(" | "))?;
     writeln!(out, "|---|---|{}", "---:|".repeat(SYSTEMS.len()))?;
@@ -941,6 +1053,15 @@ fn main() -> Res<()> {
     // scheduler happened to place its tasks (on this 2-core machine a cross-thread wake-up
     // costs more than a loopback round trip). RUNTIME=multi runs on two worker threads.
     let multi = std::env::var("RUNTIME").is_ok_and(|v| v == "multi");
+    // On a throwaway cluster, the harness keeps to CPU 0 and PostgreSQL to CPU 1 (PIN=0 turns
+    // this off): loopback timings otherwise move 2× between runs with where the scheduler puts
+    // the client and the backend. Threads started from here on inherit CPU 0.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin_wanted = std::env::var("PIN").map_or(true, |v| v != "0")
+        && std::env::var("DATABASE_URL").is_err()
+        && cores >= 2
+        && !multi;
+    PINNED.set(pin_wanted && pin(0, 0)).ok();
     let rt = if multi {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -962,3 +1083,4 @@ fn main() -> Res<()> {
 }
 
 static RUNTIME_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -212,6 +212,17 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         }
     });
 
+    // The key alone, without converting every other field.
+    let key_values = fields.iter().filter(|f| f.primary_key).map(|f| {
+        let ident = &f.ident;
+        let column = &f.column;
+        if f.json {
+            quote!(#krate::__private::json::to_value(&self.#ident, #column)?)
+        } else {
+            quote!(#krate::ColumnValue::to_value(&self.#ident))
+        }
+    });
+
     let unset_arms = fields.iter().enumerate().filter_map(|(i, f)| {
         let ident = &f.ident;
         if f.auto_increment {
@@ -304,6 +315,10 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
 
             fn values(&self) -> #krate::Result<::std::vec::Vec<#krate::__private::Value>> {
                 ::core::result::Result::Ok(::std::vec![#(#values),*])
+            }
+
+            fn key(&self) -> #krate::Result<#krate::Key> {
+                ::core::result::Result::Ok(#krate::Key::new(::std::vec![#(#key_values),*]))
             }
 
             fn is_unset(&self, index: usize) -> bool {

@@ -60,6 +60,23 @@ impl ColumnMeta {
     }
 }
 
+/// `0, 1, 2, …`: the positions of a model's columns in a row that holds just them, in order.
+pub(crate) fn in_order(n: usize) -> std::borrow::Cow<'static, [usize]> {
+    const FIRST: [usize; 64] = {
+        let mut a = [0; 64];
+        let mut i = 0;
+        while i < 64 {
+            a[i] = i;
+            i += 1;
+        }
+        a
+    };
+    match FIRST.get(..n) {
+        Some(p) => std::borrow::Cow::Borrowed(p),
+        None => std::borrow::Cow::Owned((0..n).collect()),
+    }
+}
+
 /// A model's table.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -70,6 +87,16 @@ pub struct ModelMeta {
     pub schema: Option<&'static str>,
     /// Its columns, in field order.
     pub columns: &'static [ColumnMeta],
+    /// SQL text that depends only on the model, built on first use.
+    pub(crate) sql: SqlCache,
+}
+
+/// Statements whose text depends only on the model (values are always bound), kept after their
+/// first use so hot paths skip building them.
+#[derive(Debug, Default)]
+pub(crate) struct SqlCache {
+    /// `SELECT <columns> FROM <table> WHERE <key> IN (<one key>)`.
+    pub(crate) get: std::sync::OnceLock<String>,
 }
 
 impl ModelMeta {
@@ -83,6 +110,9 @@ impl ModelMeta {
             table,
             schema,
             columns,
+            sql: SqlCache {
+                get: std::sync::OnceLock::new(),
+            },
         }
     }
 

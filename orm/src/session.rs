@@ -314,9 +314,17 @@ impl SessionState {
         if let Some(hit) = self.identity.get::<M>(&key) {
             return Ok(Some(hit.clone()));
         }
-        let select = Select::<M>::new().filter(Filter::typed(key_in::<M>(&[&key_values])?));
-        let (sql, values) = select.build();
-        let rows = self.run_read(conn, &sql, &values, true).await?;
+        // The statement's text is the same for every key of `M`: built once, then reused.
+        let values = coerce_key::<M>(&key_values)?;
+        let sql = match M::meta().sql.get.get() {
+            Some(sql) => sql,
+            None => {
+                let select = Select::<M>::new().filter(Filter::typed(key_in::<M>(&[&values])?));
+                let (sql, _) = select.build();
+                M::meta().sql.get.get_or_init(|| sql)
+            }
+        };
+        let rows = self.run_read(conn, sql, &Values(values), true).await?;
         match rows.first() {
             Some(row) => Ok(Some(self.remember::<M>(row)?)),
             None => Ok(None),
@@ -347,7 +355,7 @@ impl SessionState {
     }
 
     fn remember<M: Model>(&mut self, row: &Row) -> Result<M> {
-        let positions: Vec<usize> = (0..M::meta().columns.len()).collect();
+        let positions = crate::model::in_order(M::meta().columns.len());
         let model = M::from_row(row, &positions)?;
         self.identity.insert(model.key()?, model.clone());
         Ok(model)
@@ -355,7 +363,7 @@ impl SessionState {
 
     /// Decodes rows into models and records each in the identity map.
     fn remember_all<M: Model>(&mut self, rows: &[Row]) -> Result<Vec<M>> {
-        let positions: Vec<usize> = (0..M::meta().columns.len()).collect();
+        let positions = crate::model::in_order(M::meta().columns.len());
         let mut models = Vec::with_capacity(rows.len());
         let mut snapshots = Vec::with_capacity(rows.len());
         for row in rows {
@@ -778,32 +786,34 @@ fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {
     out
 }
 
+/// A key's values, each checked against (and converted for) its column.
+fn coerce_key<M: Model>(key: &[Value]) -> Result<Vec<Value>> {
+    M::meta()
+        .key_columns()
+        .zip(key)
+        .map(|((_, c), v)| c.sql_type.coerce(v.clone(), c.name))
+        .collect()
+}
+
 /// `key IN (…)` for these keys: the key column itself for a one-column key, a row constructor
 /// `(a, b) IN ((…), (…))` for a composite one. Values are checked against their columns.
 fn key_in<M: Model>(keys: &[&Vec<Value>]) -> Result<sea_query::Expr> {
     use sea_query::{Expr, ExprTrait as _};
     let meta = M::meta();
-    let key_cols: Vec<(usize, &crate::ColumnMeta)> = meta.key_columns().collect();
-    let row = |k: &Vec<Value>| -> Result<Vec<Value>> {
-        key_cols
-            .iter()
-            .zip(k)
-            .map(|((_, c), v)| c.sql_type.coerce(v.clone(), c.name))
-            .collect()
-    };
-    let (column, values): (Expr, Vec<Expr>) = if let [(i, _)] = key_cols.as_slice() {
+    let key_cols: Vec<usize> = meta.key_columns().map(|(i, _)| i).collect();
+    let (column, values): (Expr, Vec<Expr>) = if let [i] = key_cols.as_slice() {
         let values = keys
             .iter()
-            .map(|k| row(k).map(|mut r| Expr::val(r.remove(0))))
+            .map(|k| coerce_key::<M>(k).map(|mut r| Expr::val(r.remove(0))))
             .collect::<Result<_>>()?;
         (meta.column_expr(*i), values)
     } else {
         let values = keys
             .iter()
-            .map(|k| row(k).map(|r| Expr::tuple(r.into_iter().map(Expr::val))))
+            .map(|k| coerce_key::<M>(k).map(|r| Expr::tuple(r.into_iter().map(Expr::val))))
             .collect::<Result<_>>()?;
         (
-            Expr::tuple(key_cols.iter().map(|(i, _)| meta.column_expr(*i))),
+            Expr::tuple(key_cols.iter().map(|i| meta.column_expr(*i))),
             values,
         )
     };

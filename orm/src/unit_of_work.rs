@@ -29,7 +29,7 @@ impl<M: Model> Pending for M {
         Model::is_unset(self, index)
     }
     fn remember(&self, row: &Row, identity: &mut IdentityMap) -> Result<()> {
-        let positions: Vec<usize> = (0..M::meta().columns.len()).collect();
+        let positions = crate::model::in_order(M::meta().columns.len());
         let stored = M::from_row(row, &positions)?;
         identity.insert(stored.key()?, stored);
         Ok(())

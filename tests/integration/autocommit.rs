@@ -32,13 +32,15 @@ async fn state_of(monitor: &tokio_postgres::Client, pid: i32) -> String {
 async fn setup(
     hint: &str,
     configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
-) -> (actor_orm::testing::TestDatabase, Pool, tokio_postgres::Client) {
+) -> (
+    actor_orm::testing::TestDatabase,
+    Pool,
+    tokio_postgres::Client,
+) {
     let (db, pool) = crate::pool_with_schema(hint, configure).await;
     let monitor = db.connect().await.expect("monitor");
     monitor
-        .batch_execute(
-            "INSERT INTO users (name, age) VALUES ('ann', 30), ('bob', 40), ('cy', 50)",
-        )
+        .batch_execute("INSERT INTO users (name, age) VALUES ('ann', 30), ('bob', 40), ('cy', 50)")
         .await
         .expect("rows");
     (db, pool, monitor)
@@ -54,8 +56,15 @@ async fn reads_open_no_transaction_and_the_first_write_does() {
     let all = s.all(User::query().order_by(User::ID.asc())).await;
     assert_eq!(all.expect("all").len(), 3);
     assert_eq!(s.count(User::query()).await.expect("count"), 3);
-    assert!(s.exists(User::query().filter(User::AGE.gt(45))).await.expect("exists"));
-    assert_eq!(s.get_many::<User, i64>([2, 3]).await.expect("many").len(), 2);
+    assert!(
+        s.exists(User::query().filter(User::AGE.gt(45)))
+            .await
+            .expect("exists")
+    );
+    assert_eq!(
+        s.get_many::<User, i64>([2, 3]).await.expect("many").len(),
+        2
+    );
     assert_eq!(state_of(&monitor, pid).await, "idle");
     assert_eq!(s.tx_state().await.expect("state"), TxState::Idle);
 
@@ -183,7 +192,13 @@ async fn begin_an_expression_filter_or_the_setting_keep_reads_inside() {
     let s = pool.session().await.expect("session");
     let pid = pid_of(&s).await;
     let by_expr = Filter::from_expr(Expr::col("age").gt(35));
-    assert_eq!(s.all(User::query().filter(by_expr)).await.expect("all").len(), 2);
+    assert_eq!(
+        s.all(User::query().filter(by_expr))
+            .await
+            .expect("all")
+            .len(),
+        2
+    );
     assert_eq!(state_of(&monitor, pid).await, "idle in transaction");
     s.close().await.expect("close");
     drop(pool);
@@ -203,7 +218,10 @@ async fn raw_autocommit_reads_stay_outside_and_other_raw_sql_stays_inside() {
     let s = pool.session().await.expect("session");
     let pid = pid_of(&s).await;
     let n = s
-        .raw_rows_autocommit("SELECT count(*) FROM users WHERE age > $1", vec![35i32.into()])
+        .raw_rows_autocommit(
+            "SELECT count(*) FROM users WHERE age > $1",
+            vec![35i32.into()],
+        )
         .await
         .expect("raw read");
     assert_eq!(n[0].get::<_, i64>(0), 2);
