@@ -229,6 +229,11 @@ impl Connection {
         Ok(stmt)
     }
 
+    /// The parameter types the server infers for a statement (prepared and cached, not run).
+    pub(crate) async fn param_types(&self, sql: &str) -> Result<Vec<tokio_postgres::types::Type>> {
+        Ok(self.statement(sql).await?.params().to_vec())
+    }
+
     /// Runs a statement and returns its rows. `columns[i]`, when given, names the column
     /// parameter `i` is written to, for error messages.
     pub async fn query(

@@ -616,7 +616,7 @@ impl SessionState {
                         })
                         .collect();
                     for batch in batches(&run) {
-                        let built = unit_of_work::build_insert(batch[0].meta(), &batch, None)?;
+                        let built = batch_insert(conn, &batch).await?;
                         let rows = conn
                             .query(&built.sql, &built.values, Some(&built.columns))
                             .await?;
@@ -772,6 +772,26 @@ impl SessionState {
         self.identity.clear();
         self.run_execute(conn, sql, &Values(params)).await
     }
+}
+
+/// The statement for a batch of inserts: `INSERT … SELECT * FROM unnest(…)` with one array per
+/// column when statements are prepared and no column is an array itself, else a multi-row
+/// `INSERT … VALUES`.
+async fn batch_insert(conn: &Connection, batch: &[&dyn Pending]) -> Result<unit_of_work::Built> {
+    let meta = batch[0].meta();
+    if batch.len() > 1 && conn.mode() == crate::StatementMode::Prepared {
+        let included = unit_of_work::included_columns(meta, batch[0]);
+        let types = conn
+            .param_types(&unit_of_work::insert_probe(meta, &included))
+            .await?;
+        let scalar = |t: &tokio_postgres::types::Type| {
+            !matches!(t.kind(), tokio_postgres::types::Kind::Array(_))
+        };
+        if !included.is_empty() && types.len() == included.len() && types.iter().all(scalar) {
+            return unit_of_work::build_insert_unnest(meta, batch, &included, &types);
+        }
+    }
+    unit_of_work::build_insert(meta, batch, None)
 }
 
 fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {

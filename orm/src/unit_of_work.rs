@@ -258,9 +258,7 @@ pub(crate) fn build_insert(
     let first = rows
         .first()
         .ok_or_else(|| Error::InvalidInput("nothing to insert".into()))?;
-    let included: Vec<usize> = (0..meta.columns.len())
-        .filter(|i| !first.is_unset(*i))
-        .collect();
+    let included = included_columns(meta, *first);
     let mut stmt = Query::insert();
     stmt.into_table(meta.table_ref())
         .columns(included.iter().map(|i| meta.columns[*i].name));
@@ -309,6 +307,90 @@ pub(crate) fn build_insert(
         sql,
         values,
         columns,
+    })
+}
+
+/// The columns an INSERT of `row` writes: all but those it leaves to the database.
+pub(crate) fn included_columns(meta: &ModelMeta, row: &dyn Pending) -> Vec<usize> {
+    (0..meta.columns.len())
+        .filter(|i| !row.is_unset(*i))
+        .collect()
+}
+
+fn column_list(meta: &ModelMeta, included: &[usize]) -> String {
+    included
+        .iter()
+        .map(|&i| crate::quote_ident(meta.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `INSERT INTO t (a, b) VALUES ($1, $2)`: prepared (never run) to learn the columns' types.
+pub(crate) fn insert_probe(meta: &ModelMeta, included: &[usize]) -> String {
+    let params: Vec<String> = (1..=included.len()).map(|n| format!("${n}")).collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES ({})",
+        meta.qualified_name(),
+        column_list(meta, included),
+        params.join(", ")
+    )
+}
+
+/// Many rows as one statement with one parameter per column:
+/// `INSERT INTO t (a, b) SELECT * FROM unnest($1::<a's type>[], $2::<b's type>[]) RETURNING …`.
+/// Its text is the same whatever the number of rows (one prepared statement serves every
+/// batch), and the server parses three arrays instead of thousands of parameters. `types` are
+/// the columns' types as the server reported them (no column may itself be an array).
+pub(crate) fn build_insert_unnest(
+    meta: &'static ModelMeta,
+    rows: &[&dyn Pending],
+    included: &[usize],
+    types: &[tokio_postgres::types::Type],
+) -> Result<Built> {
+    let casts: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(n, t)| {
+            format!(
+                "${}::{}.{}[]",
+                n + 1,
+                crate::quote_ident(t.schema()),
+                crate::quote_ident(t.name())
+            )
+        })
+        .collect();
+    let returning: Vec<String> = meta
+        .columns
+        .iter()
+        .map(|c| crate::quote_ident(c.name))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT * FROM unnest({}) RETURNING {}",
+        meta.qualified_name(),
+        column_list(meta, included),
+        casts.join(", "),
+        returning.join(", ")
+    );
+    let mut by_column: Vec<Vec<Value>> = included
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    for row in rows {
+        let mut values = row.values()?;
+        for (slot, &i) in by_column.iter_mut().zip(included) {
+            let col = &meta.columns[i];
+            let v = std::mem::replace(&mut values[i], Value::Bool(None));
+            slot.push(col.sql_type.coerce(v, col.name)?);
+        }
+    }
+    let values = by_column
+        .into_iter()
+        .map(|items| Value::Array(sea_query::ArrayType::String, Some(Box::new(items))))
+        .collect();
+    Ok(Built {
+        sql,
+        values: Values(values),
+        columns: included.iter().map(|&i| meta.columns[i].name).collect(),
     })
 }
 

@@ -394,3 +394,172 @@ async fn bad_rows_are_typed_errors_not_panics() {
         .await
         .expect("usable after all of that");
 }
+
+/// Every scalar type, for the batch insert (array columns take the multi-row VALUES path).
+#[derive(actor_orm::Model, Clone, Debug, PartialEq)]
+#[orm(table_name = "scalars")]
+struct Scalars {
+    #[orm(primary_key, auto_increment)]
+    id: i64,
+    flag: bool,
+    small: i16,
+    medium: i32,
+    single: f32,
+    double: f64,
+    text: String,
+    #[orm(max_length = 20)]
+    short_text: String,
+    bytes: Vec<u8>,
+    day: NaiveDate,
+    local_time: chrono::NaiveDateTime,
+    instant: chrono::DateTime<Utc>,
+    doc: serde_json::Value,
+    #[orm(json)]
+    settings: Settings,
+    amount: rust_decimal::Decimal,
+    color: Color,
+    mood: Mood,
+    maybe_text: Option<String>,
+    maybe_uuid: Option<uuid::Uuid>,
+    maybe_mood: Option<Mood>,
+    maybe_amount: Option<rust_decimal::Decimal>,
+}
+
+fn scalars(i: i32) -> Scalars {
+    let e = sample();
+    Scalars {
+        id: 0,
+        flag: i % 2 == 0,
+        small: e.small,
+        medium: i,
+        single: e.single,
+        double: e.double,
+        text: format!("'; DROP TABLE scalars; -- {i}"),
+        short_text: e.short_text,
+        bytes: vec![i as u8, 0, 255],
+        day: e.day,
+        local_time: e.local_time,
+        instant: e.instant,
+        doc: serde_json::json!({ "i": i, "nested": [null, "x"] }),
+        settings: e.settings,
+        amount: e.amount,
+        color: if i % 2 == 0 {
+            Color::Red
+        } else {
+            Color::DarkBlue
+        },
+        mood: Mood::SoSo,
+        maybe_text: (i % 2 == 0).then(|| format!("t{i}")),
+        maybe_uuid: (i % 2 == 1).then(|| uuid::Uuid::from_u128(i as u128)),
+        maybe_mood: (i % 2 == 0).then_some(Mood::Happy),
+        maybe_amount: None,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_insert_sends_one_array_per_column_and_every_type_round_trips() {
+    let (_db, conn) = crate::connect("batch_types").await;
+    create_schema(&conn).await;
+    conn.batch(&actor_orm::ddl::create_table::<Scalars>())
+        .await
+        .expect("create");
+    let mut s = SessionState::new();
+    let rows: Vec<Scalars> = (1..=5).map(scalars).collect();
+    s.add_all(rows.clone()).expect("add");
+    conn.record_statements(true);
+    s.flush(&conn).await.expect("flush");
+    let sent = conn.take_statements();
+    let inserts: Vec<&String> = sent.iter().filter(|q| q.starts_with("INSERT")).collect();
+    assert_eq!(inserts.len(), 1, "{sent:#?}");
+    assert!(
+        inserts[0].contains("SELECT * FROM unnest($1::"),
+        "{}",
+        inserts[0]
+    );
+    assert!(
+        inserts[0].contains(r#""public"."mood"[]"#),
+        "{}",
+        inserts[0]
+    );
+    s.commit(&conn).await.expect("commit");
+
+    // Returned in order: the keys the database gave, and every value as it was.
+    let read = s
+        .all(&conn, Scalars::query().order_by(Scalars::ID.asc()))
+        .await
+        .expect("read");
+    let expected: Vec<Scalars> = rows
+        .into_iter()
+        .zip(1..)
+        .map(|(mut r, id)| {
+            r.id = id;
+            r
+        })
+        .collect();
+    assert_eq!(read, expected);
+
+    // A model with array columns still goes in as one statement (multi-row VALUES).
+    let mut a = sample();
+    let mut b = sample();
+    a.id = uuid::Uuid::from_u128(11);
+    b.id = uuid::Uuid::from_u128(12);
+    s.add_all(vec![a.clone(), b.clone()]).expect("add");
+    s.flush(&conn).await.expect("flush arrays");
+    let sent = conn.take_statements();
+    assert!(
+        sent.iter()
+            .any(|q| q.starts_with(r#"INSERT INTO "everything""#) && q.contains(") VALUES (")),
+        "{sent:#?}"
+    );
+    s.commit(&conn).await.expect("commit");
+    let n = s.count(&conn, &Everything::query()).await.expect("count");
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_bad_value_in_a_batch_is_a_typed_error_naming_its_column_and_nothing_is_written() {
+    let (_db, conn) = crate::connect("batch_bad").await;
+    conn.batch("CREATE TABLE narrow (id bigserial PRIMARY KEY, n integer NOT NULL, t varchar(3))")
+        .await
+        .expect("create");
+
+    #[derive(actor_orm::Model, Clone, Debug, PartialEq)]
+    #[orm(table_name = "narrow")]
+    struct Narrow {
+        #[orm(primary_key, auto_increment)]
+        id: i64,
+        n: i64,
+        t: Option<String>,
+    }
+    let row = |n: i64, t: &str| Narrow {
+        id: 0,
+        n,
+        t: Some(t.into()),
+    };
+
+    let mut s = SessionState::new();
+    // Too wide for the column: refused before the batch is sent.
+    s.add_all(vec![row(1, "a"), row(3_000_000_000, "b"), row(3, "c")])
+        .expect("add");
+    let err = s.flush(&conn).await.expect_err("does not fit");
+    assert!(
+        matches!(&err, Error::TypeMismatch { column, expected, .. } if column == "n" && expected == "int4"),
+        "{err:?}"
+    );
+    assert_eq!(s.tx_state(), TxState::Active);
+    // Too long for varchar(3): the server refuses the whole statement.
+    s.add_all(vec![row(1, "abc"), row(2, "abcd")]).expect("add");
+    let err = s.flush(&conn).await.expect_err("too long");
+    assert_eq!(err.code(), Some("22001"), "{err:?}");
+    assert!(matches!(
+        s.commit(&conn).await,
+        Err(Error::TransactionAborted)
+    ));
+    let n: i64 = conn
+        .client()
+        .query_one("SELECT count(*) FROM narrow", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0, "nothing of either batch was written");
+}
