@@ -3,15 +3,27 @@
 use std::any::Any;
 use std::collections::HashMap;
 
-use crate::model::{Key, Model, ModelMeta};
+use tokio_postgres::Row;
+
+use crate::model::{Key, Model, ModelMeta, in_order};
 
 type TableId = (&'static str, &'static str);
+
+/// One loaded row as it was in the database.
+enum Snapshot {
+    /// A copy of the model.
+    Model(Box<dyn Any + Send + Sync>),
+    /// The row itself, decoded again when asked for: no copy at load time. Kept for large
+    /// results only, since a row's bytes share the connection's read buffer, which stays
+    /// allocated while any of them is held.
+    Row(Row),
+}
 
 /// Rows a session has loaded, as they are in the database inside its transaction: the snapshot
 /// that dirty checking compares against.
 #[derive(Default)]
 pub struct IdentityMap {
-    tables: HashMap<TableId, HashMap<Key, Box<dyn Any + Send + Sync>>>,
+    tables: HashMap<TableId, HashMap<Key, Snapshot>>,
 }
 
 impl std::fmt::Debug for IdentityMap {
@@ -23,12 +35,20 @@ impl std::fmt::Debug for IdentityMap {
 }
 
 impl IdentityMap {
-    /// The loaded row of `M` with this key.
-    pub fn get<M: Model>(&self, key: &Key) -> Option<&M> {
+    /// The loaded row of `M` with this key, as it was loaded.
+    pub fn get<M: Model>(&self, key: &Key) -> Option<M> {
+        match self.tables.get(&M::meta().identity())?.get(key)? {
+            Snapshot::Model(m) => m.downcast_ref::<M>().cloned(),
+            // It decoded when it was loaded; should it not now, it counts as not loaded.
+            Snapshot::Row(row) => M::from_row(row, &in_order(M::meta().columns.len())).ok(),
+        }
+    }
+
+    /// Whether a row of `M` with this key is loaded.
+    pub fn contains<M: Model>(&self, key: &Key) -> bool {
         self.tables
-            .get(&M::meta().identity())?
-            .get(key)?
-            .downcast_ref::<M>()
+            .get(&M::meta().identity())
+            .is_some_and(|t| t.contains_key(key))
     }
 
     /// Records the row of `M` with this key, replacing an older snapshot.
@@ -36,15 +56,16 @@ impl IdentityMap {
         self.tables
             .entry(M::meta().identity())
             .or_default()
-            .insert(key, Box::new(model));
+            .insert(key, Snapshot::Model(Box::new(model)));
     }
 
-    /// Records many rows of `M` at once.
-    pub fn insert_all<M: Model>(&mut self, rows: Vec<(Key, M)>) {
+    /// Records many rows of `M` at once, keeping the rows themselves (holding `M`'s columns in
+    /// order) as the snapshots.
+    pub fn insert_rows<M: Model>(&mut self, rows: Vec<(Key, Row)>) {
         let table = self.tables.entry(M::meta().identity()).or_default();
         table.reserve(rows.len());
-        for (key, model) in rows {
-            table.insert(key, Box::new(model));
+        for (key, row) in rows {
+            table.insert(key, Snapshot::Row(row));
         }
     }
 

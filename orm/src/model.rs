@@ -191,7 +191,14 @@ pub trait Model: Clone + Send + Sync + 'static {
 
 /// A primary-key value: one part per key column.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Key(Vec<KeyPart>);
+pub struct Key(Parts);
+
+/// The parts of a key: a one-column key (the common case) needs no allocation of its own.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Parts {
+    One(KeyPart),
+    Many(Vec<KeyPart>),
+}
 
 /// One part of a key, hashable.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -205,8 +212,20 @@ enum KeyPart {
 
 impl Key {
     /// A key from the values of the key columns.
-    pub fn new(values: Vec<Value>) -> Key {
-        Key(values.into_iter().map(KeyPart::from).collect())
+    pub fn new(mut values: Vec<Value>) -> Key {
+        if values.len() == 1
+            && let Some(v) = values.pop()
+        {
+            return Key(Parts::One(KeyPart::from(v)));
+        }
+        Key(Parts::Many(values.into_iter().map(KeyPart::from).collect()))
+    }
+
+    fn parts(&self) -> &[KeyPart] {
+        match &self.0 {
+            Parts::One(p) => std::slice::from_ref(p),
+            Parts::Many(v) => v,
+        }
     }
 }
 
@@ -235,7 +254,7 @@ impl fmt::Debug for Key {
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let parts: Vec<String> = self
-            .0
+            .parts()
             .iter()
             .map(|p| match p {
                 KeyPart::Int(i) => i.to_string(),

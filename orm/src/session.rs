@@ -312,7 +312,7 @@ impl SessionState {
         let key = Key::new(key_values.clone());
         self.flush(conn).await?;
         if let Some(hit) = self.identity.get::<M>(&key) {
-            return Ok(Some(hit.clone()));
+            return Ok(Some(hit));
         }
         // The statement's text is the same for every key of `M`: built once, then reused.
         let values = coerce_key::<M>(&key_values)?;
@@ -342,7 +342,7 @@ impl SessionState {
         let keys: Vec<Vec<Value>> = keys.into_iter().map(IntoKey::into_key_values).collect();
         let missing: Vec<&Vec<Value>> = keys
             .iter()
-            .filter(|k| self.identity.get::<M>(&Key::new((*k).clone())).is_none())
+            .filter(|k| !self.identity.contains::<M>(&Key::new((*k).clone())))
             .collect();
         if !missing.is_empty() {
             let select = Select::<M>::new().filter(Filter::typed(key_in::<M>(&missing)?));
@@ -350,7 +350,7 @@ impl SessionState {
         }
         Ok(keys
             .into_iter()
-            .filter_map(|k| self.identity.get::<M>(&Key::new(k)).cloned())
+            .filter_map(|k| self.identity.get::<M>(&Key::new(k)))
             .collect())
     }
 
@@ -361,17 +361,28 @@ impl SessionState {
         Ok(model)
     }
 
-    /// Decodes rows into models and records each in the identity map.
-    fn remember_all<M: Model>(&mut self, rows: &[Row]) -> Result<Vec<M>> {
+    /// Decodes rows into models and records each in the identity map. A large result keeps its
+    /// rows as the snapshots (no copy of each model); a small one keeps copies, so that a few
+    /// rows do not hold on to a whole read buffer.
+    fn remember_all<M: Model>(&mut self, rows: Vec<Row>) -> Result<Vec<M>> {
+        const KEEP_ROWS_FROM: usize = 64;
         let positions = crate::model::in_order(M::meta().columns.len());
         let mut models = Vec::with_capacity(rows.len());
+        if rows.len() < KEEP_ROWS_FROM {
+            for row in &rows {
+                let model = M::from_row(row, &positions)?;
+                self.identity.insert(model.key()?, model.clone());
+                models.push(model);
+            }
+            return Ok(models);
+        }
         let mut snapshots = Vec::with_capacity(rows.len());
         for row in rows {
-            let model = M::from_row(row, &positions)?;
-            snapshots.push((model.key()?, model.clone()));
+            let model = M::from_row(&row, &positions)?;
+            snapshots.push((model.key()?, row));
             models.push(model);
         }
-        self.identity.insert_all(snapshots);
+        self.identity.insert_rows::<M>(snapshots);
         Ok(models)
     }
 
@@ -382,7 +393,7 @@ impl SessionState {
         let rows = self
             .run_read(conn, &sql, &values, select.reads_only())
             .await?;
-        self.remember_all::<M>(&rows)
+        self.remember_all::<M>(rows)
     }
 
     /// The first model the query returns, if any.

@@ -370,3 +370,52 @@ async fn composite_keys_schemas_and_skipped_fields() {
         ]
     );
 }
+
+/// A large result keeps the rows themselves as snapshots; dirty checking and identity hits work
+/// on them exactly as on copies.
+#[tokio::test]
+async fn a_large_result_is_tracked_like_a_small_one() {
+    let (_db, conn) = crate::connect("identity_large").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    s.add_all((0..200).map(|i| User::new(&format!("u{i}"), i)).collect())
+        .expect("add");
+    s.commit(&conn).await.expect("commit");
+
+    let loaded = s
+        .all(&conn, User::query().order_by(User::ID.asc()))
+        .await
+        .expect("load 200");
+    assert_eq!(loaded.len(), 200);
+    assert_eq!(s.identity_map().len(), 200);
+    // An identity hit: no round trip, the same values.
+    let before = conn.round_trips();
+    let hit = s.get::<User>(&conn, loaded[10].id).await.expect("get");
+    assert_eq!(hit.as_ref(), Some(&loaded[10]));
+    assert_eq!(conn.round_trips(), before);
+
+    // Saving every row with one of them changed sends one UPDATE of that one column.
+    conn.record_statements(true);
+    for (i, mut u) in loaded.into_iter().enumerate() {
+        if i == 7 {
+            u.email = Some("seven@example.com".into());
+        }
+        s.save(u).expect("save");
+    }
+    s.flush(&conn).await.expect("flush");
+    let sent = conn.take_statements();
+    assert_eq!(
+        sent,
+        vec![
+            r#"UPDATE "users" SET "email" = $1 WHERE "id" = $2 RETURNING "id", "name", "email", "age""#
+                .to_owned()
+        ]
+    );
+    s.commit(&conn).await.expect("commit");
+    let seven = s
+        .all(&conn, User::query().filter(User::EMAIL.is_not_null()))
+        .await
+        .expect("read");
+    assert_eq!(seven.len(), 1);
+    assert_eq!(seven[0].name, "u7");
+}
