@@ -213,15 +213,24 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
     });
 
     // The key alone, without converting every other field.
-    let key_values = fields.iter().filter(|f| f.primary_key).map(|f| {
-        let ident = &f.ident;
-        let column = &f.column;
-        if f.json {
-            quote!(#krate::__private::json::to_value(&self.#ident, #column)?)
-        } else {
-            quote!(#krate::ColumnValue::to_value(&self.#ident))
-        }
-    });
+    let key_values: Vec<_> = fields
+        .iter()
+        .filter(|f| f.primary_key)
+        .map(|f| {
+            let ident = &f.ident;
+            let column = &f.column;
+            if f.json {
+                quote!(#krate::__private::json::to_value(&self.#ident, #column)?)
+            } else {
+                quote!(#krate::ColumnValue::to_value(&self.#ident))
+            }
+        })
+        .collect();
+    let key = if let [one] = key_values.as_slice() {
+        quote!(#krate::Key::one(#one))
+    } else {
+        quote!(#krate::Key::new(::std::vec![#(#key_values),*]))
+    };
 
     let unset_arms = fields.iter().enumerate().filter_map(|(i, f)| {
         let ident = &f.ident;
@@ -318,7 +327,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
             }
 
             fn key(&self) -> #krate::Result<#krate::Key> {
-                ::core::result::Result::Ok(#krate::Key::new(::std::vec![#(#key_values),*]))
+                ::core::result::Result::Ok(#key)
             }
 
             fn is_unset(&self, index: usize) -> bool {

@@ -19,6 +19,16 @@ enum Snapshot {
     Row(Row),
 }
 
+/// Row snapshots of one table, from [`IdentityMap::rows_of`].
+pub struct RowSnapshots<'a>(&'a mut HashMap<Key, Snapshot>);
+
+impl RowSnapshots<'_> {
+    /// Records the row with this key, replacing an older snapshot.
+    pub fn insert(&mut self, key: Key, row: Row) {
+        self.0.insert(key, Snapshot::Row(row));
+    }
+}
+
 /// Rows a session has loaded, as they are in the database inside its transaction: the snapshot
 /// that dirty checking compares against.
 #[derive(Default)]
@@ -59,14 +69,12 @@ impl IdentityMap {
             .insert(key, Snapshot::Model(Box::new(model)));
     }
 
-    /// Records many rows of `M` at once, keeping the rows themselves (holding `M`'s columns in
-    /// order) as the snapshots.
-    pub fn insert_rows<M: Model>(&mut self, rows: Vec<(Key, Row)>) {
+    /// Where many rows of `M` are recorded at once, keeping the rows themselves (holding `M`'s
+    /// columns in order) as the snapshots; room for `n` is made first.
+    pub fn rows_of<M: Model>(&mut self, n: usize) -> RowSnapshots<'_> {
         let table = self.tables.entry(M::meta().identity()).or_default();
-        table.reserve(rows.len());
-        for (key, row) in rows {
-            table.insert(key, Snapshot::Row(row));
-        }
+        table.reserve(n);
+        RowSnapshots(table)
     }
 
     /// Forgets one row.

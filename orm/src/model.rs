@@ -221,6 +221,11 @@ impl Key {
         Key(Parts::Many(values.into_iter().map(KeyPart::from).collect()))
     }
 
+    /// A one-column key.
+    pub fn one(value: Value) -> Key {
+        Key(Parts::One(KeyPart::from(value)))
+    }
+
     fn parts(&self) -> &[KeyPart] {
         match &self.0 {
             Parts::One(p) => std::slice::from_ref(p),

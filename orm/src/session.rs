@@ -376,13 +376,12 @@ impl SessionState {
             }
             return Ok(models);
         }
-        let mut snapshots = Vec::with_capacity(rows.len());
+        let mut snapshots = self.identity.rows_of::<M>(rows.len());
         for row in rows {
             let model = M::from_row(&row, &positions)?;
-            snapshots.push((model.key()?, row));
+            snapshots.insert(model.key()?, row);
             models.push(model);
         }
-        self.identity.insert_rows::<M>(snapshots);
         Ok(models)
     }
 
