@@ -807,9 +807,9 @@ fn machine() -> String {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    // Online CPUs of the machine, not of this (possibly pinned) process.
+    // SAFETY: sysconf only reads a system setting.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     format!("{cpu}, {cores} cores, {}", std::env::consts::ARCH)
 }
 
