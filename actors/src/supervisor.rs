@@ -407,11 +407,13 @@ impl PoolState {
     /// arms the timer for the next.
     fn waiters_due(&mut self, myself: &ActorRef<PoolMsg>) {
         self.expiry_timer = None;
-        let now = Instant::now();
-        while let Some(w) = self.waiters.front() {
-            if w.enqueued + self.config.acquire_timeout > now + Duration::from_millis(1) {
-                break;
-            }
+        let now = Instant::now() + Duration::from_millis(1);
+        let timeout = self.config.acquire_timeout;
+        while self
+            .waiters
+            .front()
+            .is_some_and(|w| w.enqueued + timeout <= now)
+        {
             let waiting = self.waiters.len();
             if let Some(w) = self.waiters.pop_front() {
                 self.time_out(w, waiting);

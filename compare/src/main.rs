@@ -379,6 +379,18 @@ fn key(i: usize) -> i64 {
     (i as i64 * 7919) % USERS + 1
 }
 
+/// One point read through a tokio-postgres client (raw, or inside a pool's connection) with a
+/// prepared statement and the hand-written mapping.
+fn prepared_read<'a>(
+    client: &'a tokio_postgres::Client,
+    stmt: &'a tokio_postgres::Statement,
+) -> Op<'a> {
+    op(move |i| async move {
+        black_box(by_hand(&client.query_one(stmt, &[&key(i)]).await?));
+        Ok(())
+    })
+}
+
 async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
     let w = "1. point read by primary key";
     let stmt_sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
@@ -388,32 +400,13 @@ async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
     let b8 = s.bb8.get().await?;
     let b8_stmt = b8.prepare(stmt_sql).await?;
     let session = s.orm.session().await?;
-    let (raw, dp_ref, b8_ref, session_ref) = (&s.raw, &dp, &b8, &session);
-    let (raw_stmt, dp_stmt, b8_stmt) = (&raw_stmt, &dp_stmt, &b8_stmt);
+    let session_ref = &session;
     let results = interleaved(
         N,
         vec![
-            (
-                "raw tokio-postgres",
-                op(move |i| async move {
-                    black_box(by_hand(&raw.query_one(raw_stmt, &[&key(i)]).await?));
-                    Ok(())
-                }),
-            ),
-            (
-                "deadpool-postgres",
-                op(move |i| async move {
-                    black_box(by_hand(&dp_ref.query_one(dp_stmt, &[&key(i)]).await?));
-                    Ok(())
-                }),
-            ),
-            (
-                "bb8-postgres",
-                op(move |i| async move {
-                    black_box(by_hand(&b8_ref.query_one(b8_stmt, &[&key(i)]).await?));
-                    Ok(())
-                }),
-            ),
+            ("raw tokio-postgres", prepared_read(&s.raw, &raw_stmt)),
+            ("deadpool-postgres", prepared_read(&dp, &dp_stmt)),
+            ("bb8-postgres", prepared_read(&b8, &b8_stmt)),
             (
                 "SeaORM",
                 op(move |i| async move {

@@ -202,7 +202,8 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         }}
     });
 
-    let values = fields.iter().map(|f| {
+    // A field as a sea-query value.
+    let value_of = |f: &Field| {
         let ident = &f.ident;
         let column = &f.column;
         if f.json {
@@ -210,21 +211,13 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         } else {
             quote!(#krate::ColumnValue::to_value(&self.#ident))
         }
-    });
-
+    };
+    let values = fields.iter().map(value_of);
     // The key alone, without converting every other field.
     let key_values: Vec<_> = fields
         .iter()
         .filter(|f| f.primary_key)
-        .map(|f| {
-            let ident = &f.ident;
-            let column = &f.column;
-            if f.json {
-                quote!(#krate::__private::json::to_value(&self.#ident, #column)?)
-            } else {
-                quote!(#krate::ColumnValue::to_value(&self.#ident))
-            }
-        })
+        .map(value_of)
         .collect();
     let key = if let [one] = key_values.as_slice() {
         quote!(#krate::Key::one(#one))

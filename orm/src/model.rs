@@ -216,7 +216,7 @@ impl Key {
         if values.len() == 1
             && let Some(v) = values.pop()
         {
-            return Key(Parts::One(KeyPart::from(v)));
+            return Key::one(v);
         }
         Key(Parts::Many(values.into_iter().map(KeyPart::from).collect()))
     }

@@ -434,14 +434,9 @@ impl SessionState {
 
     /// How many rows the query matches.
     pub async fn count<M: Model>(&mut self, conn: &Connection, select: &Select<M>) -> Result<i64> {
-        self.flush(conn).await?;
-        let (sql, values) = select.count_statement().build(PostgresQueryBuilder);
-        let rows = self
-            .run_read(conn, &sql, &values, select.reads_only())
-            .await?;
-        rows.first()
-            .map(|r| crate::types::decode_required::<i64>(r, 0, "count"))
-            .unwrap_or(Ok(0))
+        let stmt = select.count_statement();
+        self.read_scalar(conn, &stmt, select.reads_only(), "count", 0)
+            .await
     }
 
     /// Whether the query matches any row.
@@ -450,14 +445,26 @@ impl SessionState {
         conn: &Connection,
         select: &Select<M>,
     ) -> Result<bool> {
+        let stmt = select.exists_statement();
+        self.read_scalar(conn, &stmt, select.reads_only(), "exists", false)
+            .await
+    }
+
+    /// The first column of the first row of a one-value statement, `empty` when no row.
+    async fn read_scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+        &mut self,
+        conn: &Connection,
+        stmt: &sea_query::SelectStatement,
+        reads_only: bool,
+        label: &str,
+        empty: T,
+    ) -> Result<T> {
         self.flush(conn).await?;
-        let (sql, values) = select.exists_statement().build(PostgresQueryBuilder);
-        let rows = self
-            .run_read(conn, &sql, &values, select.reads_only())
-            .await?;
+        let (sql, values) = stmt.build(PostgresQueryBuilder);
+        let rows = self.run_read(conn, &sql, &values, reads_only).await?;
         rows.first()
-            .map(|r| crate::types::decode_required::<bool>(r, 0, "exists"))
-            .unwrap_or(Ok(false))
+            .map(|r| crate::types::decode_required::<T>(r, 0, label))
+            .unwrap_or(Ok(empty))
     }
 
     // ----- writes -----

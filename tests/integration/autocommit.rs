@@ -37,8 +37,7 @@ async fn setup(
     Pool,
     tokio_postgres::Client,
 ) {
-    let (db, pool) = crate::pool_with_schema(hint, configure).await;
-    let monitor = db.connect().await.expect("monitor");
+    let (db, pool, monitor) = crate::pool_with_monitor(hint, configure).await;
     monitor
         .batch_execute("INSERT INTO users (name, age) VALUES ('ann', 30), ('bob', 40), ('cy', 50)")
         .await

@@ -9,19 +9,6 @@ use tracing::Level;
 
 use crate::models::*;
 
-async fn setup(
-    hint: &str,
-    configure: impl FnOnce(actor_orm::PoolBuilder) -> actor_orm::PoolBuilder,
-) -> (
-    actor_orm::testing::TestDatabase,
-    Pool,
-    tokio_postgres::Client,
-) {
-    let (db, pool) = crate::pool_with_schema(hint, configure).await;
-    let monitor = db.connect().await.expect("monitor");
-    (db, pool, monitor)
-}
-
 fn balanced(s: &PoolStats) -> bool {
     s.checkouts == s.checkins + s.reclaims + s.discards + s.in_use as u64
 }
@@ -45,7 +32,8 @@ async fn own_cluster() -> Option<Cluster> {
 // 1.
 #[tokio::test]
 async fn a_terminated_idle_connection_is_never_handed_out() {
-    let (db, pool, monitor) = setup("fault_terminate_idle", |b| b.max_size(2).min_idle(2)).await;
+    let (db, pool, monitor) =
+        crate::pool_with_monitor("fault_terminate_idle", |b| b.max_size(2).min_idle(2)).await;
     let app = db.name().to_owned();
     assert!(
         crate::eventually(Duration::from_secs(5), || async {
@@ -90,7 +78,8 @@ async fn a_terminated_idle_connection_is_never_handed_out() {
 // 2.
 #[tokio::test]
 async fn a_backend_killed_mid_transaction_is_a_typed_error_and_no_leak() {
-    let (db, pool, monitor) = setup("fault_kill_in_tx", |b| b.max_size(2).min_idle(1)).await;
+    let (db, pool, monitor) =
+        crate::pool_with_monitor("fault_kill_in_tx", |b| b.max_size(2).min_idle(1)).await;
     let app = db.name().to_owned();
     let s = pool.session().await.expect("session");
     s.insert(User::new("ann", 30)).await.expect("insert");
@@ -275,7 +264,7 @@ async fn an_address_that_never_answers_is_bounded_by_connect_timeout() {
 // 6.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_storm_leaves_nothing_in_use() {
-    let (_db, pool, _monitor) = setup("fault_storm", |b| b.max_size(3)).await;
+    let (_db, pool, _monitor) = crate::pool_with_monitor("fault_storm", |b| b.max_size(3)).await;
     let mut tasks = Vec::new();
     for i in 0..300u64 {
         let pool = pool.clone();
@@ -312,7 +301,8 @@ async fn a_cancellation_storm_leaves_nothing_in_use() {
 // 7.
 #[tokio::test]
 async fn a_dropped_long_query_does_not_hold_up_the_next_user() {
-    let (_db, pool, _monitor) = setup("fault_long_query", |b| b.max_size(1)).await;
+    let (_db, pool, _monitor) =
+        crate::pool_with_monitor("fault_long_query", |b| b.max_size(1)).await;
     let s = pool.session().await.expect("session");
     let slow = tokio::time::timeout(
         Duration::from_millis(100),
@@ -353,7 +343,7 @@ async fn a_dropped_long_query_does_not_hold_up_the_next_user() {
 #[tokio::test]
 async fn discard_all_leaves_nothing_and_rollback_documents_what_survives() {
     for policy in [ResetPolicy::DiscardAll, ResetPolicy::Rollback] {
-        let (db, pool, monitor) = setup("fault_session_state", |b| {
+        let (db, pool, monitor) = crate::pool_with_monitor("fault_session_state", |b| {
             b.max_size(1).reset(policy.clone())
         })
         .await;
@@ -420,7 +410,7 @@ async fn discard_all_leaves_nothing_and_rollback_documents_what_survives() {
 // 9.
 #[tokio::test]
 async fn lifetimes_and_idle_timeout_never_touch_a_connection_in_use() {
-    let (db, pool, monitor) = setup("fault_lifetimes", |b| {
+    let (db, pool, monitor) = crate::pool_with_monitor("fault_lifetimes", |b| {
         b.max_size(3)
             .min_idle(1)
             .idle_timeout(Duration::from_millis(150))
@@ -475,7 +465,7 @@ async fn lifetimes_and_idle_timeout_never_touch_a_connection_in_use() {
 #[tokio::test]
 async fn the_leak_warning_fires_once_per_lease_with_name_and_site() {
     let (captured, _guard) = crate::capture::capture();
-    let (_db, pool, _monitor) = setup("fault_leak_log", |b| {
+    let (_db, pool, _monitor) = crate::pool_with_monitor("fault_leak_log", |b| {
         b.max_size(2).leak_threshold(Duration::from_millis(150))
     })
     .await;
@@ -504,7 +494,8 @@ async fn the_leak_warning_fires_once_per_lease_with_name_and_site() {
 // 11.
 #[tokio::test]
 async fn when_the_pool_actor_dies_sessions_get_typed_errors_and_no_backend_remains() {
-    let (db, pool, monitor) = setup("fault_pool_dies", |b| b.max_size(3).min_idle(2)).await;
+    let (db, pool, monitor) =
+        crate::pool_with_monitor("fault_pool_dies", |b| b.max_size(3).min_idle(2)).await;
     let app = db.name().to_owned();
     let s = pool.session().await.expect("session");
     s.count(User::query()).await.expect("hold");

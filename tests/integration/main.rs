@@ -95,6 +95,16 @@ pub async fn pool_with_schema(
     (db, pool)
 }
 
+/// [`pool_with_schema`], and a plain client on the same database to watch the server with.
+pub async fn pool_with_monitor(
+    hint: &str,
+    configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
+) -> (testing::TestDatabase, Pool, tokio_postgres::Client) {
+    let (db, pool) = pool_with_schema(hint, configure).await;
+    let monitor = db.connect().await.expect("monitor");
+    (db, pool, monitor)
+}
+
 /// `SELECT count(*) FROM users` in a session of its own, closed afterwards.
 pub async fn count_users(pool: &Pool) -> actor_orm::Result<i64> {
     let s = pool.session().await?;
