@@ -1,7 +1,13 @@
 //! The identity map: one entry per (table, primary key) loaded in a session.
+//!
+//! Small results are kept as copies of their models. A large result is kept as it came: its rows
+//! in one batch with their keys beside them, and the batch is indexed by key only when the
+//! session first looks a row of that table up. A session that reads 100,000 rows and never looks
+//! one up again (an export, a report) pays for no hash table; one that does pays once, on its
+//! first lookup, what it would have paid while loading.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Row;
 
@@ -13,27 +19,76 @@ type TableId = (&'static str, &'static str);
 enum Snapshot {
     /// A copy of the model.
     Model(Box<dyn Any + Send + Sync>),
-    /// The row itself, decoded again when asked for: no copy at load time. Kept for large
-    /// results only, since a row's bytes share the connection's read buffer, which stays
-    /// allocated while any of them is held.
-    Row(Row),
+    /// Row `row` of batch `batch` of the table, decoded again when asked for.
+    Batched { batch: u32, row: u32 },
 }
 
-/// Row snapshots of one table, from [`IdentityMap::rows_of`].
-pub struct RowSnapshots<'a>(&'a mut HashMap<Key, Snapshot>);
+/// The rows of one large result, kept as they came. A row's bytes share the connection's read
+/// buffer, which stays allocated while any of them is held; that is why small results are kept
+/// as copies instead.
+struct Batch {
+    keys: Vec<Key>,
+    rows: Vec<Row>,
+}
 
-impl RowSnapshots<'_> {
-    /// Records the row with this key, replacing an older snapshot.
-    pub fn insert(&mut self, key: Key, row: Row) {
-        self.0.insert(key, Snapshot::Row(row));
+/// Everything loaded from one table.
+#[derive(Default)]
+struct Table {
+    /// The snapshot of each key, as of the last lookup.
+    index: HashMap<Key, Snapshot>,
+    /// Every batch the table's rows came in, oldest first.
+    batches: Vec<Batch>,
+    /// How many of `batches` are in `index` (the ones after came in since the last lookup).
+    indexed: usize,
+}
+
+impl Table {
+    /// Puts the batches that came since the last lookup into the index, oldest first, so a
+    /// newer load of a key replaces an older one exactly as if it had been indexed on arrival.
+    fn index(&mut self) -> &mut HashMap<Key, Snapshot> {
+        for (b, batch) in self.batches.iter().enumerate().skip(self.indexed) {
+            self.index.reserve(batch.keys.len());
+            for (r, key) in batch.keys.iter().enumerate() {
+                let snapshot = Snapshot::Batched {
+                    batch: index_u32(b),
+                    row: index_u32(r),
+                };
+                self.index.insert(key.clone(), snapshot);
+            }
+        }
+        self.indexed = self.batches.len();
+        &mut self.index
     }
+
+    fn row(&self, batch: u32, row: u32) -> Option<&Row> {
+        self.batches.get(batch as usize)?.rows.get(row as usize)
+    }
+
+    /// Distinct keys held, without building the index.
+    fn len(&self) -> usize {
+        if self.indexed == self.batches.len() {
+            return self.index.len();
+        }
+        let mut keys: HashSet<&Key> = self.index.keys().collect();
+        for batch in &self.batches[self.indexed..] {
+            keys.extend(batch.keys.iter());
+        }
+        keys.len()
+    }
+}
+
+/// Batch and row positions fit in 32 bits: a batch is one query's result, which PostgreSQL
+/// numbers with 64-bit counts but tokio-postgres holds in memory; more than 4 billion rows in one
+/// session's memory is not a case to serve. Saturating keeps the code free of panics regardless.
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 /// Rows a session has loaded, as they are in the database inside its transaction: the snapshot
 /// that dirty checking compares against.
 #[derive(Default)]
 pub struct IdentityMap {
-    tables: HashMap<TableId, HashMap<Key, Snapshot>>,
+    tables: HashMap<TableId, Table>,
 }
 
 impl std::fmt::Debug for IdentityMap {
@@ -46,19 +101,23 @@ impl std::fmt::Debug for IdentityMap {
 
 impl IdentityMap {
     /// The loaded row of `M` with this key, as it was loaded.
-    pub fn get<M: Model>(&self, key: &Key) -> Option<M> {
-        match self.tables.get(&M::meta().identity())?.get(key)? {
+    pub fn get<M: Model>(&mut self, key: &Key) -> Option<M> {
+        let table = self.tables.get_mut(&M::meta().identity())?;
+        match table.index().get(key)? {
             Snapshot::Model(m) => m.downcast_ref::<M>().cloned(),
             // It decoded when it was loaded; should it not now, it counts as not loaded.
-            Snapshot::Row(row) => M::from_row(row, &in_order(M::meta().columns.len())).ok(),
+            &Snapshot::Batched { batch, row } => {
+                let row = table.row(batch, row)?;
+                M::from_row(row, &in_order(M::meta().columns.len())).ok()
+            }
         }
     }
 
     /// Whether a row of `M` with this key is loaded.
-    pub fn contains<M: Model>(&self, key: &Key) -> bool {
+    pub fn contains<M: Model>(&mut self, key: &Key) -> bool {
         self.tables
-            .get(&M::meta().identity())
-            .is_some_and(|t| t.contains_key(key))
+            .get_mut(&M::meta().identity())
+            .is_some_and(|t| t.index().contains_key(key))
     }
 
     /// Records the row of `M` with this key, replacing an older snapshot.
@@ -66,21 +125,29 @@ impl IdentityMap {
         self.tables
             .entry(M::meta().identity())
             .or_default()
+            .index()
             .insert(key, Snapshot::Model(Box::new(model)));
     }
 
-    /// Where many rows of `M` are recorded at once, keeping the rows themselves (holding `M`'s
-    /// columns in order) as the snapshots; room for `n` is made first.
-    pub fn rows_of<M: Model>(&mut self, n: usize) -> RowSnapshots<'_> {
-        let table = self.tables.entry(M::meta().identity()).or_default();
-        table.reserve(n);
-        RowSnapshots(table)
+    /// Records many rows of `M` at once, each holding `M`'s columns in order, with their keys
+    /// (`keys[i]` is the key of `rows[i]`). They replace older snapshots of the same keys, and
+    /// are indexed when a row of `M` is next looked up.
+    pub fn insert_rows<M: Model>(&mut self, keys: Vec<Key>, rows: Vec<Row>) {
+        debug_assert_eq!(keys.len(), rows.len());
+        if rows.is_empty() {
+            return;
+        }
+        self.tables
+            .entry(M::meta().identity())
+            .or_default()
+            .batches
+            .push(Batch { keys, rows });
     }
 
     /// Forgets one row.
     pub fn remove(&mut self, meta: &ModelMeta, key: &Key) {
         if let Some(t) = self.tables.get_mut(&meta.identity()) {
-            t.remove(key);
+            t.index().remove(key);
         }
     }
 
@@ -94,13 +161,16 @@ impl IdentityMap {
         self.tables.clear();
     }
 
-    /// How many rows are held.
+    /// How many distinct rows are held. After a large read that no lookup has indexed yet, this
+    /// takes time in proportion to it.
     pub fn len(&self) -> usize {
-        self.tables.values().map(HashMap::len).sum()
+        self.tables.values().map(Table::len).sum()
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.tables
+            .values()
+            .all(|t| t.index.is_empty() && t.indexed == t.batches.len())
     }
 }

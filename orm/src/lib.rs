@@ -56,7 +56,7 @@ mod tests {
 
 pub use connection::{Connection, StatementMode};
 pub use error::{DbError, Error, Holder, PoolTimeout, Result};
-pub use identity::{IdentityMap, RowSnapshots};
+pub use identity::IdentityMap;
 pub use model::{
     Column, ColumnMeta, IntoKey, Key, KeyValues, Model, ModelMeta, TextLike, ValueFor,
 };

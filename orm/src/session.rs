@@ -361,9 +361,9 @@ impl SessionState {
         Ok(model)
     }
 
-    /// Decodes rows into models and records each in the identity map. A large result keeps its
-    /// rows as the snapshots (no copy of each model); a small one keeps copies, so that a few
-    /// rows do not hold on to a whole read buffer.
+    /// Decodes rows into models and records each in the identity map. A large result is kept as
+    /// its rows (no copy of each model, indexed on the next lookup); a small one as copies, so
+    /// that a few rows do not hold on to a whole read buffer.
     fn remember_all<M: Model>(&mut self, rows: Vec<Row>) -> Result<Vec<M>> {
         const KEEP_ROWS_FROM: usize = 64;
         let positions = crate::model::in_order(M::meta().columns.len());
@@ -376,12 +376,13 @@ impl SessionState {
             }
             return Ok(models);
         }
-        let mut snapshots = self.identity.rows_of::<M>(rows.len());
-        for row in rows {
-            let model = M::from_row(&row, &positions)?;
-            snapshots.insert(model.key()?, row);
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let model = M::from_row(row, &positions)?;
+            keys.push(model.key()?);
             models.push(model);
         }
+        self.identity.insert_rows::<M>(keys, rows);
         Ok(models)
     }
 

@@ -419,3 +419,75 @@ async fn a_large_result_is_tracked_like_a_small_one() {
     assert_eq!(seven.len(), 1);
     assert_eq!(seven[0].name, "u7");
 }
+
+/// A large result is indexed only when the session next looks a row up, yet every load still
+/// counts in the order it happened: the newest load of a key is its snapshot, whether it came in
+/// a large result or a small one, and a deleted row is gone.
+#[tokio::test]
+async fn the_newest_load_of_a_row_is_its_snapshot() {
+    let (db, conn) = crate::connect("identity_order").await;
+    create_schema(&conn).await;
+    let other = crate::connect_again(&db).await;
+    let mut s = SessionState::new();
+    s.add_all((0..100).map(|i| User::new(&format!("u{i}"), i)).collect())
+        .expect("add");
+    s.commit(&conn).await.expect("commit");
+    let set_age = async |age: i32| {
+        other
+            .client()
+            .execute("UPDATE users SET age = $1 WHERE name = 'u5'", &[&age])
+            .await
+            .expect("update from another connection");
+    };
+
+    // A large load, a small load of one of its rows, then a large load again, each seeing a
+    // newer committed age (READ COMMITTED: every statement sees what was committed before it).
+    let all = s.all(&conn, User::query()).await.expect("load 100");
+    let u5 = all.iter().find(|u| u.name == "u5").expect("u5").id;
+    set_age(1000).await;
+    let small = s
+        .all(&conn, User::query().filter(User::NAME.eq("u5")))
+        .await
+        .expect("load one");
+    assert_eq!(small[0].age, 1000);
+    assert_eq!(s.identity_map().len(), 100);
+    let before = conn.round_trips();
+    let hit = s
+        .get::<User>(&conn, u5)
+        .await
+        .expect("get")
+        .expect("loaded");
+    assert_eq!(hit.age, 1000, "the small load is newer than the large one");
+    assert_eq!(conn.round_trips(), before, "an identity hit");
+
+    set_age(2000).await;
+    s.all(&conn, User::query()).await.expect("load 100 again");
+    let before = conn.round_trips();
+    let hit = s
+        .get::<User>(&conn, u5)
+        .await
+        .expect("get")
+        .expect("loaded");
+    assert_eq!(
+        hit.age, 2000,
+        "the second large load is newer than the small one"
+    );
+    assert_eq!(conn.round_trips(), before, "an identity hit");
+    assert_eq!(s.identity_map().len(), 100);
+
+    // Saving it unchanged writes nothing: the snapshot is the newest load, not the first.
+    conn.record_statements(true);
+    s.save(hit.clone()).expect("save");
+    s.flush(&conn).await.expect("flush");
+    assert_eq!(conn.take_statements(), Vec::<String>::new());
+
+    // A deleted row leaves the map: the next get asks the database and finds nothing.
+    s.delete(&hit).expect("delete");
+    s.flush(&conn).await.expect("flush delete");
+    let before = conn.round_trips();
+    assert_eq!(s.get::<User>(&conn, u5).await.expect("get"), None);
+    assert!(conn.round_trips() > before, "a miss reaches the server");
+    assert_eq!(s.identity_map().len(), 99);
+    s.commit(&conn).await.expect("commit");
+    assert!(s.identity_map().is_empty());
+}
