@@ -200,32 +200,70 @@ pub(crate) enum SessionMsg {
 pub(crate) struct SessionActor;
 
 /// The session's name (or `session-<id>`) and where it was created, for logs, leak reports and
-/// timeout errors.
-fn label(name: Option<&str>, id: ractor::ActorId, site: &Location<'_>) -> Arc<str> {
-    match name {
-        Some(n) => format!("{n} (created at {site})").into(),
-        None => format!("session-{id} (created at {site})").into(),
+/// timeout errors. Shared by the handle, the actor and the pool's lease record; the text is
+/// written only when something asks for it, so a session nobody reports on never formats it.
+#[derive(Clone)]
+pub(crate) struct Label(Arc<LabelInner>);
+
+struct LabelInner {
+    name: Option<String>,
+    site: &'static Location<'static>,
+    /// Set by the actor as it starts (ractor assigns the id at spawn).
+    id: std::sync::OnceLock<ractor::ActorId>,
+    text: std::sync::OnceLock<String>,
+}
+
+impl Label {
+    fn new(name: Option<String>, site: &'static Location<'static>) -> Label {
+        Label(Arc::new(LabelInner {
+            name,
+            site,
+            id: std::sync::OnceLock::new(),
+            text: std::sync::OnceLock::new(),
+        }))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        let l = &self.0;
+        l.text.get_or_init(|| match (&l.name, l.id.get()) {
+            (Some(n), _) => format!("{n} (created at {})", l.site),
+            (None, Some(id)) => format!("session-{id} (created at {})", l.site),
+            (None, None) => format!("session (created at {})", l.site),
+        })
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 pub(crate) struct SessionArgs {
     pool: ActorRef<PoolMsg>,
-    name: Option<String>,
-    site: &'static Location<'static>,
-    ready: oneshot::Sender<Arc<str>>,
+    label: Label,
 }
 
 pub(crate) struct SessionCtx {
     core: SessionState,
     lease: Option<Lease>,
     pool: ActorRef<PoolMsg>,
-    label: Arc<str>,
+    label: Label,
     span: tracing::Span,
     /// Raw SQL or user code ran since the last COMMIT/ROLLBACK: the server's transaction state
     /// is not known for sure.
     untracked: bool,
     /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
     read_only: bool,
+    /// Set as the session stops after its last handle was dropped: the lease it still holds goes
+    /// back to the pool with its state, clean (`true`) or to be reset.
+    handed_back: Option<bool>,
 }
 
 impl Actor for SessionActor {
@@ -238,17 +276,17 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionCtx, ActorProcessingErr> {
-        let label = label(args.name.as_deref(), myself.get_id(), args.site);
-        let span = tracing::info_span!("session", session = %label);
-        let _ = args.ready.send(label.clone());
+        let _ = args.label.0.id.set(myself.get_id());
+        let span = tracing::info_span!("session", session = %args.label);
         Ok(SessionCtx {
             core: SessionState::new(),
             lease: None,
             pool: args.pool,
-            label,
+            label: args.label,
             span,
             untracked: false,
             read_only: true,
+            handed_back: None,
         })
     }
 
@@ -277,12 +315,18 @@ impl Actor for SessionActor {
                     let r = ctx.rollback().await;
                     let _ = reply.send(r);
                 }
-                SessionMsg::Close(reply) => {
+                SessionMsg::Close(Some(reply)) => {
+                    // Someone waits: the connection is back in the pool before they hear.
                     ctx.release().await;
                     tracing::debug!("session closed");
-                    if let Some(reply) = reply {
-                        let _ = reply.send(());
-                    }
+                    let _ = reply.send(());
+                    myself.stop(None);
+                }
+                SessionMsg::Close(None) => {
+                    // The last handle was dropped: nobody waits, so the lease goes back with the
+                    // stopped actor's state, which the pool receives as it hears of the stop.
+                    ctx.hand_back();
+                    tracing::debug!("session closed");
                     myself.stop(None);
                 }
             }
@@ -473,20 +517,12 @@ impl SessionCtx {
     /// interrupted statement, left to the pool's full reset). Waits for the pool to take it, so
     /// the lease ends as a checkin, not a reclaim.
     async fn release(&mut self) {
+        let Some(clean) = self.prepare_return() else {
+            return;
+        };
         let Some(lease) = self.lease.take() else {
             return;
         };
-        if lease.conn.is_closed() {
-            let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
-            return;
-        }
-        let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
-        self.core.abandon();
-        // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
-        // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the
-        // connection ends any transaction, and the lease returns clean at once.
-        let clean = !lease.conn.was_interrupted()
-            && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
         let (ack, acked) = oneshot::channel();
         let sent = self.pool.send_message(PoolMsg::Checkin {
             lease: lease.id,
@@ -496,6 +532,39 @@ impl SessionCtx {
         if sent.is_ok() {
             let _ = acked.await;
         }
+    }
+
+    /// Readies the lease to go back with this state when the actor stops (see
+    /// [`SessionCtx::handed_back`]).
+    fn hand_back(&mut self) {
+        self.handed_back = self.prepare_return();
+    }
+
+    /// Ends the session's use of its connection: whether it goes back clean, or `None` when
+    /// there is no lease to return (none held, or a dead one, reported as broken).
+    fn prepare_return(&mut self) -> Option<bool> {
+        let lease = self.lease.as_ref()?;
+        if lease.conn.is_closed() {
+            let id = lease.id;
+            self.lease = None;
+            let _ = self.pool.send_message(PoolMsg::Broken { lease: id });
+            return None;
+        }
+        let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
+        self.core.abandon();
+        // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
+        // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the
+        // connection ends any transaction, and the lease returns clean at once.
+        Some(
+            !lease.conn.was_interrupted()
+                && (!may_be_open || lease.conn.send_and_forget("ROLLBACK")),
+        )
+    }
+
+    /// The lease a stopped session handed back, and whether it is clean: read by the pool from
+    /// the state ractor gives it with the stop notice.
+    pub(crate) fn handed_back(&self) -> Option<(u64, bool)> {
+        Some((self.lease.as_ref()?.id, self.handed_back?))
     }
 
     /// Checks a connection out now, if the session has none.
@@ -510,19 +579,16 @@ pub(crate) async fn spawn(
     name: Option<String>,
     site: &'static Location<'static>,
 ) -> Result<Session> {
-    let (ready, label) = oneshot::channel();
+    let label = Label::new(name, site);
     let args = SessionArgs {
         pool: supervisor.clone(),
-        name,
-        site,
-        ready,
+        label: label.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor.get_cell())
         .await
         .map_err(|e| Error::PoolClosed {
             reason: format!("could not start a session: {e}"),
         })?;
-    let label = label.await.map_err(|_| Error::SessionClosed)?;
     Ok(Session {
         inner: Arc::new(Handle {
             actor,
@@ -545,7 +611,7 @@ pub struct Session {
 
 struct Handle {
     actor: ActorRef<SessionMsg>,
-    label: Arc<str>,
+    label: Label,
     // Keeps the pool open while any session is alive.
     _pool: Pool,
 }
@@ -568,7 +634,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// The session's name (or `session-<id>`) and where it was created.
     pub fn label(&self) -> &str {
-        &self.inner.label
+        self.inner.label.as_str()
     }
 
     /// Whether the session actor is still running.

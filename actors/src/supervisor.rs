@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
 
 use crate::config::{PoolConfig, ResetPolicy};
+use crate::session::SessionCtx;
 use crate::stats::PoolStats;
 
 /// A connection leased to one session.
@@ -28,7 +29,7 @@ pub(crate) struct Lease {
 /// Who a checkout is for.
 pub(crate) struct Requester {
     pub(crate) cell: ActorCell,
-    pub(crate) label: Arc<str>,
+    pub(crate) label: crate::session::Label,
 }
 
 pub(crate) enum PoolMsg {
@@ -81,7 +82,7 @@ struct LeaseInfo {
     lease: u64,
     actor: ActorId,
     cell: ActorCell,
-    label: Arc<str>,
+    label: crate::session::Label,
     since: Instant,
     warned: bool,
     stopped: bool,
@@ -262,23 +263,33 @@ impl Actor for Supervisor {
         &self,
         myself: ActorRef<PoolMsg>,
         event: SupervisionEvent,
-        state: &mut PoolState,
+        state_of_pool: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         // Never stop the pool because a session ended: that is what sessions do.
-        let (cell, how) = match &event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.clone().unwrap_or_else(|| "stopped".into()))
-            }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+        let (cell, state, reason) = match event {
+            SupervisionEvent::ActorTerminated(cell, state, reason) => (cell, state, reason),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, None, Some(format!("failed: {err}"))),
             _ => return Ok(()),
         };
+        // A session whose last handle was dropped stops with its lease still in its state,
+        // marked as handed back: that is its checkin (no message and no wait on its way out).
+        if let Some(mut state) = state
+            && let Ok(session) = state.take::<SessionCtx>()
+            && let Some((lease, clean)) = session.handed_back()
+            && let Some(i) = state_of_pool.leased_by_lease(lease)
+        {
+            state_of_pool.counters.checkins += 1;
+            tracing::debug!(lease, clean, "checkin");
+            state_of_pool.end_lease(&myself, i, !clean);
+        }
         let id = cell.get_id();
-        while let Some(i) = state.leased_by_actor(id) {
-            state.counters.reclaims += 1;
-            if let SlotState::Leased(info) = &state.slots[i].state {
+        while let Some(i) = state_of_pool.leased_by_actor(id) {
+            state_of_pool.counters.reclaims += 1;
+            if let SlotState::Leased(info) = &state_of_pool.slots[i].state {
+                let how = reason.as_deref().unwrap_or("stopped");
                 tracing::info!(session = %info.label, how = %how, "reclaim: the session ended holding a connection; resetting it");
             }
-            state.end_lease(&myself, i, true);
+            state_of_pool.end_lease(&myself, i, true);
         }
         Ok(())
     }
@@ -604,7 +615,7 @@ impl PoolState {
             .slots
             .iter()
             .filter_map(|s| match &s.state {
-                SlotState::Leased(l) => Some(Holder::new(&*l.label, now - l.since)),
+                SlotState::Leased(l) => Some(Holder::new(l.label.as_str(), now - l.since)),
                 _ => None,
             })
             .collect();
