@@ -268,7 +268,9 @@ impl Actor for Supervisor {
         // Never stop the pool because a session ended: that is what sessions do.
         let (cell, state, reason) = match event {
             SupervisionEvent::ActorTerminated(cell, state, reason) => (cell, state, reason),
-            SupervisionEvent::ActorFailed(cell, err) => (cell, None, Some(format!("failed: {err}"))),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                (cell, None, Some(format!("failed: {err}")))
+            }
             _ => return Ok(()),
         };
         // A session whose last handle was dropped stops with its lease still in its state,

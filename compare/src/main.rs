@@ -357,9 +357,20 @@ async fn interleaved(
 ) -> Res<Vec<(&'static str, Vec<Duration>)>> {
     let k = ops.len();
     let mut out: Vec<Vec<Duration>> = (0..k).map(|_| Vec::with_capacity(n)).collect();
+    // A new order every turn (Fisher–Yates on a fixed-seed xorshift). A fixed or rotating order
+    // gives each system the same predecessor almost every time, and a system that follows one
+    // running the same code (deadpool after raw) finds its caches warm: in a rotating order
+    // deadpool and bb8 measured ~6% faster than raw tokio-postgres, which they wrap.
+    let mut order: Vec<usize> = (0..k).collect();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..n {
-        for j in 0..k {
-            let which = (i + j) % k;
+        for j in (1..k).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(j, (seed % (j as u64 + 1)) as usize);
+        }
+        for &which in &order {
             let t = Instant::now();
             (ops[which].1)(i).await?;
             out[which].push(t.elapsed());

@@ -31,9 +31,12 @@ pub enum StatementMode {
 pub struct Connection {
     client: Client,
     mode: StatementMode,
-    cache: Mutex<HashMap<String, Statement>>,
+    /// Keyed by SQL text, which the program writes (values are bound): a fast hasher serves.
+    cache: Mutex<HashMap<String, Statement, rustc_hash::FxBuildHasher>>,
     round_trips: AtomicU64,
     log: Mutex<Option<Vec<String>>>,
+    /// Whether `log` records (checked before taking its lock).
+    recording: AtomicBool,
     in_flight: AtomicUsize,
     autocommit_reads: AtomicBool,
 }
@@ -66,9 +69,10 @@ impl Connection {
         Connection {
             client,
             mode,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
             round_trips: AtomicU64::new(0),
             log: Mutex::new(None),
+            recording: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             autocommit_reads: AtomicBool::new(false),
         }
@@ -193,6 +197,7 @@ impl Connection {
     pub fn record_statements(&self, on: bool) {
         if let Ok(mut log) = self.log.lock() {
             *log = on.then(Vec::new);
+            self.recording.store(on, Ordering::Relaxed);
         }
     }
 
@@ -206,6 +211,9 @@ impl Connection {
     }
 
     fn record(&self, sql: &str) {
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut log) = self.log.lock()
             && let Some(log) = log.as_mut()
         {

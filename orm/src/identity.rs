@@ -88,7 +88,9 @@ fn index_u32(i: usize) -> u32 {
 /// that dirty checking compares against.
 #[derive(Default)]
 pub struct IdentityMap {
-    tables: HashMap<TableId, Table>,
+    /// Keyed by static schema and table names from the derive: a fast hasher serves. (Each
+    /// table's own map keeps the standard, seeded hasher: its keys come from the data.)
+    tables: HashMap<TableId, Table, rustc_hash::FxBuildHasher>,
 }
 
 impl std::fmt::Debug for IdentityMap {
