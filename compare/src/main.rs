@@ -351,6 +351,18 @@ where
 /// `n` timed operations of each system, taken in turn — operation `i` of every system before
 /// operation `i + 1` of any, starting with a different system each time — so that every system
 /// meets the same machine conditions. Sorted latencies per system.
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A new order for `order` (Fisher–Yates on a xorshift generator).
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for j in (1..order.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        order.swap(j, (*seed % (j as u64 + 1)) as usize);
+    }
+}
+
 async fn interleaved(
     n: usize,
     mut ops: Vec<(&'static str, Op<'_>)>,
@@ -362,14 +374,9 @@ async fn interleaved(
     // running the same code (deadpool after raw) finds its caches warm: in a rotating order
     // deadpool and bb8 measured ~6% faster than raw tokio-postgres, which they wrap.
     let mut order: Vec<usize> = (0..k).collect();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut seed = SEED;
     for i in 0..n {
-        for j in (1..k).rev() {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            order.swap(j, (seed % (j as u64 + 1)) as usize);
-        }
+        shuffle(&mut order, &mut seed);
         for &which in &order {
             let t = Instant::now();
             (ops[which].1)(i).await?;
@@ -543,57 +550,106 @@ where
     Ok((workers * 10) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Requests per second of `$body` — run with a clone of `$handle` bound to `$h` — by
-/// `$workers` tasks × 10 requests.
-macro_rules! rate {
+/// One batch of a contended workload: its throughput when run.
+type BatchFuture = std::pin::Pin<Box<dyn Future<Output = Res<f64>> + Send>>;
+type Batch = Box<dyn Fn() -> BatchFuture + Send>;
+
+/// A batch of `$workers` tasks × 10 requests of `$body`, run with a clone of `$handle` bound to
+/// `$h`.
+macro_rules! batch {
     ($workers:expr, $handle:expr, |$h:ident| $body:block) => {{
         let handle = $handle.clone();
-        throughput($workers, move || {
+        let op = move || {
             let $h = handle.clone();
             async move {
                 black_box($body);
                 Res::Ok(())
             }
-        })
-        .await?
+        };
+        let workers = $workers;
+        Box::new(move || -> BatchFuture { Box::pin(throughput(workers, op.clone())) }) as Batch
     }};
 }
+
+/// Batches per system and metric in each round. One batch of 64 × 10 requests lasts ~10 ms,
+/// too short to compare alone: the systems' batches are run in a new shuffled order, again and
+/// again, and the median batch is reported.
+const BATCHES: usize = 15;
 
 async fn contended(s: &Arc<Systems>, workers: usize, size: usize, r: &mut Results) -> Res<()> {
     let w = format!("4. contended: {workers} workers × 10 on {size} connections");
     let sel = "SELECT 1 req/s";
     let chk = "checkout+return req/s";
-    let v = rate!(workers, s.deadpool, |p| {
-        let c = p.get().await?;
-        let stmt = c.prepare_cached("SELECT 1").await?;
-        c.query_one(&stmt, &[]).await?
-    });
-    r.add(&w, sel, "deadpool-postgres", v);
-    let v = rate!(workers, s.deadpool, |p| { drop(p.get().await?) });
-    r.add(&w, chk, "deadpool-postgres", v);
-    let v = rate!(workers, s.bb8, |p| {
-        p.get().await?.simple_query("SELECT 1").await?
-    });
-    r.add(&w, sel, "bb8-postgres", v);
-    let v = rate!(workers, s.bb8, |p| { drop(p.get().await?) });
-    r.add(&w, chk, "bb8-postgres", v);
-    let v = rate!(workers, s.sea, |db| {
-        db.execute_unprepared("SELECT 1").await?
-    });
-    r.add(&w, sel, "SeaORM", v);
-    let v = rate!(workers, s.sea, |db| {
-        drop(db.get_postgres_connection_pool().acquire().await?)
-    });
-    r.add(&w, chk, "SeaORM", v);
-    let v = rate!(workers, s.orm, |p| {
-        p.session()
-            .await?
-            .raw_rows_autocommit("SELECT 1", vec![])
-            .await?
-    });
-    r.add(&w, sel, "actor-orm", v);
-    let v = rate!(workers, s.orm, |p| { p.session().await?.acquire().await? });
-    r.add(&w, chk, "actor-orm", v);
+    let batches: Vec<(&str, &str, Batch)> = vec![
+        (
+            sel,
+            "deadpool-postgres",
+            batch!(workers, s.deadpool, |p| {
+                let c = p.get().await?;
+                let stmt = c.prepare_cached("SELECT 1").await?;
+                c.query_one(&stmt, &[]).await?
+            }),
+        ),
+        (
+            chk,
+            "deadpool-postgres",
+            batch!(workers, s.deadpool, |p| { drop(p.get().await?) }),
+        ),
+        (
+            sel,
+            "bb8-postgres",
+            batch!(workers, s.bb8, |p| {
+                p.get().await?.simple_query("SELECT 1").await?
+            }),
+        ),
+        (
+            chk,
+            "bb8-postgres",
+            batch!(workers, s.bb8, |p| { drop(p.get().await?) }),
+        ),
+        (
+            sel,
+            "SeaORM",
+            batch!(workers, s.sea, |db| {
+                db.execute_unprepared("SELECT 1").await?
+            }),
+        ),
+        (
+            chk,
+            "SeaORM",
+            batch!(workers, s.sea, |db| {
+                drop(db.get_postgres_connection_pool().acquire().await?)
+            }),
+        ),
+        (
+            sel,
+            "actor-orm",
+            batch!(workers, s.orm, |p| {
+                p.session()
+                    .await?
+                    .raw_rows_autocommit("SELECT 1", vec![])
+                    .await?
+            }),
+        ),
+        (
+            chk,
+            "actor-orm",
+            batch!(workers, s.orm, |p| { p.session().await?.acquire().await? }),
+        ),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(BATCHES); batches.len()];
+    let mut order: Vec<usize> = (0..batches.len()).collect();
+    let mut seed = SEED ^ workers as u64;
+    for _ in 0..BATCHES {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
+            rates[i].push((batches[i].2)().await?);
+        }
+    }
+    for ((metric, system, _), mut v) in batches.into_iter().zip(rates) {
+        v.sort_by(f64::total_cmp);
+        r.add(&w, metric, system, v[v.len() / 2]);
+    }
     Ok(())
 }
 
