@@ -972,7 +972,9 @@ async fn run() -> Res<()> {
         "Run on {date}; {}; PostgreSQL {version} on loopback (throwaway cluster, fsync off); \
          pool size {POOL} unless stated; {rounds} interleaved rounds, medians of the rounds; \
          {N} operations per latency measurement, the systems taking turns operation by \
-         operation; tokio {}; {}. Produced by \
+         operation in a new random order each turn; contended workloads as the median of \
+         {BATCHES} batches per system in each round, the batches of all systems shuffled; \
+         tokio {}; {}. Produced by \
          `cargo run --release --manifest-path compare/Cargo.toml`.\n",
         machine(),
         RUNTIME_NAME.get().copied().unwrap_or("runtime"),
