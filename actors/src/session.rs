@@ -261,9 +261,9 @@ pub(crate) struct SessionCtx {
     untracked: bool,
     /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
     read_only: bool,
-    /// Set as the session stops after its last handle was dropped: the lease it still holds goes
-    /// back to the pool with its state, clean (`true`) or to be reset.
-    handed_back: Option<bool>,
+    /// Set as the session stops after its last handle was dropped: the lease that goes back to
+    /// the pool with its state, and whether it is clean (else it is reset).
+    handed_back: Option<(u64, bool)>,
 }
 
 impl Actor for SessionActor {
@@ -517,18 +517,13 @@ impl SessionCtx {
     /// interrupted statement, left to the pool's full reset). Waits for the pool to take it, so
     /// the lease ends as a checkin, not a reclaim.
     async fn release(&mut self) {
-        let Some(clean) = self.prepare_return() else {
-            return;
-        };
-        let Some(lease) = self.lease.take() else {
+        let Some((lease, clean)) = self.prepare_return() else {
             return;
         };
         let (ack, acked) = oneshot::channel();
-        let sent = self.pool.send_message(PoolMsg::Checkin {
-            lease: lease.id,
-            clean,
-            ack,
-        });
+        let sent = self
+            .pool
+            .send_message(PoolMsg::Checkin { lease, clean, ack });
         if sent.is_ok() {
             let _ = acked.await;
         }
@@ -540,14 +535,13 @@ impl SessionCtx {
         self.handed_back = self.prepare_return();
     }
 
-    /// Ends the session's use of its connection: whether it goes back clean, or `None` when
-    /// there is no lease to return (none held, or a dead one, reported as broken).
-    fn prepare_return(&mut self) -> Option<bool> {
-        let lease = self.lease.as_ref()?;
+    /// Ends the session's use of its connection: the lease to return and whether it goes back
+    /// clean, or `None` when there is none to return (none held, or a dead one, reported as
+    /// broken).
+    fn prepare_return(&mut self) -> Option<(u64, bool)> {
+        let lease = self.lease.take()?;
         if lease.conn.is_closed() {
-            let id = lease.id;
-            self.lease = None;
-            let _ = self.pool.send_message(PoolMsg::Broken { lease: id });
+            let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
             return None;
         }
         let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
@@ -555,16 +549,15 @@ impl SessionCtx {
         // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
         // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the
         // connection ends any transaction, and the lease returns clean at once.
-        Some(
-            !lease.conn.was_interrupted()
-                && (!may_be_open || lease.conn.send_and_forget("ROLLBACK")),
-        )
+        let clean = !lease.conn.was_interrupted()
+            && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
+        Some((lease.id, clean))
     }
 
     /// The lease a stopped session handed back, and whether it is clean: read by the pool from
     /// the state ractor gives it with the stop notice.
     pub(crate) fn handed_back(&self) -> Option<(u64, bool)> {
-        Some((self.lease.as_ref()?.id, self.handed_back?))
+        self.handed_back
     }
 
     /// Checks a connection out now, if the session has none.

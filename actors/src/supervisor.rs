@@ -202,11 +202,7 @@ impl Actor for Supervisor {
         match msg {
             PoolMsg::Checkout(requester, reply) => state.checkout(&myself, requester, reply),
             PoolMsg::Checkin { lease, clean, ack } => {
-                if let Some(i) = state.leased_by_lease(lease) {
-                    state.counters.checkins += 1;
-                    tracing::debug!(lease, clean, "checkin");
-                    state.end_lease(&myself, i, !clean);
-                }
+                state.checkin(&myself, lease, clean);
                 let _ = ack.send(());
             }
             PoolMsg::Broken { lease } => {
@@ -263,35 +259,32 @@ impl Actor for Supervisor {
         &self,
         myself: ActorRef<PoolMsg>,
         event: SupervisionEvent,
-        state_of_pool: &mut PoolState,
+        state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         // Never stop the pool because a session ended: that is what sessions do.
-        let (cell, state, reason) = match event {
-            SupervisionEvent::ActorTerminated(cell, state, reason) => (cell, state, reason),
+        let (cell, stopped, reason) = match event {
+            SupervisionEvent::ActorTerminated(cell, stopped, reason) => (cell, stopped, reason),
             SupervisionEvent::ActorFailed(cell, err) => {
                 (cell, None, Some(format!("failed: {err}")))
             }
             _ => return Ok(()),
         };
-        // A session whose last handle was dropped stops with its lease still in its state,
-        // marked as handed back: that is its checkin (no message and no wait on its way out).
-        if let Some(mut state) = state
-            && let Ok(session) = state.take::<SessionCtx>()
+        // A session whose last handle was dropped stops with its lease marked as handed back in
+        // its state: that is its checkin (no message and no wait on its way out).
+        if let Some(mut stopped) = stopped
+            && let Ok(session) = stopped.take::<SessionCtx>()
             && let Some((lease, clean)) = session.handed_back()
-            && let Some(i) = state_of_pool.leased_by_lease(lease)
         {
-            state_of_pool.counters.checkins += 1;
-            tracing::debug!(lease, clean, "checkin");
-            state_of_pool.end_lease(&myself, i, !clean);
+            state.checkin(&myself, lease, clean);
         }
         let id = cell.get_id();
-        while let Some(i) = state_of_pool.leased_by_actor(id) {
-            state_of_pool.counters.reclaims += 1;
-            if let SlotState::Leased(info) = &state_of_pool.slots[i].state {
+        while let Some(i) = state.leased_by_actor(id) {
+            state.counters.reclaims += 1;
+            if let SlotState::Leased(info) = &state.slots[i].state {
                 let how = reason.as_deref().unwrap_or("stopped");
                 tracing::info!(session = %info.label, how = %how, "reclaim: the session ended holding a connection; resetting it");
             }
-            state_of_pool.end_lease(&myself, i, true);
+            state.end_lease(&myself, i, true);
         }
         Ok(())
     }
@@ -638,6 +631,16 @@ impl PoolState {
     }
 
     // ----- return -----
+
+    /// A session gives lease `lease` back, clean or to be reset (a lease already ended is
+    /// ignored: a checkin and a death notice never return a connection twice).
+    fn checkin(&mut self, myself: &ActorRef<PoolMsg>, lease: u64, clean: bool) {
+        if let Some(i) = self.leased_by_lease(lease) {
+            self.counters.checkins += 1;
+            tracing::debug!(lease, clean, "checkin");
+            self.end_lease(myself, i, !clean);
+        }
+    }
 
     /// Ends the lease on slot `i`: the connection is reset if it may carry a transaction or
     /// needs the reset policy, then offered again (or closed).
