@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actor_orm_core::{Error, Result, StatementMode};
-use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::config::{IntoConfig, PoolConfig, ResetPolicy};
 use crate::session::{self, Session};
 use crate::stats::PoolStats;
-use crate::supervisor::{PoolMsg, Supervisor};
+use crate::supervisor::{PoolLink, PoolMsg};
 
 /// A pool of PostgreSQL connections, run by a supervisor actor. Cheap to clone; every clone is
 /// the same pool. Sessions come from [`Pool::session`].
@@ -23,7 +22,7 @@ pub struct Pool {
 }
 
 struct PoolInner {
-    actor: ActorRef<PoolMsg>,
+    link: PoolLink,
     config: Arc<PoolConfig>,
     pid: u32,
 }
@@ -32,6 +31,7 @@ impl Drop for PoolInner {
     fn drop(&mut self) {
         let (tx, _rx) = oneshot::channel();
         let _ = self
+            .link
             .actor
             .send_message(PoolMsg::Close(self.config.close_timeout, tx));
     }
@@ -80,7 +80,7 @@ impl Pool {
         let pool = self.clone();
         async move {
             pool.check_process()?;
-            session::spawn(pool.clone(), pool.inner.actor.clone(), name, site).await
+            session::spawn(pool.clone(), pool.inner.link.clone(), name, site).await
         }
     }
 
@@ -120,6 +120,7 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         if self
             .inner
+            .link
             .actor
             .send_message(PoolMsg::Close(timeout, tx))
             .is_err()
@@ -132,19 +133,20 @@ impl Pool {
 
     /// Whether the pool's supervisor is still running.
     pub fn is_running(&self) -> bool {
-        self.inner.actor.get_status() < ractor::ActorStatus::Stopping
+        self.inner.link.actor.get_status() < ractor::ActorStatus::Stopping
     }
 
     /// Stops the supervisor at once, as a crash would (for fault tests): every session is
     /// stopped and every connection closed.
     #[doc(hidden)]
     pub fn kill_supervisor(&self) {
-        self.inner.actor.kill();
+        self.inner.link.actor.kill();
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> PoolMsg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.inner
+            .link
             .actor
             .send_message(make(tx))
             .map_err(|_| closed())?;
@@ -288,14 +290,10 @@ impl PoolBuilder {
         config.pg.connect_timeout(config.connect_timeout);
         config.validate()?;
         let config = Arc::new(config);
-        let (actor, _) = Actor::spawn(None, Supervisor, config.clone())
-            .await
-            .map_err(|e| Error::PoolClosed {
-                reason: format!("could not start the pool supervisor: {e}"),
-            })?;
+        let link = PoolLink::start(config.clone()).await?;
         Ok(Pool {
             inner: Arc::new(PoolInner {
-                actor,
+                link,
                 config,
                 pid: std::process::id(),
             }),

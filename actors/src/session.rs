@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::pool::{Pool, closed};
-use crate::supervisor::{Lease, PoolMsg, Requester};
+use crate::supervisor::{Lease, PoolLink, Requester};
 
 /// Runs a one-shot closure as a job (which the session never runs twice).
 fn once<T, F>(
@@ -164,7 +164,8 @@ where
                 // Nobody waits for the answer: stop the statement instead of letting it hold the
                 // connection. If the cancel cannot be sent, the connection stays flagged as
                 // interrupted and the pool cancels or discards it on return.
-                let _ = conn.cancel_running().await;
+                // Boxed: the cancel request's state is large and rarely needed.
+                let _ = Box::pin(conn.cancel_running()).await;
                 return Outcome::Cancelled;
             };
             let lost = matches!(&result, Err(e) if e.is_connection_lost());
@@ -246,14 +247,14 @@ impl std::fmt::Debug for Label {
 }
 
 pub(crate) struct SessionArgs {
-    pool: ActorRef<PoolMsg>,
+    pool: PoolLink,
     label: Label,
 }
 
 pub(crate) struct SessionCtx {
     core: SessionState,
     lease: Option<Lease>,
-    pool: ActorRef<PoolMsg>,
+    pool: PoolLink,
     label: Label,
     span: tracing::Span,
     /// Raw SQL or user code ran since the last COMMIT/ROLLBACK: the server's transaction state
@@ -261,9 +262,6 @@ pub(crate) struct SessionCtx {
     untracked: bool,
     /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
     read_only: bool,
-    /// Set as the session stops after its last handle was dropped: the lease that goes back to
-    /// the pool with its state, and whether it is clean (else it is reset).
-    handed_back: Option<(u64, bool)>,
 }
 
 impl Actor for SessionActor {
@@ -286,7 +284,6 @@ impl Actor for SessionActor {
             span,
             untracked: false,
             read_only: true,
-            handed_back: None,
         })
     }
 
@@ -298,7 +295,8 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = ctx.span.clone();
         // Boxed, so that an idle session's task holds a pointer rather than room for the largest
-        // operation's state.
+        // operation's state (and large, rare steps inside are boxed in turn, so that the common
+        // ones do not carry their room).
         Box::pin(async move {
             match msg {
                 SessionMsg::Local(f) => f(&mut ctx.core),
@@ -315,18 +313,14 @@ impl Actor for SessionActor {
                     let r = ctx.rollback().await;
                     let _ = reply.send(r);
                 }
-                SessionMsg::Close(Some(reply)) => {
-                    // Someone waits: the connection is back in the pool before they hear.
-                    ctx.release().await;
+                SessionMsg::Close(reply) => {
+                    // The connection is back in the pool (and handed to the next waiter) before
+                    // anyone hears that the session closed.
+                    ctx.release();
                     tracing::debug!("session closed");
-                    let _ = reply.send(());
-                    myself.stop(None);
-                }
-                SessionMsg::Close(None) => {
-                    // The last handle was dropped: nobody waits, so the lease goes back with the
-                    // stopped actor's state, which the pool receives as it hears of the stop.
-                    ctx.hand_back();
-                    tracing::debug!("session closed");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
                     myself.stop(None);
                 }
             }
@@ -342,15 +336,15 @@ impl SessionCtx {
         if let Some(lease) = &self.lease {
             return Ok(lease.conn.clone());
         }
-        let (tx, rx) = oneshot::channel();
         let requester = Requester {
             cell: me,
             label: self.label.clone(),
         };
-        self.pool
-            .send_message(PoolMsg::Checkout(requester, tx))
-            .map_err(|_| closed())?;
-        let lease = rx.await.map_err(|_| closed())??;
+        let lease = self
+            .pool
+            .checkout(requester)?
+            .await
+            .map_err(|_| closed())??;
         let conn = lease.conn.clone();
         self.lease = Some(lease);
         self.untracked = false;
@@ -448,7 +442,7 @@ impl SessionCtx {
     fn lose_connection(&mut self) {
         if let Some(lease) = self.lease.take() {
             tracing::warn!("connection lost");
-            let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
+            self.pool.broken(lease.id);
         }
         self.core.mark_failed();
     }
@@ -480,7 +474,9 @@ impl SessionCtx {
             return Ok(());
         }
         let conn = self.connection_in_transaction(&me).await?;
-        let r = self.core.commit(&conn).await;
+        // Boxed: a flush's state is large, and would otherwise be room every message's future
+        // carries.
+        let r = Box::pin(self.core.commit(&conn)).await;
         if lost(&conn, &r) {
             self.lose_connection();
             self.core.abandon();
@@ -513,36 +509,17 @@ impl SessionCtx {
         r
     }
 
-    /// Gives the connection back. Uncommitted work is dropped and a ROLLBACK sent (or, after an
-    /// interrupted statement, left to the pool's full reset). Waits for the pool to take it, so
-    /// the lease ends as a checkin, not a reclaim.
-    async fn release(&mut self) {
-        let Some((lease, clean)) = self.prepare_return() else {
+    /// Gives the connection back: the lease ends as a checkin, not a reclaim. Uncommitted work
+    /// is dropped and a ROLLBACK sent ahead of whatever comes next on the connection (or, after
+    /// an interrupted statement, left to the pool's full reset). A dead connection is reported
+    /// as broken instead.
+    fn release(&mut self) {
+        let Some(lease) = self.lease.take() else {
             return;
         };
-        let (ack, acked) = oneshot::channel();
-        let sent = self
-            .pool
-            .send_message(PoolMsg::Checkin { lease, clean, ack });
-        if sent.is_ok() {
-            let _ = acked.await;
-        }
-    }
-
-    /// Readies the lease to go back with this state when the actor stops (see
-    /// [`SessionCtx::handed_back`]).
-    fn hand_back(&mut self) {
-        self.handed_back = self.prepare_return();
-    }
-
-    /// Ends the session's use of its connection: the lease to return and whether it goes back
-    /// clean, or `None` when there is none to return (none held, or a dead one, reported as
-    /// broken).
-    fn prepare_return(&mut self) -> Option<(u64, bool)> {
-        let lease = self.lease.take()?;
         if lease.conn.is_closed() {
-            let _ = self.pool.send_message(PoolMsg::Broken { lease: lease.id });
-            return None;
+            self.pool.broken(lease.id);
+            return;
         }
         let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
         self.core.abandon();
@@ -551,13 +528,7 @@ impl SessionCtx {
         // connection ends any transaction, and the lease returns clean at once.
         let clean = !lease.conn.was_interrupted()
             && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
-        Some((lease.id, clean))
-    }
-
-    /// The lease a stopped session handed back, and whether it is clean: read by the pool from
-    /// the state ractor gives it with the stop notice.
-    pub(crate) fn handed_back(&self) -> Option<(u64, bool)> {
-        self.handed_back
+        self.pool.checkin(lease.id, clean);
     }
 
     /// Checks a connection out now, if the session has none.
@@ -568,16 +539,17 @@ impl SessionCtx {
 
 pub(crate) async fn spawn(
     pool: Pool,
-    supervisor: ActorRef<PoolMsg>,
+    link: PoolLink,
     name: Option<String>,
     site: &'static Location<'static>,
 ) -> Result<Session> {
     let label = Label::new(name, site);
+    let supervisor = link.actor.get_cell();
     let args = SessionArgs {
-        pool: supervisor.clone(),
+        pool: link,
         label: label.clone(),
     };
-    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor.get_cell())
+    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)
         .await
         .map_err(|e| Error::PoolClosed {
             reason: format!("could not start a session: {e}"),

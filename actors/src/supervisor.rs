@@ -3,10 +3,17 @@
 //!
 //! Nothing here waits on the network: connects, resets and health checks run in spawned tasks
 //! that report back by message, so the mailbox always moves.
+//!
+//! The pool's books ([`PoolState`]: slots, leases, waiters) sit behind one lock shared by the
+//! supervisor and its sessions. A session checks out and checks in by taking the lock for a few
+//! instructions in its own task — no message to the supervisor and no wait for it to be
+//! scheduled — and a connection coming back goes straight to the oldest waiter. Everything else
+//! (connects, resets, checks, maintenance, and the reclaim of a dead session's lease) is the
+//! supervisor's, by message, and the lock is never held across an `.await`.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actor_orm_core::{Connection, Error, Holder, PoolTimeout, Result};
@@ -17,7 +24,6 @@ use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
 
 use crate::config::{PoolConfig, ResetPolicy};
-use crate::session::SessionCtx;
 use crate::stats::PoolStats;
 
 /// A connection leased to one session.
@@ -33,18 +39,6 @@ pub(crate) struct Requester {
 }
 
 pub(crate) enum PoolMsg {
-    /// A session wants a connection.
-    Checkout(Requester, oneshot::Sender<Result<Lease>>),
-    /// A session gives its connection back. `clean`: no transaction can be open.
-    Checkin {
-        lease: u64,
-        clean: bool,
-        ack: oneshot::Sender<()>,
-    },
-    /// A session saw its connection die.
-    Broken {
-        lease: u64,
-    },
     Connected(u64, Result<Box<Connection>>),
     /// A connection's socket closed (its driver task ended).
     Died {
@@ -140,45 +134,110 @@ pub(crate) struct PoolState {
     retry_scheduled: bool,
     last_connect_error: Option<String>,
     closing: Option<Vec<oneshot::Sender<()>>>,
+    /// The supervisor has stopped: nothing is handed out any more.
+    stopped: bool,
     counters: Counters,
+}
+
+/// The pool's books, shared by the supervisor and its sessions (see the module docs).
+pub(crate) type Shared = Arc<Mutex<PoolState>>;
+
+fn lock(shared: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
+    // Nothing under the lock awaits or is expected to panic; if something did, the books are
+    // still the best account of the connections there is.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a session holds of its pool: the supervisor (for everything it owns) and the shared
+/// books (to check out and in without a message).
+#[derive(Clone)]
+pub(crate) struct PoolLink {
+    pub(crate) actor: ActorRef<PoolMsg>,
+    shared: Shared,
+}
+
+impl PoolLink {
+    /// Starts the supervisor of a new pool.
+    pub(crate) async fn start(config: Arc<PoolConfig>) -> Result<PoolLink> {
+        let shared = Arc::new(Mutex::new(PoolState::new(config)));
+        let (actor, _) = Actor::spawn(None, Supervisor, shared.clone())
+            .await
+            .map_err(|e| Error::PoolClosed {
+                reason: format!("could not start the pool supervisor: {e}"),
+            })?;
+        Ok(PoolLink { actor, shared })
+    }
+
+    /// Queues `requester` for a connection, first come first served; the answer comes on the
+    /// returned channel (at once when a connection is free), or an error when the pool has stopped
+    /// or is closing.
+    pub(crate) fn checkout(
+        &self,
+        requester: Requester,
+    ) -> Result<oneshot::Receiver<Result<Lease>>> {
+        let (reply, rx) = oneshot::channel();
+        let mut state = lock(&self.shared);
+        if state.stopped || self.actor.get_status() >= ActorStatus::Stopping {
+            return Err(crate::pool::closed());
+        }
+        state.checkout(&self.actor, requester, reply);
+        Ok(rx)
+    }
+
+    /// A session gives lease `lease` back, clean (no transaction can be open) or to be reset.
+    /// The pool has it when this returns; the next waiter, if any, has been handed it.
+    pub(crate) fn checkin(&self, lease: u64, clean: bool) {
+        lock(&self.shared).checkin(&self.actor, lease, clean);
+    }
+
+    /// A session saw the connection of lease `lease` die.
+    pub(crate) fn broken(&self, lease: u64) {
+        let mut state = lock(&self.shared);
+        if let Some(i) = state.leased_by_lease(lease) {
+            state.counters.discards += 1;
+            state.discard_dead(&self.actor, i, "a session's connection was lost");
+        }
+    }
+}
+
+/// The supervisor's hold on the books. However the supervisor ends — closed, failed or killed
+/// (when `post_stop` does not run) — dropping this closes every connection and answers every
+/// waiter, so that a dead supervisor leaves nothing open behind it.
+pub(crate) struct Owner(Shared);
+
+impl Owner {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        lock(&self.0)
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.lock().shut_down();
+    }
 }
 
 pub(crate) struct Supervisor;
 
 impl Actor for Supervisor {
     type Msg = PoolMsg;
-    type State = PoolState;
-    type Arguments = Arc<PoolConfig>;
+    type State = Owner;
+    type Arguments = Shared;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<PoolMsg>,
-        config: Arc<PoolConfig>,
-    ) -> Result<PoolState, ActorProcessingErr> {
-        Ok(PoolState {
-            config,
-            slots: Vec::new(),
-            waiters: VecDeque::new(),
-            expiry_timer: None,
-            connecting: 0,
-            next_serial: 1,
-            next_lease: 1,
-            next_waiter: 1,
-            generation: 0,
-            retire_below: 0,
-            failures_in_row: 0,
-            retry_scheduled: false,
-            last_connect_error: None,
-            closing: None,
-            counters: Counters::default(),
-        })
+        shared: Shared,
+    ) -> Result<Owner, ActorProcessingErr> {
+        Ok(Owner(shared))
     }
 
     async fn post_start(
         &self,
         myself: ActorRef<PoolMsg>,
-        state: &mut PoolState,
+        owner: &mut Owner,
     ) -> Result<(), ActorProcessingErr> {
+        let mut state = owner.lock();
         myself.send_interval(state.config.tick(), || PoolMsg::Tick);
         state.replenish(&myself);
         Ok(())
@@ -187,9 +246,9 @@ impl Actor for Supervisor {
     async fn post_stop(
         &self,
         _myself: ActorRef<PoolMsg>,
-        state: &mut PoolState,
+        owner: &mut Owner,
     ) -> Result<(), ActorProcessingErr> {
-        state.shut_down();
+        owner.lock().shut_down();
         Ok(())
     }
 
@@ -197,61 +256,9 @@ impl Actor for Supervisor {
         &self,
         myself: ActorRef<PoolMsg>,
         msg: PoolMsg,
-        state: &mut PoolState,
+        owner: &mut Owner,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            PoolMsg::Checkout(requester, reply) => state.checkout(&myself, requester, reply),
-            PoolMsg::Checkin { lease, clean, ack } => {
-                state.checkin(&myself, lease, clean);
-                let _ = ack.send(());
-            }
-            PoolMsg::Broken { lease } => {
-                if let Some(i) = state.leased_by_lease(lease) {
-                    state.counters.discards += 1;
-                    state.discard_dead(&myself, i, "a session's connection was lost");
-                }
-            }
-            PoolMsg::Died { serial, reason } => {
-                // The socket closed under an idle connection: the server went away or the
-                // backend was terminated. Leased ones are reported by their session.
-                if let Some(i) = state.by_serial(serial)
-                    && matches!(state.slots[i].state, SlotState::Idle | SlotState::Checking)
-                {
-                    tracing::info!(serial, reason = %reason, "an idle connection closed");
-                    state.discard_dead(&myself, i, "an idle connection closed");
-                }
-            }
-            PoolMsg::Connected(serial, result) => state.connected(&myself, serial, result),
-            PoolMsg::ResetDone { serial, ok } => state.reset_done(&myself, serial, ok),
-            PoolMsg::CheckDone { serial, ok } => state.check_done(&myself, serial, ok),
-            PoolMsg::WaitersDue => state.waiters_due(&myself),
-            PoolMsg::RetryConnect => {
-                state.retry_scheduled = false;
-                state.replenish(&myself);
-                state.dispatch(&myself);
-            }
-            PoolMsg::Tick => state.tick(&myself),
-            PoolMsg::Stats(reply) => {
-                let _ = reply.send(state.stats());
-            }
-            PoolMsg::Drain(reply) => {
-                state.retire_below = state.next_serial;
-                tracing::info!("drain: every connection now open retires when it is free");
-                state.close_free_retired();
-                state.replenish(&myself);
-                let _ = reply.send(());
-            }
-            PoolMsg::Close(grace, reply) => state.close(&myself, grace, reply),
-            PoolMsg::CloseDeadline => {
-                if state.closing.is_some() {
-                    tracing::warn!(
-                        sessions = state.in_use(),
-                        "close: grace period over, stopping the sessions still holding connections"
-                    );
-                    state.finish_close(&myself);
-                }
-            }
-        }
+        owner.lock().handle(&myself, msg);
         Ok(())
     }
 
@@ -259,24 +266,17 @@ impl Actor for Supervisor {
         &self,
         myself: ActorRef<PoolMsg>,
         event: SupervisionEvent,
-        state: &mut PoolState,
+        owner: &mut Owner,
     ) -> Result<(), ActorProcessingErr> {
         // Never stop the pool because a session ended: that is what sessions do.
-        let (cell, stopped, reason) = match event {
-            SupervisionEvent::ActorTerminated(cell, stopped, reason) => (cell, stopped, reason),
-            SupervisionEvent::ActorFailed(cell, err) => {
-                (cell, None, Some(format!("failed: {err}")))
-            }
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(format!("failed: {err}"))),
             _ => return Ok(()),
         };
-        // A session whose last handle was dropped stops with its lease marked as handed back in
-        // its state: that is its checkin (no message and no wait on its way out).
-        if let Some(mut stopped) = stopped
-            && let Ok(session) = stopped.take::<SessionCtx>()
-            && let Some((lease, clean)) = session.handed_back()
-        {
-            state.checkin(&myself, lease, clean);
-        }
+        // A session that ended on its own checked its lease in on the way out; one that was
+        // stopped, killed or panicked still holds it.
+        let mut state = owner.lock();
         let id = cell.get_id();
         while let Some(i) = state.leased_by_actor(id) {
             state.counters.reclaims += 1;
@@ -304,6 +304,74 @@ fn random_below(limit: Duration, seed: u64) -> Duration {
 }
 
 impl PoolState {
+    fn new(config: Arc<PoolConfig>) -> PoolState {
+        PoolState {
+            config,
+            slots: Vec::new(),
+            waiters: VecDeque::new(),
+            expiry_timer: None,
+            connecting: 0,
+            next_serial: 1,
+            next_lease: 1,
+            next_waiter: 1,
+            generation: 0,
+            retire_below: 0,
+            failures_in_row: 0,
+            retry_scheduled: false,
+            last_connect_error: None,
+            closing: None,
+            stopped: false,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The supervisor's messages.
+    fn handle(&mut self, myself: &ActorRef<PoolMsg>, msg: PoolMsg) {
+        let state = self;
+        match msg {
+            PoolMsg::Died { serial, reason } => {
+                // The socket closed under an idle connection: the server went away or the
+                // backend was terminated. Leased ones are reported by their session.
+                if let Some(i) = state.by_serial(serial)
+                    && matches!(state.slots[i].state, SlotState::Idle | SlotState::Checking)
+                {
+                    tracing::info!(serial, reason = %reason, "an idle connection closed");
+                    state.discard_dead(myself, i, "an idle connection closed");
+                }
+            }
+            PoolMsg::Connected(serial, result) => state.connected(myself, serial, result),
+            PoolMsg::ResetDone { serial, ok } => state.reset_done(myself, serial, ok),
+            PoolMsg::CheckDone { serial, ok } => state.check_done(myself, serial, ok),
+            PoolMsg::WaitersDue => state.waiters_due(myself),
+            PoolMsg::RetryConnect => {
+                state.retry_scheduled = false;
+                state.replenish(myself);
+                state.dispatch(myself);
+            }
+            PoolMsg::Tick => state.tick(myself),
+            PoolMsg::Stats(reply) => {
+                let _ = reply.send(state.stats());
+            }
+            PoolMsg::Drain(reply) => {
+                state.retire_below = state.next_serial;
+                tracing::info!("drain: every connection now open retires when it is free");
+                state.close_free_retired();
+                state.replenish(myself);
+                let _ = reply.send(());
+            }
+            PoolMsg::Close(grace, reply) => state.close(myself, grace, reply),
+            PoolMsg::CloseDeadline => {
+                if state.closing.is_some() {
+                    tracing::warn!(
+                        sessions = state.in_use(),
+                        "close: grace period over, stopping the sessions still holding connections"
+                    );
+                    state.finish_close(myself);
+                }
+            }
+        }
+    }
+
     fn in_use(&self) -> usize {
         self.slots
             .iter()
@@ -895,6 +963,7 @@ impl PoolState {
 
     /// Stops every session still holding a connection and closes every connection.
     fn shut_down(&mut self) {
+        self.stopped = true;
         for slot in &self.slots {
             if let SlotState::Leased(info) = &slot.state {
                 info.cell.kill();
