@@ -664,70 +664,95 @@ fn new_rows(n: usize) -> Vec<BenchWrite> {
         .collect()
 }
 
+/// Trials of the insert workload per round: each system inserts 1,000 rows this many times, in a
+/// new shuffled order each trial, and the median trial is reported (one insert lasts ~3–80 ms,
+/// too short to compare alone).
+const INSERT_TRIALS: usize = 7;
+
+/// One way of inserting the 1,000 rows: its time in ms.
+async fn insert_once(s: &Systems, system: usize) -> Res<f64> {
+    s.raw.batch_execute("TRUNCATE bench_writes").await?;
+    let t = Instant::now();
+    match system {
+        0 => {
+            let session = s.orm.session().await?;
+            session.add_all(new_rows(1000)).await?;
+            session.commit().await?;
+            let took = t.elapsed();
+            session.close().await?;
+            return Ok(took.as_secs_f64() * 1e3);
+        }
+        1 => {
+            let stmt = s
+                .raw
+                .prepare(
+                    "INSERT INTO bench_writes (name, email, age) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .await?;
+            let t = Instant::now();
+            s.raw.batch_execute("BEGIN").await?;
+            for row in new_rows(1000) {
+                black_box(
+                    s.raw
+                        .query_one(&stmt, &[&row.name, &row.email, &row.age])
+                        .await?,
+                );
+            }
+            s.raw.batch_execute("COMMIT").await?;
+            return Ok(t.elapsed().as_secs_f64() * 1e3);
+        }
+        2 => {
+            let sink = s
+                .raw
+                .copy_in("COPY bench_writes (name, email, age) FROM STDIN BINARY")
+                .await?;
+            let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT4]);
+            pin_mut!(writer);
+            for row in new_rows(1000) {
+                writer
+                    .as_mut()
+                    .write(&[&row.name, &row.email, &row.age])
+                    .await?;
+            }
+            writer.finish().await?;
+        }
+        _ => {
+            let models = new_rows(1000)
+                .into_iter()
+                .map(|row| sea_write::ActiveModel {
+                    name: Set(row.name),
+                    email: Set(row.email),
+                    age: Set(row.age),
+                    ..Default::default()
+                });
+            sea_write::Entity::insert_many(models).exec(&s.sea).await?;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
 async fn writes(s: &Systems, r: &mut Results) -> Res<()> {
     let w = "5. insert 1,000 rows";
     let m = "ms";
-    let truncate = || s.raw.batch_execute("TRUNCATE bench_writes");
-
-    truncate().await?;
-    let t = Instant::now();
-    let session = s.orm.session().await?;
-    session.add_all(new_rows(1000)).await?;
-    session.commit().await?;
-    r.add(w, m, "actor-orm", t.elapsed().as_secs_f64() * 1e3);
-    session.close().await?;
-
-    truncate().await?;
-    let stmt = s
-        .raw
-        .prepare("INSERT INTO bench_writes (name, email, age) VALUES ($1, $2, $3) RETURNING id")
-        .await?;
-    let t = Instant::now();
-    s.raw.batch_execute("BEGIN").await?;
-    for row in new_rows(1000) {
-        black_box(
-            s.raw
-                .query_one(&stmt, &[&row.name, &row.email, &row.age])
-                .await?,
-        );
-    }
-    s.raw.batch_execute("COMMIT").await?;
-    r.add(
-        w,
-        m,
+    let systems = [
+        "actor-orm",
         "raw: 1,000 single-row INSERTs",
-        t.elapsed().as_secs_f64() * 1e3,
-    );
-
-    truncate().await?;
-    let t = Instant::now();
-    let sink = s
-        .raw
-        .copy_in("COPY bench_writes (name, email, age) FROM STDIN BINARY")
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT4]);
-    pin_mut!(writer);
-    for row in new_rows(1000) {
-        writer
-            .as_mut()
-            .write(&[&row.name, &row.email, &row.age])
-            .await?;
+        "raw: COPY BINARY",
+        "SeaORM",
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(INSERT_TRIALS); systems.len()];
+    let mut order: Vec<usize> = (0..systems.len()).collect();
+    let mut seed = SEED ^ 5;
+    for _ in 0..INSERT_TRIALS {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
+            times[i].push(insert_once(s, i).await?);
+        }
     }
-    writer.finish().await?;
-    r.add(w, m, "raw: COPY BINARY", t.elapsed().as_secs_f64() * 1e3);
-
-    truncate().await?;
-    let t = Instant::now();
-    let models = new_rows(1000)
-        .into_iter()
-        .map(|row| sea_write::ActiveModel {
-            name: Set(row.name),
-            email: Set(row.email),
-            age: Set(row.age),
-            ..Default::default()
-        });
-    sea_write::Entity::insert_many(models).exec(&s.sea).await?;
-    r.add(w, m, "SeaORM", t.elapsed().as_secs_f64() * 1e3);
+    for (system, mut v) in systems.into_iter().zip(times) {
+        v.sort_by(f64::total_cmp);
+        r.add(w, m, system, v[v.len() / 2]);
+    }
 
     // 6. Update 1,000 loaded rows, one changed column each.
     let w = "6. update 1,000 loaded rows (one column each)";
@@ -974,6 +999,7 @@ async fn run() -> Res<()> {
          {N} operations per latency measurement, the systems taking turns operation by \
          operation in a new random order each turn; contended workloads as the median of \
          {BATCHES} batches per system in each round, the batches of all systems shuffled; \
+         inserts as the median of {INSERT_TRIALS} trials per system in each round, shuffled; \
          tokio {}; {}. Produced by \
          `cargo run --release --manifest-path compare/Cargo.toml`.\n",
         machine(),
