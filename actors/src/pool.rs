@@ -80,7 +80,7 @@ impl Pool {
         let pool = self.clone();
         async move {
             pool.check_process()?;
-            session::spawn(pool.clone(), pool.inner.link.clone(), name, site).await
+            session::spawn(pool, name, site).await
         }
     }
 
@@ -96,6 +96,11 @@ impl Pool {
             });
         }
         Ok(())
+    }
+
+    /// The supervisor and the shared books, for a new session.
+    pub(crate) fn link(&self) -> &PoolLink {
+        &self.inner.link
     }
 
     /// The pool's settings.

@@ -539,11 +539,11 @@ impl SessionCtx {
 
 pub(crate) async fn spawn(
     pool: Pool,
-    link: PoolLink,
     name: Option<String>,
     site: &'static Location<'static>,
 ) -> Result<Session> {
     let label = Label::new(name, site);
+    let link = pool.link().clone();
     let supervisor = link.actor.get_cell();
     let args = SessionArgs {
         pool: link,

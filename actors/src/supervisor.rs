@@ -243,14 +243,8 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<PoolMsg>,
-        owner: &mut Owner,
-    ) -> Result<(), ActorProcessingErr> {
-        owner.lock().shut_down();
-        Ok(())
-    }
+    // No post_stop: dropping the Owner shuts the pool down, which also covers a kill (when
+    // post_stop does not run).
 
     async fn handle(
         &self,
@@ -327,46 +321,45 @@ impl PoolState {
 
     /// The supervisor's messages.
     fn handle(&mut self, myself: &ActorRef<PoolMsg>, msg: PoolMsg) {
-        let state = self;
         match msg {
             PoolMsg::Died { serial, reason } => {
                 // The socket closed under an idle connection: the server went away or the
                 // backend was terminated. Leased ones are reported by their session.
-                if let Some(i) = state.by_serial(serial)
-                    && matches!(state.slots[i].state, SlotState::Idle | SlotState::Checking)
+                if let Some(i) = self.by_serial(serial)
+                    && matches!(self.slots[i].state, SlotState::Idle | SlotState::Checking)
                 {
                     tracing::info!(serial, reason = %reason, "an idle connection closed");
-                    state.discard_dead(myself, i, "an idle connection closed");
+                    self.discard_dead(myself, i, "an idle connection closed");
                 }
             }
-            PoolMsg::Connected(serial, result) => state.connected(myself, serial, result),
-            PoolMsg::ResetDone { serial, ok } => state.reset_done(myself, serial, ok),
-            PoolMsg::CheckDone { serial, ok } => state.check_done(myself, serial, ok),
-            PoolMsg::WaitersDue => state.waiters_due(myself),
+            PoolMsg::Connected(serial, result) => self.connected(myself, serial, result),
+            PoolMsg::ResetDone { serial, ok } => self.reset_done(myself, serial, ok),
+            PoolMsg::CheckDone { serial, ok } => self.check_done(myself, serial, ok),
+            PoolMsg::WaitersDue => self.waiters_due(myself),
             PoolMsg::RetryConnect => {
-                state.retry_scheduled = false;
-                state.replenish(myself);
-                state.dispatch(myself);
+                self.retry_scheduled = false;
+                self.replenish(myself);
+                self.dispatch(myself);
             }
-            PoolMsg::Tick => state.tick(myself),
+            PoolMsg::Tick => self.tick(myself),
             PoolMsg::Stats(reply) => {
-                let _ = reply.send(state.stats());
+                let _ = reply.send(self.stats());
             }
             PoolMsg::Drain(reply) => {
-                state.retire_below = state.next_serial;
+                self.retire_below = self.next_serial;
                 tracing::info!("drain: every connection now open retires when it is free");
-                state.close_free_retired();
-                state.replenish(myself);
+                self.close_free_retired();
+                self.replenish(myself);
                 let _ = reply.send(());
             }
-            PoolMsg::Close(grace, reply) => state.close(myself, grace, reply),
+            PoolMsg::Close(grace, reply) => self.close(myself, grace, reply),
             PoolMsg::CloseDeadline => {
-                if state.closing.is_some() {
+                if self.closing.is_some() {
                     tracing::warn!(
-                        sessions = state.in_use(),
+                        sessions = self.in_use(),
                         "close: grace period over, stopping the sessions still holding connections"
                     );
-                    state.finish_close(myself);
+                    self.finish_close(myself);
                 }
             }
         }

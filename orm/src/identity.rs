@@ -31,13 +31,16 @@ struct Batch {
     rows: Vec<Row>,
 }
 
+/// Each key's snapshot. Keys come from data, so the hasher is seeded at random (foldhash, as
+/// hashbrown uses by default: a fraction of SipHash's cost per lookup, which a point read pays
+/// two or three times).
+type KeyIndex = HashMap<Key, Snapshot, foldhash::fast::RandomState>;
+
 /// Everything loaded from one table.
 #[derive(Default)]
 struct Table {
-    /// The snapshot of each key, as of the last lookup. Keys come from data, so the hasher is
-    /// seeded at random (foldhash, as hashbrown uses by default: a fraction of SipHash's cost
-    /// per lookup, which a point read pays two or three times).
-    index: HashMap<Key, Snapshot, foldhash::fast::RandomState>,
+    /// The snapshot of each key, as of the last lookup.
+    index: KeyIndex,
     /// Every batch the table's rows came in, oldest first.
     batches: Vec<Batch>,
     /// How many of `batches` are in `index` (the ones after came in since the last lookup).
@@ -47,7 +50,7 @@ struct Table {
 impl Table {
     /// Puts the batches that came since the last lookup into the index, oldest first, so a
     /// newer load of a key replaces an older one exactly as if it had been indexed on arrival.
-    fn index(&mut self) -> &mut HashMap<Key, Snapshot, foldhash::fast::RandomState> {
+    fn index(&mut self) -> &mut KeyIndex {
         for (b, batch) in self.batches.iter().enumerate().skip(self.indexed) {
             self.index.reserve(batch.keys.len());
             for (r, key) in batch.keys.iter().enumerate() {
