@@ -46,6 +46,7 @@ pub struct PoolConfig {
     pub(crate) statement_mode: StatementMode,
     pub(crate) autocommit_reads: bool,
     pub(crate) close_timeout: Duration,
+    pub(crate) spare_sessions: usize,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -67,6 +68,7 @@ impl fmt::Debug for PoolConfig {
             .field("max_session_lifetime", &self.max_session_lifetime)
             .field("statement_mode", &self.statement_mode)
             .field("autocommit_reads", &self.autocommit_reads)
+            .field("spare_sessions", &self.spare_sessions)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +93,7 @@ impl PoolConfig {
             statement_mode: StatementMode::Prepared,
             autocommit_reads: true,
             close_timeout: Duration::from_secs(5),
+            spare_sessions: 256,
         }
     }
 

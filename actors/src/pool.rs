@@ -277,6 +277,20 @@ impl PoolBuilder {
         /// How long a pool closed by dropping its last handle waits for sessions. Default 5 s.
         close_timeout: Duration
     );
+    setter!(
+        /// How many ended session actors the pool keeps for later sessions. Default 256; `0`
+        /// starts and stops an actor for every session.
+        ///
+        /// Starting an actor (a task, its mailboxes, its link to the supervisor) costs more than
+        /// a short request's own work in the pool. A session actor is kept only when its session
+        /// ended with its last handle (dropped, or the only one [`Session::close`]d), so no handle
+        /// on the old session is left to reach the new one; everything the old session held
+        /// (identity map, pending changes, transaction state, its connection) is gone before the
+        /// actor is kept. Actors left unused longer than `idle_timeout` are stopped.
+        ///
+        /// [`Session::close`]: crate::Session::close
+        spare_sessions: usize
+    );
 
     /// The `application_name` every connection reports (seen in `pg_stat_activity`). Default
     /// `actor-orm`; `None` leaves what the connection settings say.

@@ -8,7 +8,8 @@
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use actor_orm_core::sea_query::Value;
 use actor_orm_core::tokio_postgres::Row;
@@ -194,8 +195,40 @@ pub(crate) enum SessionMsg {
     Local(Local),
     Commit(oneshot::Sender<Result<()>>),
     Rollback(oneshot::Sender<Result<()>>),
-    Close(Option<oneshot::Sender<()>>),
+    /// Ends the session. `last`: no handle on it is left, so the actor may serve another
+    /// session.
+    Close {
+        reply: Option<oneshot::Sender<()>>,
+        last: bool,
+    },
     Acquire(oneshot::Sender<Result<()>>),
+}
+
+/// Where a spare session actor finds the label of the session it serves next: set by
+/// [`spawn`] before the new handle exists, taken by the actor with the first message that
+/// handle sends (so a reused actor costs no message of its own).
+#[derive(Default)]
+pub(crate) struct NextLabel {
+    ready: AtomicBool,
+    label: Mutex<Option<Label>>,
+}
+
+impl NextLabel {
+    fn put(&self, label: Label) {
+        *self.label.lock().unwrap_or_else(PoisonError::into_inner) = Some(label);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// The new label, if one was put since the last call: one atomic load otherwise.
+    fn take(&self) -> Option<Label> {
+        if !self.ready.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.label
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 pub(crate) struct SessionActor;
@@ -262,6 +295,11 @@ pub(crate) struct SessionCtx {
     untracked: bool,
     /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
     read_only: bool,
+    /// The pool has ordered this actor stopped (`max_session_lifetime`): it must not be kept
+    /// as a spare.
+    condemned: bool,
+    /// The label of the next session, once this actor is a spare and has been taken.
+    next: Arc<NextLabel>,
 }
 
 impl Actor for SessionActor {
@@ -275,15 +313,16 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionCtx, ActorProcessingErr> {
         let _ = args.label.0.id.set(myself.get_id());
-        let span = tracing::info_span!("session", session = %args.label);
         Ok(SessionCtx {
             core: SessionState::new(),
             lease: None,
             pool: args.pool,
+            span: span_for(&args.label),
             label: args.label,
-            span,
             untracked: false,
             read_only: true,
+            condemned: false,
+            next: Arc::default(),
         })
     }
 
@@ -293,6 +332,11 @@ impl Actor for SessionActor {
         msg: SessionMsg,
         ctx: &mut SessionCtx,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(label) = ctx.next.take() {
+            // The first message of a new session on this (reused) actor.
+            ctx.span = span_for(&label);
+            ctx.label = label;
+        }
         let span = ctx.span.clone();
         // Boxed, so that an idle session's task holds a pointer rather than room for the largest
         // operation's state (and large, rare steps inside are boxed in turn, so that the common
@@ -313,7 +357,7 @@ impl Actor for SessionActor {
                     let r = ctx.rollback().await;
                     let _ = reply.send(r);
                 }
-                SessionMsg::Close(reply) => {
+                SessionMsg::Close { reply, last } => {
                     // The connection is back in the pool (and handed to the next waiter) before
                     // anyone hears that the session closed.
                     ctx.release();
@@ -321,7 +365,13 @@ impl Actor for SessionActor {
                     if let Some(reply) = reply {
                         let _ = reply.send(());
                     }
-                    myself.stop(None);
+                    // With no handle left, nothing can reach this actor on the old session's
+                    // behalf: it may serve a new one, once wiped.
+                    if last && !ctx.condemned && ctx.pool.keep_spare(&myself, &ctx.next) {
+                        ctx.wipe();
+                    } else {
+                        myself.stop(None);
+                    }
                 }
             }
         })
@@ -442,9 +492,18 @@ impl SessionCtx {
     fn lose_connection(&mut self) {
         if let Some(lease) = self.lease.take() {
             tracing::warn!("connection lost");
-            self.pool.broken(lease.id);
+            self.condemned |= !self.pool.broken(lease.id);
         }
         self.core.mark_failed();
+    }
+
+    /// Forgets everything of the session that ended (which has given its connection back), so
+    /// that the actor can serve another.
+    fn wipe(&mut self) {
+        debug_assert!(self.lease.is_none());
+        self.core = SessionState::new();
+        self.untracked = false;
+        self.read_only = true;
     }
 
     async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
@@ -518,7 +577,7 @@ impl SessionCtx {
             return;
         };
         if lease.conn.is_closed() {
-            self.pool.broken(lease.id);
+            self.condemned |= !self.pool.broken(lease.id);
             return;
         }
         let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
@@ -528,7 +587,7 @@ impl SessionCtx {
         // connection ends any transaction, and the lease returns clean at once.
         let clean = !lease.conn.was_interrupted()
             && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
-        self.pool.checkin(lease.id, clean);
+        self.condemned |= !self.pool.checkin(lease.id, clean);
     }
 
     /// Checks a connection out now, if the session has none.
@@ -537,12 +596,23 @@ impl SessionCtx {
     }
 }
 
+/// The tracing span of a session's work.
+fn span_for(label: &Label) -> tracing::Span {
+    tracing::info_span!("session", session = %label)
+}
+
+/// A new session: on a spare actor if the pool has one, else on a new actor.
 pub(crate) async fn spawn(
     pool: Pool,
     name: Option<String>,
     site: &'static Location<'static>,
 ) -> Result<Session> {
     let label = Label::new(name, site);
+    if let Some((actor, next)) = pool.link().take_spare() {
+        let _ = label.0.id.set(actor.get_id());
+        next.put(label.clone());
+        return Ok(Session::new(actor, label, pool));
+    }
     let link = pool.link().clone();
     let supervisor = link.actor.get_cell();
     let args = SessionArgs {
@@ -554,13 +624,7 @@ pub(crate) async fn spawn(
         .map_err(|e| Error::PoolClosed {
             reason: format!("could not start a session: {e}"),
         })?;
-    Ok(Session {
-        inner: Arc::new(Handle {
-            actor,
-            label,
-            _pool: pool,
-        }),
-    })
+    Ok(Session::new(actor, label, pool))
 }
 
 /// A handle on one session actor. Clone it freely (all clones talk to the same session);
@@ -579,12 +643,34 @@ struct Handle {
     label: Label,
     // Keeps the pool open while any session is alive.
     _pool: Pool,
+    /// `close` has already ended the session.
+    closed: bool,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         // Through the mailbox, behind any operation already sent: those still run to the end.
-        let _ = self.actor.send_message(SessionMsg::Close(None));
+        // This is the last handle: the actor may serve another session afterwards.
+        let _ = self.actor.send_message(SessionMsg::Close {
+            reply: None,
+            last: true,
+        });
+    }
+}
+
+impl Session {
+    fn new(actor: ActorRef<SessionMsg>, label: Label, pool: Pool) -> Session {
+        Session {
+            inner: Arc::new(Handle {
+                actor,
+                label,
+                _pool: pool,
+                closed: false,
+            }),
+        }
     }
 }
 
@@ -927,17 +1013,24 @@ impl Session {
     /// Ends the session now: uncommitted work is rolled back and the connection returned.
     /// Returns once the pool has it back. Other clones of this handle then get
     /// [`Error::SessionClosed`].
-    pub async fn close(self) -> Result<()> {
+    pub async fn close(mut self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .actor
-            .send_message(SessionMsg::Close(Some(reply)))
-            .is_err()
-        {
-            return Ok(());
+        // Only the last handle may let the actor serve another session (with clones left, it
+        // stops, and they get `SessionClosed`); its own drop then sends nothing more.
+        let last = match Arc::get_mut(&mut self.inner) {
+            Some(handle) => {
+                handle.closed = true;
+                true
+            }
+            None => false,
+        };
+        let close = SessionMsg::Close {
+            reply: Some(reply),
+            last,
+        };
+        if self.inner.actor.send_message(close).is_ok() {
+            let _ = rx.await;
         }
-        let _ = rx.await;
         Ok(())
     }
 

@@ -47,4 +47,6 @@ pub struct PoolStats {
     pub sessions_stopped: u64,
     /// Health checks and keepalives sent to idle connections.
     pub checks: u64,
+    /// Actors of ended sessions kept for new ones (see `PoolBuilder::spare_sessions`).
+    pub spare_sessions: usize,
 }

@@ -10,6 +10,9 @@
 //! scheduled — and a connection coming back goes straight to the oldest waiter. Everything else
 //! (connects, resets, checks, maintenance, and the reclaim of a dead session's lease) is the
 //! supervisor's, by message, and the lock is never held across an `.await`.
+//!
+//! The books also keep spare session actors: the actor of a session that ended with its last
+//! handle, wiped clean, waiting for the next session (see `PoolBuilder::spare_sessions`).
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -24,6 +27,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
 
 use crate::config::{PoolConfig, ResetPolicy};
+use crate::session::{NextLabel, SessionMsg};
 use crate::stats::PoolStats;
 
 /// A connection leased to one session.
@@ -136,7 +140,16 @@ pub(crate) struct PoolState {
     closing: Option<Vec<oneshot::Sender<()>>>,
     /// The supervisor has stopped: nothing is handed out any more.
     stopped: bool,
+    /// Session actors whose sessions ended, kept for the next sessions (most recent last).
+    spares: Vec<Spare>,
     counters: Counters,
+}
+
+/// An ended session's actor, wiped clean and waiting for a new session.
+struct Spare {
+    actor: ActorRef<SessionMsg>,
+    next: Arc<NextLabel>,
+    since: Instant,
 }
 
 /// The pool's books, shared by the supervisor and its sessions (see the module docs).
@@ -185,18 +198,57 @@ impl PoolLink {
     }
 
     /// A session gives lease `lease` back, clean (no transaction can be open) or to be reset.
-    /// The pool has it when this returns; the next waiter, if any, has been handed it.
-    pub(crate) fn checkin(&self, lease: u64, clean: bool) {
-        lock(&self.shared).checkin(&self.actor, lease, clean);
+    /// The pool has it when this returns; the next waiter, if any, has been handed it. Returns
+    /// `false` when the pool has ordered the session stopped (`max_session_lifetime`).
+    pub(crate) fn checkin(&self, lease: u64, clean: bool) -> bool {
+        lock(&self.shared).checkin(&self.actor, lease, clean)
     }
 
-    /// A session saw the connection of lease `lease` die.
-    pub(crate) fn broken(&self, lease: u64) {
+    /// A session saw the connection of lease `lease` die. Returns `false` when the pool has
+    /// ordered the session stopped.
+    pub(crate) fn broken(&self, lease: u64) -> bool {
         let mut state = lock(&self.shared);
-        if let Some(i) = state.leased_by_lease(lease) {
-            state.counters.discards += 1;
-            state.discard_dead(&self.actor, i, "a session's connection was lost");
+        let Some(i) = state.leased_by_lease(lease) else {
+            return true;
+        };
+        let spared = !state.condemned(i);
+        state.counters.discards += 1;
+        state.discard_dead(&self.actor, i, "a session's connection was lost");
+        spared
+    }
+
+    /// Keeps the actor of a session that ended with its last handle for a later session.
+    /// Returns `false` (the actor should stop) when the pool has stopped or is closing, or has
+    /// `spare_sessions` spares already.
+    pub(crate) fn keep_spare(&self, actor: &ActorRef<SessionMsg>, next: &Arc<NextLabel>) -> bool {
+        let mut state = lock(&self.shared);
+        if state.stopped
+            || state.closing.is_some()
+            || state.spares.len() >= state.config.spare_sessions
+        {
+            return false;
         }
+        state.spares.push(Spare {
+            actor: actor.clone(),
+            next: next.clone(),
+            since: Instant::now(),
+        });
+        true
+    }
+
+    /// A spare session actor (and where to put its next session's label), the most recently
+    /// used first, unless the pool has stopped or is closing.
+    pub(crate) fn take_spare(&self) -> Option<(ActorRef<SessionMsg>, Arc<NextLabel>)> {
+        let mut state = lock(&self.shared);
+        if state.stopped || state.closing.is_some() {
+            return None;
+        }
+        while let Some(spare) = state.spares.pop() {
+            if alive(&spare.actor) {
+                return Some((spare.actor, spare.next));
+            }
+        }
+        None
     }
 }
 
@@ -315,6 +367,7 @@ impl PoolState {
             last_connect_error: None,
             closing: None,
             stopped: false,
+            spares: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -422,6 +475,7 @@ impl PoolState {
             leak_warnings: c.leak_warnings,
             sessions_stopped: c.sessions_stopped,
             checks: c.checks,
+            spare_sessions: self.spares.len(),
         }
     }
 
@@ -695,12 +749,21 @@ impl PoolState {
 
     /// A session gives lease `lease` back, clean or to be reset (a lease already ended is
     /// ignored: a checkin and a death notice never return a connection twice).
-    fn checkin(&mut self, myself: &ActorRef<PoolMsg>, lease: u64, clean: bool) {
-        if let Some(i) = self.leased_by_lease(lease) {
-            self.counters.checkins += 1;
-            tracing::debug!(lease, clean, "checkin");
-            self.end_lease(myself, i, !clean);
-        }
+    fn checkin(&mut self, myself: &ActorRef<PoolMsg>, lease: u64, clean: bool) -> bool {
+        let Some(i) = self.leased_by_lease(lease) else {
+            return true;
+        };
+        let spared = !self.condemned(i);
+        self.counters.checkins += 1;
+        tracing::debug!(lease, clean, "checkin");
+        self.end_lease(myself, i, !clean);
+        spared
+    }
+
+    /// Whether the session holding slot `i` has been ordered stopped: its actor is about to die
+    /// and must not serve another session.
+    fn condemned(&self, i: usize) -> bool {
+        matches!(&self.slots[i].state, SlotState::Leased(info) if info.stopped)
     }
 
     /// Ends the lease on slot `i`: the connection is reset if it may carry a transaction or
@@ -875,6 +938,17 @@ impl PoolState {
             }
         }
         self.close_free_retired();
+        // Spare session actors unused for idle_timeout are stopped (the oldest are first).
+        if let Some(limit) = config.idle_timeout {
+            let stale = self
+                .spares
+                .iter()
+                .take_while(|s| now.duration_since(s.since) > limit)
+                .count();
+            for spare in self.spares.drain(..stale) {
+                spare.actor.stop(None);
+            }
+        }
         // Idle connections past idle_timeout, oldest first, down to min_idle.
         if let Some(limit) = config.idle_timeout {
             loop {
@@ -926,6 +1000,9 @@ impl PoolState {
             "close: no new checkouts; waiting for sessions to return their connections"
         );
         self.closing = Some(vec![reply]);
+        for spare in self.spares.drain(..) {
+            spare.actor.stop(None);
+        }
         for w in self.waiters.drain(..) {
             let _ = w.reply.send(Err(Error::PoolClosed {
                 reason: "the pool is closing".into(),
@@ -954,9 +1031,13 @@ impl PoolState {
         myself.stop(Some("closed".into()));
     }
 
-    /// Stops every session still holding a connection and closes every connection.
+    /// Stops every session still holding a connection and every spare session actor, and
+    /// closes every connection.
     fn shut_down(&mut self) {
         self.stopped = true;
+        for spare in self.spares.drain(..) {
+            spare.actor.stop(None);
+        }
         for slot in &self.slots {
             if let SlotState::Leased(info) = &slot.state {
                 info.cell.kill();

@@ -16,6 +16,7 @@ mod pool;
 mod reclaim;
 mod sessions;
 mod soak;
+mod spares;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
