@@ -221,6 +221,17 @@ impl Key {
         Key(Parts::Many(values.into_iter().map(KeyPart::from).collect()))
     }
 
+    /// A key from borrowed values of the key columns (a one-column integer key allocates
+    /// nothing).
+    pub fn of(values: &[Value]) -> Key {
+        match values {
+            [one] => Key::one(one.clone()),
+            many => Key(Parts::Many(
+                many.iter().cloned().map(KeyPart::from).collect(),
+            )),
+        }
+    }
+
     /// A one-column key.
     pub fn one(value: Value) -> Key {
         Key(Parts::One(KeyPart::from(value)))

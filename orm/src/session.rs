@@ -309,13 +309,13 @@ impl SessionState {
         key: impl IntoKey<M>,
     ) -> Result<Option<M>> {
         let key_values = key.into_key_values();
-        let key = Key::new(key_values.clone());
+        let key = Key::of(&key_values);
         self.flush(conn).await?;
         if let Some(hit) = self.identity.get::<M>(&key) {
             return Ok(Some(hit));
         }
         // The statement's text is the same for every key of `M`: built once, then reused.
-        let values = coerce_key::<M>(&key_values)?;
+        let values = coerce_key_values::<M>(key_values)?;
         let sql = match M::meta().sql.get.get() {
             Some(sql) => sql,
             None => {
@@ -607,6 +607,12 @@ impl SessionState {
         if self.work.is_empty() {
             return Ok(());
         }
+        // Boxed: every read awaits a flush first, and would otherwise carry room for the largest
+        // one in its own state (and allocate and copy that room) even with nothing to flush.
+        Box::pin(self.flush_pending(conn)).await
+    }
+
+    async fn flush_pending(&mut self, conn: &Connection) -> Result<()> {
         self.begin_if_needed(conn).await?;
         let ops = self.work.take_ordered();
         let result = self.send(conn, ops).await;
@@ -822,6 +828,15 @@ fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {
         }
     }
     out
+}
+
+/// [`coerce_key`] of a key the caller no longer needs: converted in place, in its own vector.
+fn coerce_key_values<M: Model>(key: Vec<Value>) -> Result<Vec<Value>> {
+    let columns = M::meta().key_columns();
+    key.into_iter()
+        .zip(columns)
+        .map(|(v, (_, c))| c.sql_type.coerce(v, c.name))
+        .collect()
 }
 
 /// A key's values, each checked against (and converted for) its column.
