@@ -69,7 +69,7 @@ pub(crate) enum PoolMsg {
 
 enum SlotState {
     Idle,
-    Leased(Box<LeaseInfo>),
+    Leased(LeaseInfo),
     /// A reset (after a return) is running.
     Resetting,
     /// A health check is running.
@@ -575,7 +575,7 @@ impl PoolState {
             if handed.is_err() {
                 continue;
             }
-            slot.state = SlotState::Leased(Box::new(LeaseInfo {
+            slot.state = SlotState::Leased(LeaseInfo {
                 lease,
                 actor: w.requester.cell.get_id(),
                 cell: w.requester.cell,
@@ -583,7 +583,7 @@ impl PoolState {
                 since: Instant::now(),
                 warned: false,
                 stopped: false,
-            }));
+            });
             self.counters.checkouts += 1;
             tracing::trace!(lease, waited = ?w.enqueued.elapsed(), "checkout");
         }

@@ -46,6 +46,8 @@ mod tests {
             "-- comment\nSELECT 1",
             "/* x */ SELECT 1",
             "SELECTED",
+            "éSELECT 1",
+            "ÀBEGIN",
             "INSERT INTO t VALUES (1)",
             "",
         ] {
@@ -74,11 +76,12 @@ pub use unit_of_work::UnitOfWork;
 /// `SELECT`, `WITH`, `VALUES`, `TABLE` or `SHOW` (no function can BEGIN, COMMIT or ROLLBACK).
 /// Anything else, including SQL starting with a comment, may (`BEGIN`, `COMMIT`, `CALL`, …).
 pub fn leaves_transaction_alone(sql: &str) -> bool {
-    let head: String = sql
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
+    let rest = sql.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+    // ASCII letters are one byte each, so `end` falls on a character boundary.
+    let end = rest
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let head = &rest[..end];
     ["select", "with", "values", "table", "show"]
         .iter()
         .any(|k| head.eq_ignore_ascii_case(k))
