@@ -338,50 +338,64 @@ impl Actor for SessionActor {
             ctx.label = label;
         }
         let span = ctx.span.clone();
-        // Boxed, so that an idle session's task holds a pointer rather than room for the largest
-        // operation's state (and large, rare steps inside are boxed in turn, so that the common
-        // ones do not carry their room).
-        Box::pin(async move {
-            match msg {
-                SessionMsg::Local(f) => f(&mut ctx.core),
-                SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).await,
-                SessionMsg::Commit(reply) => {
-                    let r = ctx.commit(myself.get_cell()).await;
-                    let _ = reply.send(r);
+        match msg {
+            SessionMsg::Local(f) => {
+                let _entered = span.enter();
+                f(&mut ctx.core);
+            }
+            // Not boxed: the common message's state is small (its job's own future is boxed, and
+            // so are the large, rare steps on the way), so an idle session's task stays small
+            // without an allocation per message.
+            SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).instrument(span).await,
+            SessionMsg::Close { reply, last } => {
+                let _entered = span.enter();
+                // The connection is back in the pool (and handed to the next waiter) before
+                // anyone hears that the session closed.
+                ctx.release();
+                tracing::debug!("session closed");
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
                 }
-                SessionMsg::Acquire(reply) => {
-                    let r = ctx.acquire(myself.get_cell()).await;
-                    let _ = reply.send(r);
-                }
-                SessionMsg::Rollback(reply) => {
-                    let r = ctx.rollback().await;
-                    let _ = reply.send(r);
-                }
-                SessionMsg::Close { reply, last } => {
-                    // The connection is back in the pool (and handed to the next waiter) before
-                    // anyone hears that the session closed.
-                    ctx.release();
-                    tracing::debug!("session closed");
-                    if let Some(reply) = reply {
-                        let _ = reply.send(());
-                    }
-                    // With no handle left, nothing can reach this actor on the old session's
-                    // behalf: it may serve a new one, once wiped.
-                    if last && !ctx.condemned && ctx.pool.keep_spare(&myself, &ctx.next) {
-                        ctx.wipe();
-                    } else {
-                        myself.stop(None);
-                    }
+                // With no handle left, nothing can reach this actor on the old session's
+                // behalf: it may serve a new one, once wiped.
+                if last && !ctx.condemned && ctx.pool.keep_spare(&myself, &ctx.next) {
+                    ctx.wipe();
+                } else {
+                    myself.stop(None);
                 }
             }
-        })
-        .instrument(span)
-        .await;
+            // Boxed: a commit carries a flush, whose state is large.
+            other => {
+                Box::pin(ctx.control(myself.get_cell(), other))
+                    .instrument(span)
+                    .await;
+            }
+        }
         Ok(())
     }
 }
 
 impl SessionCtx {
+    /// Transaction control and checkout requests, each answered on its own channel.
+    async fn control(&mut self, me: ractor::ActorCell, msg: SessionMsg) {
+        match msg {
+            SessionMsg::Commit(reply) => {
+                let r = self.commit(me).await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Acquire(reply) => {
+                let r = self.acquire(me).await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Rollback(reply) => {
+                let r = self.rollback().await;
+                let _ = reply.send(r);
+            }
+            // Handled by `handle` itself.
+            SessionMsg::Local(_) | SessionMsg::Db(_) | SessionMsg::Close { .. } => {}
+        }
+    }
+
     async fn connection(&mut self, me: ractor::ActorCell) -> Result<Arc<Connection>> {
         if let Some(lease) = &self.lease {
             return Ok(lease.conn.clone());
@@ -439,7 +453,8 @@ impl SessionCtx {
             let conn = if job.untracked() && !job.cancellable() {
                 // User code in `run` may use the connection directly: open the transaction
                 // first.
-                self.connection_in_transaction(&me).await
+                // Boxed: rare, and its BEGIN's state would otherwise sit in every job's.
+                Box::pin(self.connection_in_transaction(&me)).await
             } else {
                 self.connection(me.clone()).await
             };
