@@ -219,11 +219,13 @@ impl NextLabel {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// The new label, if one was put since the last call: one atomic load otherwise.
+    /// The new label, if one was put since the last call: one atomic load otherwise. Only the
+    /// actor takes, and only `put` on a spare (which runs no message meanwhile) sets `ready`.
     fn take(&self) -> Option<Label> {
-        if !self.ready.swap(false, Ordering::Acquire) {
+        if !self.ready.load(Ordering::Acquire) {
             return None;
         }
+        self.ready.store(false, Ordering::Relaxed);
         self.label
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -364,11 +366,20 @@ impl Actor for SessionActor {
                     myself.stop(None);
                 }
             }
-            // Boxed: a commit carries a flush, whose state is large.
-            other => {
-                Box::pin(ctx.control(myself.get_cell(), other))
+            SessionMsg::Commit(reply) => {
+                // Boxed: a commit's state is the largest, and would sit in every idle session.
+                let r = Box::pin(ctx.commit(myself.get_cell()))
                     .instrument(span)
                     .await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Acquire(reply) => {
+                let r = ctx.acquire(myself.get_cell()).instrument(span).await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Rollback(reply) => {
+                let r = ctx.rollback().instrument(span).await;
+                let _ = reply.send(r);
             }
         }
         Ok(())
@@ -376,26 +387,6 @@ impl Actor for SessionActor {
 }
 
 impl SessionCtx {
-    /// Transaction control and checkout requests, each answered on its own channel.
-    async fn control(&mut self, me: ractor::ActorCell, msg: SessionMsg) {
-        match msg {
-            SessionMsg::Commit(reply) => {
-                let r = self.commit(me).await;
-                let _ = reply.send(r);
-            }
-            SessionMsg::Acquire(reply) => {
-                let r = self.acquire(me).await;
-                let _ = reply.send(r);
-            }
-            SessionMsg::Rollback(reply) => {
-                let r = self.rollback().await;
-                let _ = reply.send(r);
-            }
-            // Handled by `handle` itself.
-            SessionMsg::Local(_) | SessionMsg::Db(_) | SessionMsg::Close { .. } => {}
-        }
-    }
-
     async fn connection(&mut self, me: ractor::ActorCell) -> Result<Arc<Connection>> {
         if let Some(lease) = &self.lease {
             return Ok(lease.conn.clone());

@@ -222,10 +222,7 @@ impl PoolLink {
     /// `spare_sessions` spares already.
     pub(crate) fn keep_spare(&self, actor: &ActorRef<SessionMsg>, next: &Arc<NextLabel>) -> bool {
         let mut state = lock(&self.shared);
-        if state.stopped
-            || state.closing.is_some()
-            || state.spares.len() >= state.config.spare_sessions
-        {
+        if state.winding_down() || state.spares.len() >= state.config.spare_sessions {
             return false;
         }
         state.spares.push(Spare {
@@ -240,7 +237,7 @@ impl PoolLink {
     /// used first, unless the pool has stopped or is closing.
     pub(crate) fn take_spare(&self) -> Option<(ActorRef<SessionMsg>, Arc<NextLabel>)> {
         let mut state = lock(&self.shared);
-        if state.stopped || state.closing.is_some() {
+        if state.winding_down() {
             return None;
         }
         while let Some(spare) = state.spares.pop() {
@@ -369,6 +366,18 @@ impl PoolState {
             stopped: false,
             spares: Vec::new(),
             counters: Counters::default(),
+        }
+    }
+
+    /// The pool is closing or has stopped: it takes no new session actors and hands none out.
+    fn winding_down(&self) -> bool {
+        self.stopped || self.closing.is_some()
+    }
+
+    /// Stops the `n` oldest spare session actors.
+    fn stop_spares(&mut self, n: usize) {
+        for spare in self.spares.drain(..n) {
+            spare.actor.stop(None);
         }
     }
 
@@ -945,9 +954,7 @@ impl PoolState {
                 .iter()
                 .take_while(|s| now.duration_since(s.since) > limit)
                 .count();
-            for spare in self.spares.drain(..stale) {
-                spare.actor.stop(None);
-            }
+            self.stop_spares(stale);
         }
         // Idle connections past idle_timeout, oldest first, down to min_idle.
         if let Some(limit) = config.idle_timeout {
@@ -1000,9 +1007,7 @@ impl PoolState {
             "close: no new checkouts; waiting for sessions to return their connections"
         );
         self.closing = Some(vec![reply]);
-        for spare in self.spares.drain(..) {
-            spare.actor.stop(None);
-        }
+        self.stop_spares(self.spares.len());
         for w in self.waiters.drain(..) {
             let _ = w.reply.send(Err(Error::PoolClosed {
                 reason: "the pool is closing".into(),
@@ -1035,9 +1040,7 @@ impl PoolState {
     /// closes every connection.
     fn shut_down(&mut self) {
         self.stopped = true;
-        for spare in self.spares.drain(..) {
-            spare.actor.stop(None);
-        }
+        self.stop_spares(self.spares.len());
         for slot in &self.slots {
             if let SlotState::Leased(info) = &slot.state {
                 info.cell.kill();

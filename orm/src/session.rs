@@ -342,7 +342,7 @@ impl SessionState {
         let keys: Vec<Vec<Value>> = keys.into_iter().map(IntoKey::into_key_values).collect();
         let missing: Vec<&Vec<Value>> = keys
             .iter()
-            .filter(|k| !self.identity.contains::<M>(&Key::new((*k).clone())))
+            .filter(|k| !self.identity.contains::<M>(&Key::of(k)))
             .collect();
         if !missing.is_empty() {
             let select = Select::<M>::new().filter(Filter::typed(key_in::<M>(&missing)?));
@@ -584,7 +584,7 @@ impl SessionState {
         let meta = M::meta();
         let values = model.values()?;
         let key_values: Vec<Value> = meta.key_columns().map(|(i, _)| values[i].clone()).collect();
-        let key = Key::new(key_values.clone());
+        let key = Key::of(&key_values);
         let loaded = self
             .identity
             .get::<M>(&key)
@@ -841,11 +841,7 @@ fn coerce_key_values<M: Model>(key: Vec<Value>) -> Result<Vec<Value>> {
 
 /// A key's values, each checked against (and converted for) its column.
 fn coerce_key<M: Model>(key: &[Value]) -> Result<Vec<Value>> {
-    M::meta()
-        .key_columns()
-        .zip(key)
-        .map(|((_, c), v)| c.sql_type.coerce(v.clone(), c.name))
-        .collect()
+    coerce_key_values::<M>(key.to_vec())
 }
 
 /// `key IN (…)` for these keys: the key column itself for a one-column key, a row constructor
