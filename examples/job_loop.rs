@@ -1,6 +1,8 @@
-//! A background job loop with one session per iteration. One iteration panics halfway through a
-//! transaction; the loop goes on, the panicked iteration's writes are rolled back, and the pool's
-//! numbers at the end show every connection back.
+//! A background job queue with one session per iteration. Four workers claim jobs with
+//! `FOR UPDATE SKIP LOCKED`, so each job is processed by exactly one of them without the workers
+//! waiting for each other. One iteration panics halfway through its transaction: its claim is
+//! rolled back (the job goes back to the queue and another iteration takes it), the loop goes on,
+//! and the pool's numbers at the end show every connection back.
 //!
 //! `cargo run --example job_loop`: on `DATABASE_URL` when set, else a throwaway PostgreSQL.
 
@@ -11,63 +13,95 @@ use actor_orm::prelude::*;
 use actor_orm::testing::Cluster;
 
 #[derive(Model, Clone, Debug)]
-#[orm(table_name = "job_runs")]
-struct JobRun {
+#[orm(table_name = "jobs")]
+struct Job {
     #[orm(primary_key, auto_increment)]
     id: i64,
-    iteration: i32,
+    payload: String,
+    done: bool,
+    attempts: i32,
+    worker: Option<i32>,
 }
 
-/// One iteration of the job: its own session, its own transaction.
-async fn iteration(pool: Pool, n: i32) -> Result<()> {
-    let session = pool.named_session(format!("job iteration {n}")).await?;
-    session
-        .add(JobRun {
-            id: 0,
-            iteration: n,
-        })
+/// One iteration of worker `w`: its own session, its own transaction. Claims the oldest job no
+/// other worker holds, does it, marks it done. `Ok(false)` when the queue is empty.
+async fn iteration(pool: Pool, w: i32, iteration: u32) -> Result<bool> {
+    let session = pool.named_session(format!("worker {w}")).await?;
+    let claimed = session
+        .first(
+            Job::query()
+                .filter(Job::DONE.eq(false))
+                .order_by(Job::ID.asc())
+                .for_update()
+                .skip_locked(),
+        )
         .await?;
-    session.flush().await?; // the row is written inside the open transaction
-    if n == 3 {
-        panic!("iteration {n} hit a bug after writing its row");
+    let Some(mut job) = claimed else {
+        return Ok(false);
+    };
+    if w == 2 && iteration == 3 {
+        panic!("worker {w} hit a bug while holding job {}", job.id);
     }
-    session.commit().await
+    job.done = true;
+    job.attempts += 1;
+    job.worker = Some(w);
+    session.save(job).await?;
+    session.commit().await?;
+    Ok(true)
     // The session is dropped here (or during the panic's unwinding): connection returned.
+}
+
+async fn worker(pool: Pool, w: i32) -> u32 {
+    let mut processed = 0;
+    for n in 0.. {
+        // Each iteration runs as a task, so a panic ends the iteration, not the worker.
+        match tokio::spawn(iteration(pool.clone(), w, n)).await {
+            Ok(Ok(true)) => processed += 1,
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => println!("worker {w}: error: {e}"),
+            Err(e) if e.is_panic() => println!("worker {w}: iteration {n} panicked; going on"),
+            Err(e) => println!("worker {w}: {e}"),
+        }
+    }
+    processed
 }
 
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::from_env()?;
-    let pool = Pool::builder(cluster.config()).max_size(2).build().await?;
+    let pool = Pool::builder(cluster.config()).max_size(4).build().await?;
     let setup = pool.session().await?;
+    setup.raw_execute(ddl::drop_table::<Job>(), vec![]).await?;
     setup
-        .raw_execute(ddl::drop_table::<JobRun>(), vec![])
+        .raw_execute(ddl::create_table::<Job>(), vec![])
         .await?;
     setup
-        .raw_execute(ddl::create_table::<JobRun>(), vec![])
+        .add_without_returning((1..=40).map(|n| Job {
+            id: 0,
+            payload: format!("job {n}"),
+            done: false,
+            attempts: 0,
+            worker: None,
+        }))
         .await?;
     setup.commit().await?;
     setup.close().await?;
 
-    for n in 1..=6 {
-        // Each iteration runs as a task, so a panic ends the iteration, not the loop.
-        match tokio::spawn(iteration(pool.clone(), n)).await {
-            Ok(Ok(())) => println!("iteration {n}: committed"),
-            Ok(Err(e)) => println!("iteration {n}: error: {e}"),
-            Err(e) if e.is_panic() => println!("iteration {n}: panicked; the loop goes on"),
-            Err(e) => println!("iteration {n}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let workers: Vec<_> = (1..=4)
+        .map(|w| tokio::spawn(worker(pool.clone(), w)))
+        .collect();
+    for (w, handle) in workers.into_iter().enumerate() {
+        println!("worker {}: processed {} jobs", w + 1, handle.await?);
     }
 
     let check = pool.session().await?;
-    let runs: Vec<i32> = check
-        .all(JobRun::query().order_by(JobRun::ITERATION.asc()))
-        .await?
-        .into_iter()
-        .map(|r| r.iteration)
-        .collect();
-    println!("committed iterations: {runs:?} (3 was rolled back)");
+    let jobs = check.all(Job::query()).await?;
+    let done = jobs.iter().filter(|j| j.done).count();
+    let twice = jobs.iter().filter(|j| j.attempts != 1).count();
+    println!(
+        "{done} of {} jobs done; {twice} processed other than once",
+        jobs.len()
+    );
     check.close().await?;
 
     let s = pool.stats().await?;

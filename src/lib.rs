@@ -32,7 +32,8 @@
 //! ## `#[derive(Model)]`
 //!
 //! On the struct: `table_name = "..."` (default: the struct's name in snake_case, e.g.
-//! `UserAccount` → `user_account`) and `schema = "..."`.
+//! `UserAccount` → `user_account`), `schema = "..."` and `dirty_check = false` (`save` then
+//! overwrites without checking that the columns it changes still hold their loaded values).
 //!
 //! On a field: `primary_key` (on one or more fields), `auto_increment` (an identity column; a
 //! zero value is left to the database), `column_name = "..."`, `default` or `default = "SQL"` (an
@@ -48,12 +49,14 @@ pub mod testing;
 
 pub use actor_orm_actors::{
     BoxFuture, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session,
+    TransactionOptions,
 };
 pub use actor_orm_core::{
-    Aggregate, Column, ColumnMeta, ColumnValue, Connection, DbEnum, DbError, DeleteWhere, Error,
-    Filter, IdentityMap, IntoKey, Key, Model, ModelMeta, OnConflict, Ordering, Project, Result,
-    Savepoint, Select, SelectPair, Selection, SessionState, SqlType, StatementMode, TxState,
-    UpdateWhere, count_all, ddl, sea_query, tokio_postgres, types,
+    Aggregate, Column, ColumnMeta, ColumnValue, Connection, CurrentTime, DbEnum, DbError,
+    DeleteWhere, Error, Expression, Filter, IdentityMap, IntoExpression, IntoKey, Isolation, Key,
+    Lock, Model, ModelMeta, Now, Numeric, OnConflict, Ordering, Project, Result, Savepoint, Select,
+    SelectPair, Selection, SessionState, SqlType, StatementMode, TxState, UpdateWhere, count_all,
+    ddl, now, sea_query, tokio_postgres, types,
 };
 pub use actor_orm_core::{Holder, KeyValues, PoolTimeout};
 pub use actor_orm_derive::{DbEnum, Model};
@@ -61,8 +64,9 @@ pub use actor_orm_derive::{DbEnum, Model};
 /// The names most programs need.
 pub mod prelude {
     pub use crate::{
-        Column, Connection, DbEnum, Error, Filter, Model, OnConflict, Pool, ResetPolicy, Result,
-        Select, Session, SessionState, count_all,
+        Column, Connection, DbEnum, Error, Expression, Filter, Isolation, Lock, Model, OnConflict,
+        Pool, ResetPolicy, Result, Select, Session, SessionState, TransactionOptions, UpdateWhere,
+        count_all,
     };
 }
 

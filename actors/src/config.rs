@@ -45,6 +45,7 @@ pub struct PoolConfig {
     pub(crate) max_session_lifetime: Option<Duration>,
     pub(crate) statement_mode: StatementMode,
     pub(crate) autocommit_reads: bool,
+    pub(crate) dirty_check: bool,
     pub(crate) close_timeout: Duration,
     pub(crate) spare_sessions: usize,
 }
@@ -68,6 +69,7 @@ impl fmt::Debug for PoolConfig {
             .field("max_session_lifetime", &self.max_session_lifetime)
             .field("statement_mode", &self.statement_mode)
             .field("autocommit_reads", &self.autocommit_reads)
+            .field("dirty_check", &self.dirty_check)
             .field("spare_sessions", &self.spare_sessions)
             .finish_non_exhaustive()
     }
@@ -92,6 +94,7 @@ impl PoolConfig {
             max_session_lifetime: None,
             statement_mode: StatementMode::Prepared,
             autocommit_reads: true,
+            dirty_check: true,
             close_timeout: Duration::from_secs(5),
             spare_sessions: 256,
         }

@@ -21,8 +21,10 @@ mod pool;
 mod session;
 mod stats;
 mod supervisor;
+mod transaction;
 
 pub use config::{IntoConfig, PoolConfig, ResetPolicy};
 pub use pool::{Pool, PoolBuilder};
 pub use session::{BoxFuture, Session};
 pub use stats::PoolStats;
+pub use transaction::TransactionOptions;

@@ -72,7 +72,7 @@ impl Pool {
         self.spawn_session(Some(name.into()), Location::caller())
     }
 
-    fn spawn_session(
+    pub(crate) fn spawn_session(
         &self,
         name: Option<String>,
         site: &'static Location<'static>,
@@ -272,6 +272,14 @@ impl PoolBuilder {
         /// raw SQL on the connection has mentioned isolation since. `false` makes every read open
         /// the transaction, as SQLAlchemy's autobegin does.
         autocommit_reads: bool
+    );
+    setter!(
+        /// Whether `save` checks that the columns it changes still hold the values this session
+        /// loaded (for models without a version column), failing with
+        /// [`Error::Stale`](actor_orm_core::Error::Stale) instead of overwriting a concurrent
+        /// change. Default `true`. A model can turn it off for itself with
+        /// `#[orm(dirty_check = false)]`; see [`SessionState::save`](actor_orm_core::SessionState::save).
+        dirty_check: bool
     );
     setter!(
         /// How long a pool closed by dropping its last handle waits for sessions. Default 5 s.

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use actor_orm_core::sea_query::Value;
 use actor_orm_core::tokio_postgres::Row;
 use actor_orm_core::{
-    Connection, DeleteWhere, Error, IntoKey, KeyValues, Model, OnConflict, Project, Result,
-    Savepoint, Select, SelectPair, Selection, SessionState, TxState, UpdateWhere,
+    Connection, DeleteWhere, Error, IntoKey, Isolation, KeyValues, Lock, Model, OnConflict,
+    Project, Result, Savepoint, Select, SelectPair, Selection, SessionState, TxState, UpdateWhere,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -89,7 +89,8 @@ enum Mode {
     Read,
     /// Runs to completion whatever the caller does: transaction control, flushes, inserts.
     Complete,
-    /// A write whose effect stays inside the transaction (`update_where`, `delete_where`):
+    /// A write whose effect stays inside the transaction (`update_where`, `delete_where`, a
+    /// locking read):
     /// cancelled when nobody waits for it, and the transaction marked failed.
     Cancellable,
     /// User code or raw SQL: runs to completion, and the ORM cannot vouch for the session state.
@@ -111,6 +112,17 @@ impl Mode {
 
     fn untracked(self) -> bool {
         matches!(self, Mode::Untracked | Mode::UntrackedCancellable)
+    }
+}
+
+/// How a query runs: as a read, or — when it locks rows or calls what the ORM cannot see
+/// through — as a write inside the transaction (whose COMMIT then must be waited for: it
+/// releases the locks).
+fn read_mode(reads_only: bool) -> Mode {
+    if reads_only {
+        Mode::Read
+    } else {
+        Mode::Cancellable
     }
 }
 
@@ -284,6 +296,7 @@ impl std::fmt::Debug for Label {
 pub(crate) struct SessionArgs {
     pool: PoolLink,
     label: Label,
+    dirty_check: bool,
 }
 
 pub(crate) struct SessionCtx {
@@ -302,6 +315,8 @@ pub(crate) struct SessionCtx {
     condemned: bool,
     /// The label of the next session, once this actor is a spare and has been taken.
     next: Arc<NextLabel>,
+    /// The pool's `dirty_check` setting, for every session this actor serves.
+    dirty_check: bool,
 }
 
 impl Actor for SessionActor {
@@ -315,8 +330,10 @@ impl Actor for SessionActor {
         args: SessionArgs,
     ) -> Result<SessionCtx, ActorProcessingErr> {
         let _ = args.label.0.id.set(myself.get_id());
+        let mut core = SessionState::new();
+        core.set_dirty_check(args.dirty_check);
         Ok(SessionCtx {
-            core: SessionState::new(),
+            core,
             lease: None,
             pool: args.pool,
             span: span_for(&args.label),
@@ -325,6 +342,7 @@ impl Actor for SessionActor {
             read_only: true,
             condemned: false,
             next: Arc::default(),
+            dirty_check: args.dirty_check,
         })
     }
 
@@ -508,6 +526,7 @@ impl SessionCtx {
     fn wipe(&mut self) {
         debug_assert!(self.lease.is_none());
         self.core = SessionState::new();
+        self.core.set_dirty_check(self.dirty_check);
         self.untracked = false;
         self.read_only = true;
     }
@@ -624,6 +643,7 @@ pub(crate) async fn spawn(
     let args = SessionArgs {
         pool: link,
         label: label.clone(),
+        dirty_check: pool.config().dirty_check,
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)
         .await
@@ -780,6 +800,28 @@ impl Session {
             .await
     }
 
+    /// The row of `M` with this key, locked `FOR UPDATE` until the transaction ends: other
+    /// sessions that lock or write it wait for this one's COMMIT or ROLLBACK. Opens the
+    /// transaction, always asks the server, and refreshes the session's copy of the row (so a
+    /// `save` of it checks against what was locked).
+    pub async fn get_for_update<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
+        self.get_locked(key, Lock::update()).await
+    }
+
+    /// [`get_for_update`](Self::get_for_update) with any [`Lock`]: `Lock::share()`,
+    /// `Lock::update().nowait()` (a held row fails at once with SQLSTATE 55P03), ….
+    pub async fn get_locked<M: Model>(
+        &self,
+        key: impl IntoKey<M>,
+        lock: Lock,
+    ) -> Result<Option<M>> {
+        let key = KeyValues(key.into_key_values());
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.get_locked::<M>(c, key, lock))
+        })
+        .await
+    }
+
     /// The rows of `M` with these keys, in one statement for those not loaded yet.
     pub async fn get_many<M: Model, K: IntoKey<M>>(
         &self,
@@ -795,13 +837,15 @@ impl Session {
 
     /// Every row the query selects.
     pub async fn all<M: Model>(&self, select: Select<M>) -> Result<Vec<M>> {
-        self.read(move |s, c| Box::pin(s.all(c, select.clone())))
+        let mode = read_mode(select.reads_only());
+        self.send_job(mode, move |s, c| Box::pin(s.all(c, select.clone())))
             .await
     }
 
     /// The first row the query selects.
     pub async fn first<M: Model>(&self, select: Select<M>) -> Result<Option<M>> {
-        self.read(move |s, c| Box::pin(s.first(c, select.clone())))
+        let mode = read_mode(select.reads_only());
+        self.send_job(mode, move |s, c| Box::pin(s.first(c, select.clone())))
             .await
     }
 
@@ -828,7 +872,8 @@ impl Session {
         &self,
         select: SelectPair<M, N>,
     ) -> Result<Vec<(M, Option<N>)>> {
-        self.read(move |s, c| Box::pin(s.all_pairs(c, select.clone())))
+        let mode = read_mode(select.reads_only());
+        self.send_job(mode, move |s, c| Box::pin(s.all_pairs(c, select.clone())))
             .await
     }
 
@@ -855,6 +900,17 @@ impl Session {
         self.local(move |s| s.add_all(models)).await
     }
 
+    /// Queues models for INSERT at the next flush with nothing read back (no `RETURNING`): for
+    /// rows this session will not use again, such as log or history rows. They do not enter the
+    /// identity map. All are checked first; if one is refused, none is queued.
+    pub async fn add_without_returning<M: Model>(
+        &self,
+        models: impl IntoIterator<Item = M>,
+    ) -> Result<()> {
+        let models: Vec<M> = models.into_iter().collect();
+        self.local(move |s| s.add_without_returning(models)).await
+    }
+
     /// Inserts `model` now and returns it as stored (generated key and defaults filled in).
     pub async fn insert<M: Model>(&self, model: M) -> Result<M> {
         self.call(Mode::Complete, move |s, c| Box::pin(s.insert(c, model)))
@@ -870,6 +926,12 @@ impl Session {
     }
 
     /// Queues the changes in `model` (compared with what this session loaded) for the next flush.
+    ///
+    /// The UPDATE is written only if the row still holds what this session loaded: its version
+    /// (for a model with a version column), or else the loaded value of every column it changes.
+    /// A row changed by someone else in between fails the flush with [`Error::Stale`] instead of
+    /// being overwritten (see [`SessionState::save`] for the cost and how to turn it off);
+    /// [`Pool::transaction`](crate::Pool::transaction) runs the work again on it.
     pub async fn save<M: Model>(&self, model: M) -> Result<()> {
         self.local(move |s| s.save(model)).await
     }
@@ -884,10 +946,21 @@ impl Session {
         self.call(Mode::Complete, |s, c| Box::pin(s.flush(c))).await
     }
 
-    /// UPDATE … WHERE for many rows at once; returns how many changed.
+    /// UPDATE … WHERE for many rows at once, with no `RETURNING`; returns how many changed.
+    /// New values may be expressions over the row (`Account::BALANCE.add(delta)`), computed by
+    /// the server from the row as it is when the UPDATE runs, so no concurrent change is lost.
     pub async fn update_where<M: Model>(&self, update: UpdateWhere<M>) -> Result<u64> {
         self.call(Mode::Cancellable, move |s, c| {
             Box::pin(s.update_where(c, update))
+        })
+        .await
+    }
+
+    /// [`update_where`](Self::update_where) that reads the updated rows back (`RETURNING`),
+    /// e.g. one row by key: `UpdateWhere::<Account>::key(7).set(..)`.
+    pub async fn update_returning<M: Model>(&self, update: UpdateWhere<M>) -> Result<Vec<M>> {
+        self.call(Mode::Cancellable, move |s, c| {
+            Box::pin(s.update_returning(c, update))
         })
         .await
     }
@@ -937,6 +1010,17 @@ impl Session {
     /// `SET TRANSACTION ISOLATION LEVEL …` applies to them).
     pub async fn begin(&self) -> Result<()> {
         self.call(Mode::Complete, |s, c| Box::pin(s.begin(c))).await
+    }
+
+    /// Opens the transaction now with this isolation level (`BEGIN ISOLATION LEVEL …`). Must
+    /// come before the transaction's first statement: with a transaction open, or changes
+    /// pending, it is an [`Error::InvalidInput`]. Under REPEATABLE READ and SERIALIZABLE, rows
+    /// loaded before are read again from the server rather than served from the identity map.
+    pub async fn begin_with(&self, isolation: Isolation) -> Result<()> {
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(s.begin_with(c, isolation))
+        })
+        .await
     }
 
     /// Where the session's transaction stands.

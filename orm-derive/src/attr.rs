@@ -100,6 +100,24 @@ impl Entry {
         }
     }
 
+    pub(crate) fn bool(&self, example: &str) -> Result<bool> {
+        match &self.value {
+            Some(Expr::Lit(l)) => match &l.lit {
+                Lit::Bool(b) => Ok(b.value),
+                other => Err(Error::new(
+                    other.span(),
+                    format!(
+                        "expected true or false; the correct format looks like #[orm({example})]"
+                    ),
+                )),
+            },
+            _ => Err(Error::new(
+                self.key.span(),
+                format!("expected true or false; the correct format looks like #[orm({example})]"),
+            )),
+        }
+    }
+
     pub(crate) fn int(&self, example: &str) -> Result<u32> {
         match &self.value {
             Some(Expr::Lit(l)) => match &l.lit {

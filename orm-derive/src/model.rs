@@ -10,6 +10,7 @@ use crate::attr::{entries, snake_case};
 const STRUCT_KEYS: &[(&str, &str)] = &[
     ("table_name", "table_name = \"users\""),
     ("schema", "schema = \"app\""),
+    ("dirty_check", "dirty_check = false"),
 ];
 
 const FIELD_KEYS: &[(&str, &str)] = &[
@@ -64,10 +65,12 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
 
     let mut table = snake_case(&name.to_string());
     let mut schema: Option<String> = None;
+    let mut dirty_check = true;
     for e in entries(&input.attrs, STRUCT_KEYS, "a struct")? {
         match e.key.to_string().as_str() {
             "table_name" => table = e.string("table_name = \"users\"")?.value(),
             "schema" => schema = Some(e.string("schema = \"app\"")?.value()),
+            "dirty_check" => dirty_check = e.bool("dirty_check = false")?,
             _ => {}
         }
     }
@@ -300,6 +303,12 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         });
     let n_columns = fields.len();
     let span = Span::call_site();
+    // Only written when turned off, so the usual expansion stays as it was.
+    let dirty_check = if dirty_check {
+        quote!()
+    } else {
+        quote!(.without_dirty_check())
+    };
 
     Ok(quote_spanned! {span=>
         #(#type_checks)*
@@ -311,7 +320,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 static COLUMNS: ::std::sync::LazyLock<[#krate::ColumnMeta; #n_columns]> =
                     ::std::sync::LazyLock::new(|| [#(#column_metas),*]);
                 static META: ::std::sync::LazyLock<#krate::ModelMeta> =
-                    ::std::sync::LazyLock::new(|| #krate::ModelMeta::new(#table, #schema_tokens, &*COLUMNS));
+                    ::std::sync::LazyLock::new(|| #krate::ModelMeta::new(#table, #schema_tokens, &*COLUMNS)#dirty_check);
                 &META
             }
 

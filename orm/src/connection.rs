@@ -345,6 +345,13 @@ impl Connection {
     /// Runs SQL text without parameters (BEGIN, COMMIT, SAVEPOINT, DDL) in one round trip.
     pub async fn batch(&self, sql: &str) -> Result<()> {
         self.note_sql(sql);
+        self.batch_known(sql).await
+    }
+
+    /// [`batch`](Self::batch) for statements the ORM writes itself, whose effect it tracks
+    /// (`BEGIN ISOLATION LEVEL …` names an isolation level for one transaction only, and must
+    /// not turn autocommit reads off for the connection's life).
+    pub(crate) async fn batch_known(&self, sql: &str) -> Result<()> {
         self.record(sql);
         self.count();
         let mark = InFlight::start(&self.in_flight);

@@ -29,9 +29,13 @@ pub enum Error {
         /// The key looked for, as text.
         key: String,
     },
-    /// An optimistic-lock check failed: the row changed (or vanished) since it was loaded.
+    /// An optimistic-lock check failed: the row changed (or vanished) since it was loaded. Its
+    /// version was not the one loaded, or (for a model without a version column) a column the
+    /// save changes no longer held the value it was loaded with. Nothing was written; roll back
+    /// and run the unit of work again (`Pool::transaction` does this).
     #[display(
-        "stale {table} row with key {key}: it was changed or deleted by someone else since it was loaded (expected version {expected_version})"
+        "stale {table} row with key {key}: it was changed or deleted by someone else since it was loaded ({})",
+        stale_detail(*expected_version, columns)
     )]
     Stale {
         /// The table.
@@ -39,8 +43,10 @@ pub enum Error {
         table: String,
         /// The key of the row.
         key: String,
-        /// The version this session had loaded.
-        expected_version: i64,
+        /// The version this session had loaded, for a model with a version column.
+        expected_version: Option<i64>,
+        /// The columns whose loaded values were checked, for a model without one.
+        columns: Vec<String>,
     },
     /// A value or a column does not have the type the other side needs.
     #[display("type mismatch for {column}: expected {expected}, found {found}")]
@@ -99,6 +105,32 @@ impl Error {
         }
     }
 
+    /// Whether this is [`Error::Stale`]: the row changed since this session loaded it.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Error::Stale { .. })
+    }
+
+    /// SQLSTATE 40001: a REPEATABLE READ or SERIALIZABLE transaction could not be serialized.
+    pub fn is_serialization_failure(&self) -> bool {
+        self.code() == Some("40001")
+    }
+
+    /// SQLSTATE 40P01: the transaction was chosen to break a deadlock.
+    pub fn is_deadlock(&self) -> bool {
+        self.code() == Some("40P01")
+    }
+
+    /// SQLSTATE 55P03: a `NOWAIT` lock (or `lock_timeout`) found the row or table held.
+    pub fn is_lock_not_available(&self) -> bool {
+        self.code() == Some("55P03")
+    }
+
+    /// Whether running the whole unit of work again, from the start, may succeed: a stale row,
+    /// a serialization failure or a deadlock. What `Pool::transaction` retries.
+    pub fn is_retryable(&self) -> bool {
+        self.is_stale() || self.is_serialization_failure() || self.is_deadlock()
+    }
+
     /// Whether the connection this error came from can no longer be used.
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, Error::ConnectionLost { .. })
@@ -114,6 +146,14 @@ impl Error {
             expected: expected.into(),
             found: found.into(),
         }
+    }
+}
+
+fn stale_detail(expected_version: Option<i64>, columns: &[String]) -> String {
+    match expected_version {
+        Some(v) => format!("expected version {v}"),
+        None if columns.is_empty() => "the row is gone".to_owned(),
+        None => format!("checked: {}", columns.join(", ")),
     }
 }
 

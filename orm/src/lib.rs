@@ -12,7 +12,9 @@ mod bind;
 mod connection;
 pub mod ddl;
 mod error;
+mod expression;
 mod identity;
+mod lock;
 mod model;
 mod query;
 mod session;
@@ -58,7 +60,9 @@ mod tests {
 
 pub use connection::{Connection, StatementMode};
 pub use error::{DbError, Error, Holder, PoolTimeout, Result};
+pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now};
 pub use identity::IdentityMap;
+pub use lock::Lock;
 pub use model::{
     Column, ColumnMeta, IntoKey, Key, KeyValues, Model, ModelMeta, TextLike, ValueFor,
 };
@@ -67,7 +71,7 @@ pub use query::{
     UpdateWhere, count_all,
 };
 pub use sea_query;
-pub use session::{Savepoint, SessionState, TxState};
+pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, SqlType};
 pub use unit_of_work::UnitOfWork;

@@ -41,6 +41,13 @@ pub struct ColumnMeta {
 }
 
 impl ColumnMeta {
+    /// Whether `save`'s dirty-column check can compare this column: its type has an equality
+    /// operator. A `#[orm(json)]` field is never compared (its column may be `json`, which has
+    /// none).
+    pub fn comparable(&self) -> bool {
+        !self.json && self.sql_type.has_equality()
+    }
+
     /// A column with only a name, field and type; the derive fills in the rest.
     pub const fn new(name: &'static str, field: &'static str, sql_type: crate::SqlType) -> Self {
         ColumnMeta {
@@ -87,6 +94,9 @@ pub struct ModelMeta {
     pub schema: Option<&'static str>,
     /// Its columns, in field order.
     pub columns: &'static [ColumnMeta],
+    /// Whether `save` checks that the columns it changes still hold their loaded values (for a
+    /// model without a version column). `#[orm(dirty_check = false)]` turns it off.
+    pub dirty_check: bool,
     /// SQL text that depends only on the model, built on first use.
     pub(crate) sql: SqlCache,
 }
@@ -110,10 +120,18 @@ impl ModelMeta {
             table,
             schema,
             columns,
+            dirty_check: true,
             sql: SqlCache {
                 get: std::sync::OnceLock::new(),
             },
         }
+    }
+
+    /// The same table with the dirty-column check of `save` turned off (written by the derive
+    /// for `#[orm(dirty_check = false)]`).
+    pub const fn without_dirty_check(mut self) -> Self {
+        self.dirty_check = false;
+        self
     }
 
     /// Positions of the primary-key columns.
@@ -496,3 +514,42 @@ impl<M: Model, T: ColumnValue + TextLike> Column<M, T> {
 pub trait TextLike {}
 impl TextLike for String {}
 impl TextLike for Option<String> {}
+
+/// [`coerce_key`] of a key the caller no longer needs: converted in place, in its own vector.
+pub(crate) fn coerce_key_values<M: Model>(key: Vec<Value>) -> Result<Vec<Value>> {
+    let columns = M::meta().key_columns();
+    key.into_iter()
+        .zip(columns)
+        .map(|(v, (_, c))| c.sql_type.coerce(v, c.name))
+        .collect()
+}
+
+/// A key's values, each checked against (and converted for) its column.
+fn coerce_key<M: Model>(key: &[Value]) -> Result<Vec<Value>> {
+    coerce_key_values::<M>(key.to_vec())
+}
+
+/// `key IN (…)` for these keys: the key column itself for a one-column key, a row constructor
+/// `(a, b) IN ((…), (…))` for a composite one. Values are checked against their columns.
+pub(crate) fn key_in<M: Model>(keys: &[&Vec<Value>]) -> Result<sea_query::Expr> {
+    use sea_query::{Expr, ExprTrait as _};
+    let meta = M::meta();
+    let key_cols: Vec<usize> = meta.key_columns().map(|(i, _)| i).collect();
+    let (column, values): (Expr, Vec<Expr>) = if let [i] = key_cols.as_slice() {
+        let values = keys
+            .iter()
+            .map(|k| coerce_key::<M>(k).map(|mut r| Expr::val(r.remove(0))))
+            .collect::<Result<_>>()?;
+        (meta.column_expr(*i), values)
+    } else {
+        let values = keys
+            .iter()
+            .map(|k| coerce_key::<M>(k).map(|r| Expr::tuple(r.into_iter().map(Expr::val))))
+            .collect::<Result<_>>()?;
+        (
+            Expr::tuple(key_cols.iter().map(|i| meta.column_expr(*i))),
+            values,
+        )
+    };
+    Ok(column.is_in(values))
+}

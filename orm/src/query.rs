@@ -8,8 +8,10 @@ use sea_query::{
 };
 use tokio_postgres::Row;
 
-use crate::error::Result;
-use crate::model::{Column, Model};
+use crate::error::{Error, Result};
+use crate::expression::{IntoExpression, Node};
+use crate::lock::Lock;
+use crate::model::{Column, IntoKey, Model};
 use crate::types::ColumnValue;
 
 /// A boolean condition for WHERE, ON and HAVING; combine with [`and`](Filter::and),
@@ -96,6 +98,7 @@ impl Ordering {
 pub struct Select<M> {
     pub(crate) stmt: SelectStatement,
     opaque: bool,
+    lock: Option<Lock>,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -121,6 +124,7 @@ impl<M: Model> Select<M> {
         Select {
             stmt,
             opaque: false,
+            lock: None,
             _model: PhantomData,
         }
     }
@@ -134,9 +138,46 @@ impl<M: Model> Select<M> {
 
     /// Whether the statement is built only from typed columns and bound values, so that running
     /// it cannot change anything: such a read may run outside the session's transaction while
-    /// none is open. A filter from [`Filter::from_expr`] makes this `false`.
+    /// none is open. A filter from [`Filter::from_expr`] or a locking clause makes this `false`.
     pub fn reads_only(&self) -> bool {
-        !self.opaque
+        !self.opaque && self.lock.is_none()
+    }
+
+    /// Locks the rows read until the transaction ends (see [`Lock`]); replaces an earlier lock.
+    /// The read opens the session's transaction, and refreshes the session's copy of each row.
+    pub fn lock(mut self, lock: Lock) -> Self {
+        lock.apply(&mut self.stmt);
+        self.lock = Some(lock);
+        self
+    }
+
+    /// `FOR UPDATE`: [`Lock::update`].
+    pub fn for_update(self) -> Self {
+        self.lock(Lock::update())
+    }
+
+    /// `FOR NO KEY UPDATE`: [`Lock::no_key_update`].
+    pub fn for_no_key_update(self) -> Self {
+        self.lock(Lock::no_key_update())
+    }
+
+    /// `FOR SHARE`: [`Lock::share`].
+    pub fn for_share(self) -> Self {
+        self.lock(Lock::share())
+    }
+
+    /// `SKIP LOCKED` on the lock set before (`FOR UPDATE` when none was): rows other
+    /// transactions hold are left out.
+    pub fn skip_locked(mut self) -> Self {
+        let lock = self.lock.take().unwrap_or_else(Lock::update);
+        self.lock(lock.skip_locked())
+    }
+
+    /// `NOWAIT` on the lock set before (`FOR UPDATE` when none was): a row another transaction
+    /// holds fails the read at once (SQLSTATE 55P03).
+    pub fn nowait(mut self) -> Self {
+        let lock = self.lock.take().unwrap_or_else(Lock::update);
+        self.lock(lock.nowait())
     }
 
     /// Orders by a column (`User::NAME.asc()`); later calls break ties.
@@ -179,7 +220,7 @@ impl<M: Model> Select<M> {
         select_columns::<N>(&mut self.stmt);
         SelectPair {
             stmt: self.stmt,
-            opaque: self.opaque,
+            opaque: self.opaque || self.lock.is_some(),
             _models: PhantomData,
         }
     }
@@ -195,7 +236,7 @@ impl<M: Model> Select<M> {
         }
     }
 
-    /// `SELECT COUNT(*)` over this query.
+    /// `SELECT COUNT(*)` over this query (a locking clause on it locks the rows counted).
     pub fn count_statement(&self) -> SelectStatement {
         let mut inner = self.stmt.clone();
         inner.clear_order_by();
@@ -232,7 +273,7 @@ pub struct SelectPair<M, N> {
 }
 
 impl<M: Model, N: Model> SelectPair<M, N> {
-    /// As [`Select::reads_only`].
+    /// As [`Select::reads_only`] (a join with a locking clause does not only read).
     pub fn reads_only(&self) -> bool {
         !self.opaque
     }
@@ -450,12 +491,26 @@ impl<S: Selection> Project<S> {
     }
 }
 
-/// An UPDATE of every row of `M` matching a filter, bypassing the identity map (which forgets
-/// `M`'s rows when it runs).
+/// An UPDATE of the rows of `M` matching a filter (or one key), bypassing the identity map
+/// (which forgets `M`'s rows when it runs). A new value may be a bound value, another column or
+/// an [`Expression`] over the row's columns, so that a change is computed by the server from the
+/// row as it is when the UPDATE runs: `balance = balance + $1` cannot lose a concurrent update.
+///
+/// ```
+/// use actor_orm_core::UpdateWhere;
+/// # use actor_orm_core::{Column, Model};
+/// # fn demo<Account: Model>(id: Column<Account, i64>, balance: Column<Account, i64>) {
+/// // UPDATE "accounts" SET "balance" = "accounts"."balance" + $1 WHERE "accounts"."id" = $2
+/// let deposit = UpdateWhere::<Account>::new()
+///     .set(balance, balance.add(25_i64))
+///     .filter(id.eq(7_i64));
+/// # let _ = deposit; }
+/// ```
 #[derive(Debug, Clone)]
 pub struct UpdateWhere<M> {
-    pub(crate) sets: Vec<(usize, Value)>,
+    pub(crate) sets: Vec<(usize, Node)>,
     pub(crate) filter: Option<Filter>,
+    key: Option<Vec<Value>>,
     _m: PhantomData<fn() -> M>,
 }
 
@@ -464,22 +519,38 @@ impl<M: Model> Default for UpdateWhere<M> {
         UpdateWhere {
             sets: Vec::new(),
             filter: None,
+            key: None,
             _m: PhantomData,
         }
     }
 }
 
 impl<M: Model> UpdateWhere<M> {
-    /// `SET column = value`.
+    /// An UPDATE of `M`'s table with nothing set yet; without a filter it changes every row.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An UPDATE of the one row with this primary key (a tuple for a composite key).
+    pub fn key(key: impl IntoKey<M>) -> Self {
+        UpdateWhere {
+            key: Some(key.into_key_values()),
+            ..Self::default()
+        }
+    }
+
+    /// `SET column = value`: a value of the column's type, another column, or an expression
+    /// (`Account::BALANCE.add(delta)`, `Post::EDITED_AT.coalesce(..)`, `Expression::now()`).
     pub fn set<T: ColumnValue>(
         mut self,
         column: Column<M, T>,
-        value: impl crate::model::ValueFor<T>,
+        value: impl IntoExpression<T>,
     ) -> Self {
-        self.sets.push((column.index(), value.into_value()));
+        self.sets
+            .push((column.index(), value.into_expression().node));
         self
     }
-    /// Only rows matching `filter`.
+    /// Only rows matching `filter` (ANDed with earlier filters and the key).
     pub fn filter(mut self, filter: Filter) -> Self {
         self.filter = Some(match self.filter.take() {
             Some(f) => f.and(filter),
@@ -487,18 +558,39 @@ impl<M: Model> UpdateWhere<M> {
         });
         self
     }
-    /// The SQL and its bound values; values are checked against their columns first.
-    pub fn build(&self) -> Result<(String, Values)> {
+
+    fn statement(&self) -> Result<sea_query::UpdateStatement> {
         let meta = M::meta();
+        if self.sets.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "an UPDATE of {} sets no column",
+                meta.table
+            )));
+        }
         let mut stmt = Query::update();
         stmt.table(meta.table_ref());
-        for (i, v) in &self.sets {
+        for (i, node) in &self.sets {
             let col = &meta.columns[*i];
-            stmt.value(col.name, col.sql_type.coerce(v.clone(), col.name)?);
+            stmt.value(col.name, node.to_set_expr(col)?);
+        }
+        if let Some(key) = &self.key {
+            stmt.and_where(crate::model::key_in::<M>(&[key])?);
         }
         if let Some(f) = &self.filter {
             stmt.and_where(f.expr.clone());
         }
+        Ok(stmt)
+    }
+
+    /// The SQL and its bound values; values are checked against their columns first.
+    pub fn build(&self) -> Result<(String, Values)> {
+        Ok(self.statement()?.build(PostgresQueryBuilder))
+    }
+
+    /// [`build`](Self::build) with `RETURNING` every column of `M`, to read the rows back.
+    pub fn build_returning(&self) -> Result<(String, Values)> {
+        let mut stmt = self.statement()?;
+        stmt.returning(Query::returning().columns(M::meta().columns.iter().map(|c| c.name)));
         Ok(stmt.build(PostgresQueryBuilder))
     }
 }

@@ -10,7 +10,8 @@ use tokio_postgres::Row;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::identity::IdentityMap;
-use crate::model::{IntoKey, Key, Model};
+use crate::lock::Lock;
+use crate::model::{IntoKey, Key, Model, coerce_key_values, key_in};
 use crate::query::{
     DeleteWhere, Filter, OnConflict, Project, Select, SelectPair, Selection, UpdateWhere,
 };
@@ -65,20 +66,61 @@ pub struct Savepoint {
     pending_len: usize,
 }
 
+/// How a transaction isolates itself from others (`BEGIN ISOLATION LEVEL …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// Each statement sees what was committed before it began (PostgreSQL's default).
+    #[default]
+    ReadCommitted,
+    /// Every statement sees one snapshot, taken at the transaction's first statement; writing
+    /// a row another transaction changed since fails with SQLSTATE 40001.
+    RepeatableRead,
+    /// As if transactions ran one at a time; any anomaly fails with SQLSTATE 40001.
+    Serializable,
+}
+
+impl Isolation {
+    fn begin_sql(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        }
+    }
+}
+
 /// The state of one session: identity map, unit of work and transaction.
 #[derive(Debug, Default)]
 pub struct SessionState {
     identity: IdentityMap,
+    /// Rows loaded before a REPEATABLE READ or SERIALIZABLE transaction began: never served to
+    /// reads in it (they would escape its snapshot), only compared with by the dirty-column
+    /// check of a later save.
+    loaded_before: IdentityMap,
     work: UnitOfWork,
     tx: TxState,
     savepoints: Vec<Savepoint>,
     next_savepoint: u32,
+    /// The dirty-column check is off for every model of this session.
+    unchecked: bool,
 }
 
 impl SessionState {
     /// A fresh session: nothing loaded, nothing pending, no transaction.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Turns the dirty-column check of [`save`](Self::save) on (the default) or off for this
+    /// session; a model can also turn it off for itself (`#[orm(dirty_check = false)]`).
+    pub fn set_dirty_check(&mut self, on: bool) {
+        self.unchecked = !on;
+    }
+
+    /// Whether [`save`](Self::save) checks the columns it changes (see there).
+    pub fn dirty_check(&self) -> bool {
+        !self.unchecked
     }
 
     /// Where the transaction stands.
@@ -103,6 +145,31 @@ impl SessionState {
     /// connection if this one is gone.
     pub async fn begin(&mut self, conn: &Connection) -> Result<()> {
         self.begin_if_needed(conn).await
+    }
+
+    /// Opens the transaction now with this isolation level. A transaction already open (or
+    /// changes pending, which would open one at READ COMMITTED) is an [`Error::InvalidInput`]:
+    /// the level must be set before the transaction's first statement.
+    ///
+    /// Under REPEATABLE READ and SERIALIZABLE, rows this session loaded before are no longer
+    /// served from its identity map: reads in the transaction go to the server and see its
+    /// snapshot. They still serve as what a later [`save`](Self::save) checks against.
+    pub async fn begin_with(&mut self, conn: &Connection, isolation: Isolation) -> Result<()> {
+        if self.tx != TxState::Idle || !self.work.is_empty() {
+            return Err(Error::InvalidInput(
+                "the isolation level must be set before the transaction's first statement; this session's transaction is already open (or has changes pending)".into(),
+            ));
+        }
+        self.tx = TxState::Active;
+        let begun = conn.batch_known(isolation.begin_sql()).await;
+        if begun.is_err() {
+            self.tx = TxState::Idle;
+            return begun;
+        }
+        if isolation != Isolation::ReadCommitted {
+            self.loaded_before = std::mem::take(&mut self.identity);
+        }
+        Ok(())
     }
 
     async fn begin_if_needed(&mut self, conn: &Connection) -> Result<()> {
@@ -232,6 +299,7 @@ impl SessionState {
         self.work.clear();
         // Rows may change once the transaction is over: load them again.
         self.identity.clear();
+        self.loaded_before.clear();
         self.savepoints.clear();
     }
 
@@ -352,6 +420,22 @@ impl SessionState {
             .into_iter()
             .filter_map(|k| self.identity.get::<M>(&Key::new(k)))
             .collect())
+    }
+
+    /// The row of `M` with this key, read with a row lock ([`Lock`]) that holds until the
+    /// transaction ends. Always asks the server (the identity map cannot know about locks),
+    /// opens the transaction, and refreshes the session's copy of the row.
+    pub async fn get_locked<M: Model>(
+        &mut self,
+        conn: &Connection,
+        key: impl IntoKey<M>,
+        lock: Lock,
+    ) -> Result<Option<M>> {
+        let values = coerce_key_values::<M>(key.into_key_values())?;
+        let select = Select::<M>::new()
+            .filter(Filter::typed(key_in::<M>(&[&values])?))
+            .lock(lock);
+        self.first(conn, select).await
     }
 
     fn remember<M: Model>(&mut self, row: &Row) -> Result<M> {
@@ -477,22 +561,37 @@ impl SessionState {
         for (col, v) in M::meta().columns.iter().zip(values) {
             col.sql_type.coerce(v, col.name)?;
         }
-        self.work.ops.push(Op::Insert(Box::new(model)));
+        self.work.ops.push(Op::Insert {
+            model: Box::new(model),
+            returning: true,
+        });
         Ok(())
     }
 
     /// [`SessionState::add`] for many models: all are checked first; if one is refused, none is
     /// queued.
     pub fn add_all<M: Model>(&mut self, models: Vec<M>) -> Result<()> {
+        self.queue_inserts(models, true)
+    }
+
+    /// Queues INSERTs that read nothing back (no `RETURNING`): for rows the session will not
+    /// use again, such as log or history rows. They do not enter the identity map. All are
+    /// checked first; if one is refused, none is queued.
+    pub fn add_without_returning<M: Model>(&mut self, models: Vec<M>) -> Result<()> {
+        self.queue_inserts(models, false)
+    }
+
+    fn queue_inserts<M: Model>(&mut self, models: Vec<M>, returning: bool) -> Result<()> {
         let columns = &M::meta().columns;
         for model in &models {
             for (col, v) in columns.iter().zip(model.values()?) {
                 col.sql_type.coerce(v, col.name)?;
             }
         }
-        self.work
-            .ops
-            .extend(models.into_iter().map(|m| Op::Insert(Box::new(m))));
+        self.work.ops.extend(models.into_iter().map(|m| Op::Insert {
+            model: Box::new(m),
+            returning,
+        }));
         Ok(())
     }
 
@@ -526,7 +625,8 @@ impl SessionState {
         model: M,
         on_conflict: Option<OnConflict>,
     ) -> Result<Option<M>> {
-        let built = unit_of_work::build_insert(M::meta(), &[&model as &dyn Pending], on_conflict)?;
+        let built =
+            unit_of_work::build_insert(M::meta(), &[&model as &dyn Pending], on_conflict, true)?;
         let rows = self
             .run_query(conn, &built.sql, &built.values, Some(&built.columns))
             .await?;
@@ -536,30 +636,53 @@ impl SessionState {
 
     /// Queues an UPDATE of the columns that differ from the row as loaded; nothing when nothing
     /// changed. A model not loaded in this session has every non-key column written.
+    ///
+    /// **Lost updates are reported, not made.** A model with a version column is written only if
+    /// the version is still the one loaded. A model without one is written only if every column
+    /// the save changes still holds the value it was loaded with
+    /// (`… WHERE key = $k AND col IS NOT DISTINCT FROM $loaded`, NULL-safe); otherwise the flush
+    /// fails with [`Error::Stale`] and writes nothing. The check costs one comparison per changed
+    /// column, on a row the UPDATE reads anyway. Columns whose type has no equality operator
+    /// (`json`, `xml`, `point`) are not compared. It can be turned off per model
+    /// (`#[orm(dirty_check = false)]`), per session ([`set_dirty_check`](Self::set_dirty_check))
+    /// or per pool; a model not loaded in this session has nothing to compare with.
     pub fn save<M: Model>(&mut self, model: M) -> Result<()> {
         let meta = M::meta();
         let key = model.key()?;
         let values = model.values()?;
-        let (columns, expected_version) = match self.identity.get::<M>(&key) {
+        let writable = |i: &usize| !meta.columns[*i].primary_key && !meta.columns[*i].version;
+        let snapshot = match self.identity.get::<M>(&key) {
+            Some(s) => Some(s),
+            None => self.loaded_before.get::<M>(&key),
+        };
+        let (columns, expected_version, checked) = match snapshot {
             Some(snapshot) => {
                 let before = snapshot.values()?;
                 let changed: Vec<usize> = (0..meta.columns.len())
-                    .filter(|i| !meta.columns[*i].primary_key && !meta.columns[*i].version)
+                    .filter(writable)
                     .filter(|i| values[*i] != before[*i])
                     .collect();
                 let version = meta
                     .version_column()
                     .and_then(|(i, _)| unit_of_work::version_of(&before[i]));
-                (changed, version)
+                let checked =
+                    if meta.version_column().is_none() && meta.dirty_check && !self.unchecked {
+                        changed
+                            .iter()
+                            .filter(|i| meta.columns[**i].comparable())
+                            .map(|&i| (i, before[i].clone()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                (changed, version, checked)
             }
             None => {
-                let all: Vec<usize> = (0..meta.columns.len())
-                    .filter(|i| !meta.columns[*i].primary_key && !meta.columns[*i].version)
-                    .collect();
+                let all: Vec<usize> = (0..meta.columns.len()).filter(writable).collect();
                 let version = meta
                     .version_column()
                     .and_then(|(i, _)| unit_of_work::version_of(&values[i]));
-                (all, version)
+                (all, version, Vec::new())
             }
         };
         if columns.is_empty() {
@@ -575,6 +698,7 @@ impl SessionState {
             key,
             columns,
             expected_version,
+            checked,
         });
         Ok(())
     }
@@ -616,6 +740,11 @@ impl SessionState {
         self.begin_if_needed(conn).await?;
         let ops = self.work.take_ordered();
         let result = self.send(conn, ops).await;
+        if matches!(result, Err(Error::Stale { .. } | Error::NotFound { .. })) {
+            // Part of the unit of work may be written already, and the rest is dropped: the
+            // transaction must not be committed as it is (COMMIT now rolls it back).
+            self.mark_failed();
+        }
         self.note(result)
     }
 
@@ -623,24 +752,29 @@ impl SessionState {
         let mut i = 0;
         while i < ops.len() {
             match &ops[i] {
-                Op::Insert(_) => {
+                Op::Insert { returning, .. } => {
                     // A run of inserts goes out as multi-row statements.
+                    let returning = *returning;
                     let start = i;
-                    while i < ops.len() && matches!(ops[i], Op::Insert(_)) {
+                    while i < ops.len()
+                        && matches!(&ops[i], Op::Insert { returning: r, .. } if *r == returning)
+                    {
                         i += 1;
                     }
                     let run: Vec<&dyn Pending> = ops[start..i]
                         .iter()
-                        .filter_map(|o| {
-                            if let Op::Insert(m) = o {
-                                Some(m.as_ref())
-                            } else {
-                                None
-                            }
+                        .filter_map(|o| match o {
+                            Op::Insert { model, .. } => Some(model.as_ref()),
+                            _ => None,
                         })
                         .collect();
                     for batch in batches(&run) {
-                        let built = batch_insert(conn, &batch).await?;
+                        let built = batch_insert(conn, &batch, returning).await?;
+                        if !returning {
+                            conn.execute(&built.sql, &built.values, Some(&built.columns))
+                                .await?;
+                            continue;
+                        }
                         let rows = conn
                             .query(&built.sql, &built.values, Some(&built.columns))
                             .await?;
@@ -655,6 +789,7 @@ impl SessionState {
                     key,
                     columns,
                     expected_version,
+                    checked,
                 } => {
                     let meta = model.meta();
                     let values = model.values()?;
@@ -666,13 +801,14 @@ impl SessionState {
                         &key_values,
                         columns,
                         *expected_version,
+                        checked,
                     )?;
                     let rows = conn
                         .query(&built.sql, &built.values, Some(&built.columns))
                         .await?;
                     match rows.first() {
                         Some(row) => model.remember(row, &mut self.identity)?,
-                        None => return Err(missing_row(meta, key, *expected_version)),
+                        None => return Err(missing_row(meta, key, *expected_version, checked)),
                     }
                 }
                 Op::Delete {
@@ -684,7 +820,7 @@ impl SessionState {
                     let built = unit_of_work::build_delete(meta, key_values, *expected_version);
                     let n = conn.execute(&built.sql, &built.values, None).await?;
                     if n == 0 {
-                        return Err(missing_row(meta, key, *expected_version));
+                        return Err(missing_row(meta, key, *expected_version, &[]));
                     }
                     self.identity.remove(meta, key);
                 }
@@ -705,6 +841,20 @@ impl SessionState {
         let (sql, values) = update.build()?;
         self.identity.forget_table(M::meta());
         self.run_execute(conn, &sql, &values).await
+    }
+
+    /// UPDATE every row matching a filter and read the updated rows back (`RETURNING`): the
+    /// session's copies of them are refreshed, and the rest of `M`'s rows forgotten.
+    pub async fn update_returning<M: Model>(
+        &mut self,
+        conn: &Connection,
+        update: UpdateWhere<M>,
+    ) -> Result<Vec<M>> {
+        self.flush(conn).await?;
+        let (sql, values) = update.build_returning()?;
+        self.identity.forget_table(M::meta());
+        let rows = self.run_query(conn, &sql, &values, None).await?;
+        self.remember_all(rows)
     }
 
     /// DELETE every row matching a filter; returns how many.
@@ -801,7 +951,11 @@ impl SessionState {
 /// The statement for a batch of inserts: `INSERT … SELECT * FROM unnest(…)` with one array per
 /// column when statements are prepared and no column is an array itself, else a multi-row
 /// `INSERT … VALUES`.
-async fn batch_insert(conn: &Connection, batch: &[&dyn Pending]) -> Result<unit_of_work::Built> {
+async fn batch_insert(
+    conn: &Connection,
+    batch: &[&dyn Pending],
+    returning: bool,
+) -> Result<unit_of_work::Built> {
     let meta = batch[0].meta();
     if batch.len() > 1 && conn.mode() == crate::StatementMode::Prepared {
         let included = unit_of_work::included_columns(meta, batch[0]);
@@ -812,10 +966,10 @@ async fn batch_insert(conn: &Connection, batch: &[&dyn Pending]) -> Result<unit_
             !matches!(t.kind(), tokio_postgres::types::Kind::Array(_))
         };
         if !included.is_empty() && types.len() == included.len() && types.iter().all(scalar) {
-            return unit_of_work::build_insert_unnest(meta, batch, &included, &types);
+            return unit_of_work::build_insert_unnest(meta, batch, &included, &types, returning);
         }
     }
-    unit_of_work::build_insert(meta, batch, None)
+    unit_of_work::build_insert(meta, batch, None, returning)
 }
 
 fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {
@@ -830,55 +984,25 @@ fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {
     out
 }
 
-/// [`coerce_key`] of a key the caller no longer needs: converted in place, in its own vector.
-fn coerce_key_values<M: Model>(key: Vec<Value>) -> Result<Vec<Value>> {
-    let columns = M::meta().key_columns();
-    key.into_iter()
-        .zip(columns)
-        .map(|(v, (_, c))| c.sql_type.coerce(v, c.name))
-        .collect()
-}
-
-/// A key's values, each checked against (and converted for) its column.
-fn coerce_key<M: Model>(key: &[Value]) -> Result<Vec<Value>> {
-    coerce_key_values::<M>(key.to_vec())
-}
-
-/// `key IN (…)` for these keys: the key column itself for a one-column key, a row constructor
-/// `(a, b) IN ((…), (…))` for a composite one. Values are checked against their columns.
-fn key_in<M: Model>(keys: &[&Vec<Value>]) -> Result<sea_query::Expr> {
-    use sea_query::{Expr, ExprTrait as _};
-    let meta = M::meta();
-    let key_cols: Vec<usize> = meta.key_columns().map(|(i, _)| i).collect();
-    let (column, values): (Expr, Vec<Expr>) = if let [i] = key_cols.as_slice() {
-        let values = keys
-            .iter()
-            .map(|k| coerce_key::<M>(k).map(|mut r| Expr::val(r.remove(0))))
-            .collect::<Result<_>>()?;
-        (meta.column_expr(*i), values)
-    } else {
-        let values = keys
-            .iter()
-            .map(|k| coerce_key::<M>(k).map(|r| Expr::tuple(r.into_iter().map(Expr::val))))
-            .collect::<Result<_>>()?;
-        (
-            Expr::tuple(key_cols.iter().map(|i| meta.column_expr(*i))),
-            values,
-        )
-    };
-    Ok(column.is_in(values))
-}
-
-fn missing_row(meta: &crate::ModelMeta, key: &Key, expected_version: Option<i64>) -> Error {
-    match expected_version {
-        Some(v) => Error::Stale {
+fn missing_row(
+    meta: &crate::ModelMeta,
+    key: &Key,
+    expected_version: Option<i64>,
+    checked: &[(usize, Value)],
+) -> Error {
+    if expected_version.is_none() && checked.is_empty() {
+        return Error::NotFound {
             table: meta.table.into(),
             key: key.to_string(),
-            expected_version: v,
-        },
-        None => Error::NotFound {
-            table: meta.table.into(),
-            key: key.to_string(),
-        },
+        };
+    }
+    Error::Stale {
+        table: meta.table.into(),
+        key: key.to_string(),
+        expected_version,
+        columns: checked
+            .iter()
+            .map(|(i, _)| meta.columns[*i].name.to_owned())
+            .collect(),
     }
 }

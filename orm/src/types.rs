@@ -90,6 +90,30 @@ impl SqlType {
         }
     }
 
+    /// Whether PostgreSQL has an equality operator for this type (`json`, `xml` and `point`
+    /// have none), so that a loaded value can be compared with the stored one.
+    pub fn has_equality(&self) -> bool {
+        match self {
+            SqlType::Array(element) => element.has_equality(),
+            SqlType::Bool
+            | SqlType::SmallInt
+            | SqlType::Integer
+            | SqlType::BigInt
+            | SqlType::Real
+            | SqlType::Double
+            | SqlType::Text
+            | SqlType::Varchar(_)
+            | SqlType::Bytea
+            | SqlType::Uuid
+            | SqlType::Date
+            | SqlType::Timestamp
+            | SqlType::TimestampTz
+            | SqlType::Jsonb
+            | SqlType::Numeric
+            | SqlType::Enum(_) => true,
+        }
+    }
+
     /// Checks a value against this column type before anything is sent, and converts integer
     /// and float widths to the column's. Errors name the column.
     pub fn coerce(&self, value: Value, column: &str) -> Result<Value> {

@@ -38,13 +38,19 @@ impl<M: Model> Pending for M {
 
 /// One pending change.
 pub(crate) enum Op {
-    Insert(Box<dyn Pending>),
-    /// Write `columns` of the model; `expected_version` is the version loaded.
+    /// Insert the model; with `returning`, read the stored row back into the identity map.
+    Insert {
+        model: Box<dyn Pending>,
+        returning: bool,
+    },
+    /// Write `columns` of the model; `expected_version` is the version loaded, and `checked`
+    /// the loaded values of the columns that must still hold them (the dirty-column check).
     Update {
         model: Box<dyn Pending>,
         key: Key,
         columns: Vec<usize>,
         expected_version: Option<i64>,
+        checked: Vec<(usize, Value)>,
     },
     Delete {
         meta: &'static ModelMeta,
@@ -57,7 +63,7 @@ pub(crate) enum Op {
 impl Op {
     fn meta(&self) -> &'static ModelMeta {
         match self {
-            Op::Insert(m) | Op::Update { model: m, .. } => m.meta(),
+            Op::Insert { model: m, .. } | Op::Update { model: m, .. } => m.meta(),
             Op::Delete { meta, .. } => meta,
         }
     }
@@ -94,35 +100,44 @@ impl UnitOfWork {
         self.ops.truncate(len);
     }
 
-    /// Queues an UPDATE; a pending update of the same row is replaced by the merged one.
+    /// Queues an UPDATE; a pending update of the same row is replaced by the merged one (the
+    /// columns of both, checked against what was loaded first).
     pub(crate) fn push_update(&mut self, op: Op) {
         if let Op::Update {
             model,
             key,
-            columns,
+            mut columns,
             expected_version,
+            mut checked,
         } = op
         {
             let meta = model.meta();
-            let mut columns = columns;
             let mut expected = expected_version;
             if let Some(pos) = self.ops.iter().position(
                 |o| matches!(o, Op::Update { model: m, key: k, .. } if std::ptr::eq(m.meta(), meta) && *k == key),
-            ) && let Op::Update { columns: old, expected_version: old_v, .. } = self.ops.remove(pos)
+            ) && let Op::Update { columns: old, expected_version: old_v, checked: old_checked, .. } = self.ops.remove(pos)
             {
                 for c in old {
                     if !columns.contains(&c) {
                         columns.push(c);
                     }
                 }
+                for (c, v) in old_checked {
+                    match checked.iter_mut().find(|(i, _)| *i == c) {
+                        Some(slot) => slot.1 = v,
+                        None => checked.push((c, v)),
+                    }
+                }
                 expected = old_v.or(expected);
             }
             columns.sort_unstable();
+            checked.sort_unstable_by_key(|(i, _)| *i);
             self.ops.push(Op::Update {
                 model,
                 key,
                 columns,
                 expected_version: expected,
+                checked,
             });
         }
     }
@@ -143,7 +158,7 @@ impl UnitOfWork {
         let (mut inserts, mut updates, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
         for op in ops {
             match op {
-                Op::Insert(_) => inserts.push(op),
+                Op::Insert { .. } => inserts.push(op),
                 Op::Update { .. } => updates.push(op),
                 Op::Delete { .. } => deletes.push(op),
             }
@@ -204,21 +219,38 @@ fn returning_all(meta: &ModelMeta) -> sea_query::ReturningClause {
 /// Where-clause on the key (and version).
 fn key_condition(meta: &ModelMeta, key_values: &[Value], version: Option<i64>) -> Expr {
     let mut cond: Option<Expr> = None;
-    for ((_, col), v) in meta.key_columns().zip(key_values) {
-        let e = Expr::col(col.name).eq(v.clone());
-        cond = Some(match cond {
+    let mut and = |e: Expr| {
+        cond = Some(match cond.take() {
             Some(c) => c.and(e),
             None => e,
-        });
+        })
+    };
+    for ((_, col), v) in meta.key_columns().zip(key_values) {
+        and(Expr::col(col.name).eq(v.clone()));
     }
     if let (Some((_, col)), Some(v)) = (meta.version_column(), version) {
-        let e = Expr::col(col.name).eq(coerce_version(col.sql_type, v));
+        and(Expr::col(col.name).eq(coerce_version(col.sql_type, v)));
+    }
+    cond.unwrap_or_else(|| Expr::cust("FALSE"))
+}
+
+/// `column IS NOT DISTINCT FROM $loaded` for each checked column: NULL-safe, so a column loaded
+/// as NULL must still be NULL.
+fn unchanged_condition(meta: &ModelMeta, checked: &[(usize, Value)]) -> Result<Option<Expr>> {
+    let mut cond: Option<Expr> = None;
+    for (i, v) in checked {
+        let col = &meta.columns[*i];
+        let loaded = col.sql_type.coerce(v.clone(), col.name)?;
+        let e = Expr::cust_with_exprs(
+            "$1 IS NOT DISTINCT FROM $2",
+            [Expr::col(col.name), Expr::val(loaded)],
+        );
         cond = Some(match cond {
             Some(c) => c.and(e),
             None => e,
         });
     }
-    cond.unwrap_or_else(|| Expr::cust("FALSE"))
+    Ok(cond)
 }
 
 fn coerce_version(ty: crate::SqlType, v: i64) -> Value {
@@ -254,6 +286,7 @@ pub(crate) fn build_insert(
     meta: &'static ModelMeta,
     rows: &[&dyn Pending],
     on_conflict: Option<crate::query::OnConflict>,
+    returning: bool,
 ) -> Result<Built> {
     let first = rows
         .first()
@@ -301,7 +334,9 @@ pub(crate) fn build_insert(
         }
         stmt.on_conflict(oc);
     }
-    stmt.returning(returning_all(meta));
+    if returning {
+        stmt.returning(returning_all(meta));
+    }
     let (sql, values) = stmt.build(PostgresQueryBuilder);
     Ok(Built {
         sql,
@@ -346,6 +381,7 @@ pub(crate) fn build_insert_unnest(
     rows: &[&dyn Pending],
     included: &[usize],
     types: &[tokio_postgres::types::Type],
+    returning: bool,
 ) -> Result<Built> {
     let casts: Vec<String> = types
         .iter()
@@ -359,18 +395,21 @@ pub(crate) fn build_insert_unnest(
             )
         })
         .collect();
-    let returning: Vec<String> = meta
-        .columns
-        .iter()
-        .map(|c| crate::quote_ident(c.name))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {} ({}) SELECT * FROM unnest({}) RETURNING {}",
+    let mut sql = format!(
+        "INSERT INTO {} ({}) SELECT * FROM unnest({})",
         meta.qualified_name(),
         column_list(meta, included),
         casts.join(", "),
-        returning.join(", ")
     );
+    if returning {
+        let all: Vec<String> = meta
+            .columns
+            .iter()
+            .map(|c| crate::quote_ident(c.name))
+            .collect();
+        sql.push_str(" RETURNING ");
+        sql.push_str(&all.join(", "));
+    }
     let mut by_column: Vec<Vec<Value>> = included
         .iter()
         .map(|_| Vec::with_capacity(rows.len()))
@@ -406,13 +445,15 @@ pub(crate) fn same_batch(batch: &[&dyn Pending], next: &dyn Pending) -> bool {
         && (batch.len() + 1) * meta.columns.len().max(1) <= MAX_PARAMS
 }
 
-/// UPDATE … SET changed columns [, version = version + 1] WHERE key [AND version] RETURNING *.
+/// UPDATE … SET changed columns [, version = version + 1] WHERE key [AND version]
+/// [AND each checked column IS NOT DISTINCT FROM its loaded value] RETURNING *.
 pub(crate) fn build_update(
     meta: &'static ModelMeta,
     values: &[Value],
     key_values: &[Value],
     columns: &[usize],
     expected_version: Option<i64>,
+    checked: &[(usize, Value)],
 ) -> Result<Built> {
     let mut stmt = Query::update();
     stmt.table(meta.table_ref());
@@ -426,11 +467,22 @@ pub(crate) fn build_update(
         names.push(col.name);
     }
     if let Some((_, col)) = meta.version_column() {
+        // `version + $n`: the 1 is a bound value too.
         stmt.value(col.name, Expr::col(col.name).add(1));
+        names.push(col.name);
     }
     stmt.and_where(key_condition(meta, key_values, expected_version));
+    if let Some(unchanged) = unchanged_condition(meta, checked)? {
+        stmt.and_where(unchanged);
+    }
     stmt.returning(returning_all(meta));
     let (sql, values) = stmt.build(PostgresQueryBuilder);
+    // Values in order: the SET list, the key, the version, then the checked columns.
+    names.extend(meta.key_columns().map(|(_, c)| c.name));
+    if let (Some((_, col)), Some(_)) = (meta.version_column(), expected_version) {
+        names.push(col.name);
+    }
+    names.extend(checked.iter().map(|(i, _)| meta.columns[*i].name));
     Ok(Built {
         sql,
         values,

@@ -7,6 +7,7 @@ mod autocommit;
 mod bad_input;
 mod capture;
 mod cluster;
+mod concurrency;
 mod core_queries;
 mod core_types;
 mod core_work;
