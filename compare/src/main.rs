@@ -23,6 +23,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
+mod pgbench;
+
 // ----- allocation counting, for peak memory and bytes per session -----
 
 struct Counting;
@@ -958,6 +960,11 @@ async fn run() -> Res<()> {
     // ONLY=1,3 runs just those workloads (for profiling); workloads 5 and 6 run together.
     let only = std::env::var("ONLY").unwrap_or_default();
     let on = |n: &str| only.is_empty() || only.split(',').any(|w| w.trim() == n);
+    let bench = if on("9") {
+        Some(pgbench::Bench::set_up(&cluster).await?)
+    } else {
+        None
+    };
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
         if on("1") {
@@ -978,6 +985,9 @@ async fn run() -> Res<()> {
         }
         if on("8") {
             idle_sessions(&main, &mut r).await?;
+        }
+        if let Some(bench) = &bench {
+            bench.round(round, &mut r).await?;
         }
     }
 
@@ -1115,12 +1125,49 @@ async fn run() -> Res<()> {
             "≤ 8 KiB",
         ),
     ];
+    let mut rows = rows;
+    let worst_drift =
+        r.0.iter()
+            .filter(|((w, m), _)| w.starts_with("9.") && m.starts_with("balance drift"))
+            .flat_map(|(_, by_system)| by_system.values().flatten().copied())
+            .fold(0.0_f64, f64::max);
+    rows.push((
+        "pgbench TPC-B-like: largest balance drift after any run, any system (lost updates)".into(),
+        worst_drift,
+        "0",
+    ));
+    for clients in pgbench::CLIENTS {
+        let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
+        let target = if clients == 32 {
+            "(no target)"
+        } else {
+            "≥ 0.90×"
+        };
+        rows.push((
+            format!(
+                "pgbench TPC-B-like, {clients} client(s): actor-orm tps vs pgbench -M prepared"
+            ),
+            r.get(&w, "tps", "actor-orm") / r.get(&w, "tps", "pgbench"),
+            target,
+        ));
+        rows.push((
+            format!("pgbench TPC-B-like, {clients} client(s): raw tokio-postgres tps vs pgbench"),
+            r.get(&w, "tps", "raw tokio-postgres") / r.get(&w, "tps", "pgbench"),
+            "(anchor)",
+        ));
+    }
     writeln!(
         out,
         "\n## Ratios (same run)\n\n| measure | actor-orm | target |\n|---|---:|---|"
     )?;
     for (what, v, target) in rows {
-        let unit = if what.contains("KiB") { " KiB" } else { "×" };
+        let unit = if what.contains("KiB") {
+            " KiB"
+        } else if what.contains("drift") {
+            ""
+        } else {
+            "×"
+        };
         writeln!(out, "| {what} | {}{unit} | {target} |", fmt(v))?;
     }
     print!("{out}");

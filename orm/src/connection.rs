@@ -237,6 +237,16 @@ impl Connection {
         Ok(stmt)
     }
 
+    /// Makes `sql` ready to run, so that running it sends it to the server on its first poll:
+    /// prepared and cached in [`StatementMode::Prepared`] (a round trip the first time only);
+    /// nothing to do with unnamed statements, which are sent whole.
+    pub(crate) async fn prepare(&self, sql: &str) -> Result<()> {
+        match self.mode {
+            StatementMode::Prepared => self.statement(sql).await.map(drop),
+            StatementMode::Unnamed => Ok(()),
+        }
+    }
+
     /// The parameter types the server infers for a statement (prepared and cached, not run).
     pub(crate) async fn param_types(&self, sql: &str) -> Result<Vec<tokio_postgres::types::Type>> {
         Ok(self.statement(sql).await?.params().to_vec())

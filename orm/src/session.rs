@@ -46,6 +46,30 @@ async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     .await
 }
 
+/// Polls every future in the order given, each on every turn (so the requests they send go out
+/// in that order), until all are done.
+async fn in_order<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (f, out) in futures.iter_mut().zip(done.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(done.drain(..).flatten().collect())
+        }
+    })
+    .await
+}
+
 /// Where the session's transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -259,7 +283,16 @@ impl SessionState {
     }
 
     /// Flushes, then commits. A transaction that had failed is rolled back and reported.
+    ///
+    /// When everything pending is an INSERT (and the transaction is open), the INSERTs and the
+    /// COMMIT go out together, in one round trip: an insert has no outcome the client must check
+    /// before committing (a failing one aborts the transaction, and the server answers the COMMIT
+    /// behind it with a ROLLBACK), and a commit forgets what was loaded, so they read nothing
+    /// back.
     pub async fn commit(&mut self, conn: &Connection) -> Result<()> {
+        if self.tx == TxState::Active && !self.work.is_empty() && self.work.only_inserts() {
+            return self.commit_inserts(conn).await;
+        }
         if self.tx != TxState::Failed {
             self.flush(conn).await?;
         }
@@ -281,6 +314,42 @@ impl SessionState {
                 r.and(Err(Error::TransactionAborted))
             }
         }
+    }
+
+    async fn commit_inserts(&mut self, conn: &Connection) -> Result<()> {
+        let ops = self.work.take_ordered();
+        let run: Vec<&dyn Pending> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Insert { model, .. } => Some(model.as_ref()),
+                _ => None,
+            })
+            .collect();
+        // Every statement is built and prepared before any is sent, so that each goes out on
+        // its first poll: in order, with COMMIT right behind them.
+        let mut statements = Vec::new();
+        for batch in batches(&run) {
+            let ready = match batch_insert(conn, &batch, false).await {
+                Ok(built) => conn.prepare(&built.sql).await.map(|()| built),
+                Err(e) => Err(e),
+            };
+            match ready {
+                Ok(built) => statements.push(built),
+                Err(e) => return self.note(Err(e)),
+            }
+        }
+        let inserts = in_order(
+            statements
+                .iter()
+                .map(|b| conn.execute(&b.sql, &b.values, Some(&b.columns))),
+        );
+        let (inserted, committed) = join(inserts, conn.batch("COMMIT")).await;
+        // Committed, or rolled back by the server: the transaction is over either way.
+        self.reset_after_transaction();
+        for r in inserted {
+            r?;
+        }
+        committed
     }
 
     /// Rolls back the transaction and drops every pending change.

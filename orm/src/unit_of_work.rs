@@ -92,6 +92,10 @@ impl UnitOfWork {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Whether every pending change is an INSERT (nothing whose outcome the client must check).
+    pub(crate) fn only_inserts(&self) -> bool {
+        self.ops.iter().all(|o| matches!(o, Op::Insert { .. }))
+    }
     /// Drops every pending change.
     pub fn clear(&mut self) {
         self.ops.clear();

@@ -491,3 +491,41 @@ async fn the_newest_load_of_a_row_is_its_snapshot() {
     s.commit(&conn).await.expect("commit");
     assert!(s.identity_map().is_empty());
 }
+
+/// A commit whose pending work is only inserts sends them with the COMMIT behind them: all of
+/// them land, or (when one fails) none does, and the session goes on.
+#[tokio::test]
+async fn a_commit_of_inserts_alone_is_all_or_nothing() {
+    let (_db, conn) = crate::connect("commit_inserts").await;
+    create_schema(&conn).await;
+    let mut s = SessionState::new();
+    s.insert(&conn, User::new("ann", 30)).await.expect("insert");
+    s.add_all(vec![User::new("bob", 1), User::new("cid", 2)])
+        .expect("add");
+    conn.record_statements(true);
+    s.commit(&conn).await.expect("commit");
+    let sent = conn.take_statements();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[0].starts_with("INSERT") && !sent[0].contains("RETURNING"));
+    assert_eq!(sent[1], "COMMIT");
+
+    // The second insert breaks the unique name: the first is rolled back with it.
+    s.begin(&conn).await.expect("begin");
+    s.add(User::new("dan", 3)).expect("add");
+    s.add_without_returning(vec![User::new("ann", 4)])
+        .expect("add");
+    let err = s.commit(&conn).await.expect_err("duplicate name");
+    assert_eq!(err.code(), Some("23505"));
+    assert_eq!(s.tx_state(), TxState::Idle);
+    assert_eq!(s.pending(), 0);
+    let names: Vec<String> = s
+        .all(&conn, User::query().order_by(User::NAME.asc()))
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["ann", "bob", "cid"]);
+    s.add(User::new("eve", 5)).expect("add");
+    s.commit(&conn).await.expect("the session goes on");
+}
