@@ -90,8 +90,7 @@ enum Mode {
     /// Runs to completion whatever the caller does: transaction control, flushes, inserts.
     Complete,
     /// A write whose effect stays inside the transaction (`update_where`, `delete_where`, a
-    /// locking read):
-    /// cancelled when nobody waits for it, and the transaction marked failed.
+    /// locking read): cancelled when nobody waits for it, and the transaction marked failed.
     Cancellable,
     /// User code or raw SQL: runs to completion, and the ORM cannot vouch for the session state.
     Untracked,
@@ -851,7 +850,8 @@ impl Session {
 
     /// How many rows the query selects.
     pub async fn count<M: Model>(&self, select: Select<M>) -> Result<i64> {
-        self.read(move |s, c| {
+        let mode = read_mode(select.reads_only());
+        self.send_job(mode, move |s, c| {
             let select = select.clone();
             Box::pin(async move { s.count(c, &select).await })
         })
@@ -860,7 +860,8 @@ impl Session {
 
     /// Whether the query selects any row.
     pub async fn exists<M: Model>(&self, select: Select<M>) -> Result<bool> {
-        self.read(move |s, c| {
+        let mode = read_mode(select.reads_only());
+        self.send_job(mode, move |s, c| {
             let select = select.clone();
             Box::pin(async move { s.exists(c, &select).await })
         })

@@ -820,3 +820,60 @@ async fn serialization_failures_are_retried_and_pre_transaction_reads_are_not_se
         Err(Error::InvalidInput(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_victim_is_run_again() {
+    let (_db, pool, _monitor) = crate::pool_with_monitor("deadlock", |b| b).await;
+    let setup = pool.session().await.expect("session");
+    let one = setup.insert(User::new("one", 1)).await.expect("insert");
+    let two = setup.insert(User::new("two", 2)).await.expect("insert");
+    setup.commit().await.expect("commit");
+    drop(setup);
+
+    // Two transactions lock the same two rows in opposite orders, meeting in the middle: the
+    // server aborts one with 40P01, and the helper runs it again.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let attempts = Arc::new(AtomicU32::new(0));
+    let run = |first: i64, second: i64| {
+        let (pool, barrier, attempts) = (pool.clone(), barrier.clone(), attempts.clone());
+        tokio::spawn(async move {
+            let mine = Arc::new(AtomicU32::new(0));
+            pool.transaction(move |s| {
+                let (barrier, attempts, mine) = (barrier.clone(), attempts.clone(), mine.clone());
+                async move {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    let n = mine.fetch_add(1, Ordering::SeqCst);
+                    s.raw_execute("SET LOCAL deadlock_timeout = '50ms'", vec![])
+                        .await?;
+                    let mut a = s.get_for_update::<User>(first).await?.expect("row");
+                    if n == 0 {
+                        barrier.wait().await;
+                    }
+                    let mut b = s.get_for_update::<User>(second).await?.expect("row");
+                    a.age += 10;
+                    b.age += 10;
+                    s.save(a).await?;
+                    s.save(b).await
+                }
+            })
+            .await
+        })
+    };
+    let (x, y) = (run(one.id, two.id), run(two.id, one.id));
+    x.await.expect("task").expect("first transaction");
+    y.await.expect("task").expect("second transaction");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "one deadlock, one retry"
+    );
+    let s = pool.session().await.expect("session");
+    let ages: Vec<i32> = s
+        .get_many::<User, _>([one.id, two.id])
+        .await
+        .expect("read")
+        .iter()
+        .map(|u| u.age)
+        .collect();
+    assert_eq!(ages, [21, 22], "both transactions applied once each");
+}
