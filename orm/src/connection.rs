@@ -11,7 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::bind::Bind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How statements are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -237,14 +237,36 @@ impl Connection {
         Ok(stmt)
     }
 
-    /// Makes `sql` ready to run, so that running it sends it to the server on its first poll:
-    /// prepared and cached in [`StatementMode::Prepared`] (a round trip the first time only);
-    /// nothing to do with unnamed statements, which are sent whole.
-    pub(crate) async fn prepare(&self, sql: &str) -> Result<()> {
-        match self.mode {
-            StatementMode::Prepared => self.statement(sql).await.map(drop),
-            StatementMode::Unnamed => Ok(()),
+    /// Makes a statement ready to run so that running it cannot fail before it reaches the
+    /// server: prepared and cached in [`StatementMode::Prepared`] (a round trip the first time
+    /// only), and every value encoded once, as it will be, against the parameter's type. Running
+    /// it afterwards sends it on its first poll. For statements pipelined ahead of a COMMIT, which
+    /// must not go out alone because one of them was refused on the client.
+    pub(crate) async fn prepare_checked(
+        &self,
+        sql: &str,
+        values: &Values,
+        columns: Option<&[&str]>,
+    ) -> Result<()> {
+        let binds = binds(&values.0, columns);
+        let types: Vec<tokio_postgres::types::Type> = match self.mode {
+            StatementMode::Prepared => self.statement(sql).await?.params().to_vec(),
+            StatementMode::Unnamed => binds
+                .iter()
+                .map(|b| crate::bind::param_type(b.value()))
+                .collect(),
+        };
+        let mut scratch = bytes::BytesMut::new();
+        for (bind, ty) in binds.iter().zip(&types) {
+            scratch.clear();
+            if let Err(e) = bind.to_sql_checked(ty, &mut scratch) {
+                return Err(match e.downcast::<crate::bind::BindError>() {
+                    Ok(bind) => bind.into_error(),
+                    Err(other) => Error::InvalidInput(other.to_string()),
+                });
+            }
         }
+        Ok(())
     }
 
     /// The parameter types the server infers for a statement (prepared and cached, not run).

@@ -325,12 +325,16 @@ impl SessionState {
                 _ => None,
             })
             .collect();
-        // Every statement is built and prepared before any is sent, so that each goes out on
-        // its first poll: in order, with COMMIT right behind them.
+        // Every statement is built, prepared and its values encoded before any is sent: each
+        // then goes out on its first poll, in order, with COMMIT right behind them, and none can
+        // be refused on the client after the COMMIT has gone (which would commit the rest).
         let mut statements = Vec::new();
         for batch in batches(&run) {
             let ready = match batch_insert(conn, &batch, false).await {
-                Ok(built) => conn.prepare(&built.sql).await.map(|()| built),
+                Ok(built) => conn
+                    .prepare_checked(&built.sql, &built.values, Some(&built.columns))
+                    .await
+                    .map(|()| built),
                 Err(e) => Err(e),
             };
             match ready {

@@ -529,3 +529,44 @@ async fn a_commit_of_inserts_alone_is_all_or_nothing() {
     s.add(User::new("eve", 5)).expect("add");
     s.commit(&conn).await.expect("the session goes on");
 }
+
+#[derive(actor_orm::Model, Clone, Debug)]
+#[orm(table_name = "narrow")]
+struct Narrow {
+    #[orm(primary_key)]
+    id: i64,
+    /// An `integer` column read into an i64: a value over 2^31 is refused when bound.
+    n: i64,
+}
+
+/// A value refused on the client while the INSERTs and COMMIT are pipelined must not let the
+/// COMMIT go alone: nothing of the transaction is committed.
+#[tokio::test]
+async fn a_value_refused_in_a_pipelined_commit_commits_nothing() {
+    let (_db, conn) = crate::connect("commit_refused").await;
+    create_schema(&conn).await;
+    conn.batch("CREATE TABLE narrow (id bigint PRIMARY KEY, n integer NOT NULL)")
+        .await
+        .expect("table");
+    let mut s = SessionState::new();
+    s.insert(&conn, User::new("ann", 30)).await.expect("insert");
+    s.add(Narrow {
+        id: 1,
+        n: 3_000_000_000,
+    })
+    .expect("add: the model's own type allows it");
+    match s.commit(&conn).await.expect_err("out of range for integer") {
+        Error::TypeMismatch { column, .. } => assert_eq!(column, "n"),
+        other => panic!("expected TypeMismatch, got {other:?}"),
+    }
+    s.rollback(&conn).await.expect("rollback");
+    let mut check = SessionState::new();
+    assert!(
+        check
+            .all(&conn, User::query())
+            .await
+            .expect("read")
+            .is_empty(),
+        "ann was committed without the refused row"
+    );
+}
