@@ -5,6 +5,7 @@
 //! exactly one of 8 workers.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -224,26 +225,31 @@ async fn pgbench_pool(
     (db, pool, monitor)
 }
 
-use std::future::Future;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tpcb_with_expression_updates_keeps_the_invariant() {
-    let (_db, pool, monitor) = pgbench_pool("tpcb_expr", |b| b).await;
-    let done = run_clients(
-        &pool,
-        |pool, d| async move { tpcb_expression(&pool, d).await },
-    )
-    .await;
-    assert_eq!(done, TRANSACTIONS);
+/// Runs the transaction from 8 clients on a fresh pgbench schema and checks that every one
+/// committed and pgbench's invariant holds.
+async fn keeps_the_invariant<F, Fut>(hint: &str, one: F)
+where
+    F: Fn(Pool, Draw) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let (_db, pool, monitor) = pgbench_pool(hint, |b| b).await;
+    assert_eq!(run_clients(&pool, one).await, TRANSACTIONS);
     assert_eq!(drift(&monitor).await, ([0, 0, 0], TRANSACTIONS as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpcb_with_expression_updates_keeps_the_invariant() {
+    keeps_the_invariant("tpcb_expr", |pool, d| async move {
+        tpcb_expression(&pool, d).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpcb_with_get_and_save_and_the_retry_helper_keeps_the_invariant() {
-    let (_db, pool, monitor) = pgbench_pool("tpcb_save", |b| b).await;
     let attempts = Arc::new(AtomicU32::new(0));
     let counted = attempts.clone();
-    let done = run_clients(&pool, move |pool, d| {
+    keeps_the_invariant("tpcb_save", move |pool, d| {
         let counted = counted.clone();
         async move {
             // The bound is generous: 8 clients fight over one branch row.
@@ -256,8 +262,6 @@ async fn tpcb_with_get_and_save_and_the_retry_helper_keeps_the_invariant() {
         }
     })
     .await;
-    assert_eq!(done, TRANSACTIONS);
-    assert_eq!(drift(&monitor).await, ([0, 0, 0], TRANSACTIONS as i64));
     let attempts = attempts.load(Ordering::Relaxed) as usize;
     eprintln!("get-and-save: {attempts} attempts for {TRANSACTIONS} transactions");
     assert!(
@@ -268,14 +272,10 @@ async fn tpcb_with_get_and_save_and_the_retry_helper_keeps_the_invariant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpcb_with_locking_reads_keeps_the_invariant() {
-    let (_db, pool, monitor) = pgbench_pool("tpcb_lock", |b| b).await;
-    let done = run_clients(
-        &pool,
-        |pool, d| async move { tpcb_for_update(&pool, d).await },
-    )
+    keeps_the_invariant("tpcb_lock", |pool, d| async move {
+        tpcb_for_update(&pool, d).await
+    })
     .await;
-    assert_eq!(done, TRANSACTIONS);
-    assert_eq!(drift(&monitor).await, ([0, 0, 0], TRANSACTIONS as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,59 +531,86 @@ pub struct UncheckedUser {
     pub age: i32,
 }
 
+/// Two sessions on two connections: both load the same row, `b` changes its copy and
+/// commits, then `a` changes its own copy and commits. `a`'s copy is returned for checks, with
+/// `a`'s commit.
+struct Race {
+    a: SessionState,
+    b: SessionState,
+    conn_a: Connection,
+    conn_b: Connection,
+}
+
+impl Race {
+    async fn run<A: Model, B: Model>(
+        &mut self,
+        id: i64,
+        change_b: impl FnOnce(&mut B),
+        change_a: impl FnOnce(&mut A),
+    ) -> (A, Result<()>) {
+        let mut seen_a = self
+            .a
+            .get::<A>(&self.conn_a, id)
+            .await
+            .expect("a")
+            .expect("row");
+        let loaded = seen_a.clone();
+        let mut seen_b = self
+            .b
+            .get::<B>(&self.conn_b, id)
+            .await
+            .expect("b")
+            .expect("row");
+        change_b(&mut seen_b);
+        self.b.save(seen_b).expect("save");
+        self.b.commit(&self.conn_b).await.expect("b commits");
+        change_a(&mut seen_a);
+        self.a.save(seen_a).expect("save");
+        (loaded, self.a.commit(&self.conn_a).await)
+    }
+}
+
 #[tokio::test]
 async fn the_dirty_check_reports_a_changed_column_and_ignores_others() {
     let (db, conn_a) = crate::connect("dirty_check").await;
     create_schema(&conn_a).await;
     let conn_b = crate::connect_again(&db).await;
-    let (mut a, mut b) = (SessionState::new(), SessionState::new());
-    let ann = a
-        .insert(&conn_a, User::new("ann", 30))
+    let mut race = Race {
+        a: SessionState::new(),
+        b: SessionState::new(),
+        conn_a,
+        conn_b,
+    };
+    let ann = race
+        .a
+        .insert(&race.conn_a, User::new("ann", 30))
         .await
         .expect("insert");
-    a.commit(&conn_a).await.expect("commit");
+    race.a.commit(&race.conn_a).await.expect("commit");
 
     // Different columns: both saves land (only the changed columns are written and checked).
-    let mut seen_a = a
-        .get::<User>(&conn_a, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    let mut seen_b = b
-        .get::<User>(&conn_b, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    seen_b.age = 40;
-    b.save(seen_b).expect("save");
-    b.commit(&conn_b).await.expect("b");
-    seen_a.email = Some("a@example.com".into());
-    a.save(seen_a).expect("save");
-    a.commit(&conn_a)
-        .await
-        .expect("a: age is not a column it changes");
+    let (_, committed) = race
+        .run::<User, User>(
+            ann.id,
+            |b| b.age = 40,
+            |a| a.email = Some("a@example.com".into()),
+        )
+        .await;
+    committed.expect("a: age is not a column it changes");
 
     // The same column: the second save is stale, NULL-safely (email was loaded as set).
-    let mut seen_a = a
-        .get::<User>(&conn_a, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    let mut seen_b = b
-        .get::<User>(&conn_b, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
+    let (loaded, committed) = race
+        .run::<User, User>(
+            ann.id,
+            |b| b.email = None,
+            |a| a.email = Some("again@example.com".into()),
+        )
+        .await;
     assert_eq!(
-        (seen_a.age, seen_a.email.as_deref()),
+        (loaded.age, loaded.email.as_deref()),
         (40, Some("a@example.com"))
     );
-    seen_b.email = None;
-    b.save(seen_b).expect("save");
-    b.commit(&conn_b).await.expect("b");
-    seen_a.email = Some("again@example.com".into());
-    a.save(seen_a).expect("save");
-    match a.commit(&conn_a).await.expect_err("stale") {
+    match committed.expect_err("stale") {
         Error::Stale {
             table,
             expected_version,
@@ -598,50 +625,34 @@ async fn the_dirty_check_reports_a_changed_column_and_ignores_others() {
     }
     // Nothing of the stale unit of work is committed, even when asked again.
     assert!(matches!(
-        a.commit(&conn_a).await,
+        race.a.commit(&race.conn_a).await,
         Err(Error::TransactionAborted)
     ));
 
     // Loaded as NULL, changed by b to a value: a's save is stale too.
-    let mut seen_a = a
-        .get::<User>(&conn_a, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    assert_eq!(seen_a.email, None);
-    let mut seen_b = b
-        .get::<User>(&conn_b, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    seen_b.email = Some("b@example.com".into());
-    b.save(seen_b).expect("save");
-    b.commit(&conn_b).await.expect("b");
-    seen_a.email = Some("a2@example.com".into());
-    a.save(seen_a).expect("save");
-    let err = a.commit(&conn_a).await.expect_err("stale");
+    let (loaded, committed) = race
+        .run::<User, User>(
+            ann.id,
+            |b| b.email = Some("b@example.com".into()),
+            |a| a.email = Some("a2@example.com".into()),
+        )
+        .await;
+    assert_eq!(loaded.email, None);
+    let err = committed.expect_err("stale");
     assert!(err.is_stale() && err.is_retryable(), "{err:?}");
-    a.rollback(&conn_a).await.expect("rollback");
+    race.a.rollback(&race.conn_a).await.expect("rollback");
 
     // Turned off for the model: the last writer wins, as without the check.
-    let mut seen_a = a
-        .get::<UncheckedUser>(&conn_a, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    let mut seen_b = b
-        .get::<User>(&conn_b, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    seen_b.email = Some("b2@example.com".into());
-    b.save(seen_b).expect("save");
-    b.commit(&conn_b).await.expect("b");
-    seen_a.email = Some("a3@example.com".into());
-    conn_a.record_statements(true);
-    a.save(seen_a).expect("save");
-    a.commit(&conn_a).await.expect("unchecked");
-    let sent = conn_a.take_statements();
+    race.conn_a.record_statements(true);
+    let (_, committed) = race
+        .run::<UncheckedUser, User>(
+            ann.id,
+            |b| b.email = Some("b2@example.com".into()),
+            |a| a.email = Some("a3@example.com".into()),
+        )
+        .await;
+    committed.expect("unchecked model");
+    let sent = race.conn_a.take_statements();
     let update = sent
         .iter()
         .find(|s| s.starts_with("UPDATE"))
@@ -649,23 +660,15 @@ async fn the_dirty_check_reports_a_changed_column_and_ignores_others() {
     assert!(!update.contains("IS NOT DISTINCT FROM"), "{sent:?}");
 
     // Turned off for the session: likewise.
-    a.set_dirty_check(false);
-    let mut seen_a = a
-        .get::<User>(&conn_a, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    let mut seen_b = b
-        .get::<User>(&conn_b, ann.id)
-        .await
-        .expect("get")
-        .expect("row");
-    seen_b.email = Some("b3@example.com".into());
-    b.save(seen_b).expect("save");
-    b.commit(&conn_b).await.expect("b");
-    seen_a.email = Some("a4@example.com".into());
-    a.save(seen_a).expect("save");
-    a.commit(&conn_a).await.expect("unchecked session");
+    race.a.set_dirty_check(false);
+    let (_, committed) = race
+        .run::<User, User>(
+            ann.id,
+            |b| b.email = Some("b3@example.com".into()),
+            |a| a.email = Some("a4@example.com".into()),
+        )
+        .await;
+    committed.expect("unchecked session");
 }
 
 #[tokio::test]
