@@ -48,7 +48,7 @@
 pub mod testing;
 
 pub use actor_orm_actors::{
-    BoxFuture, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session,
+    BoxFuture, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session, SslMode,
     TransactionOptions,
 };
 pub use actor_orm_core::{
@@ -58,7 +58,9 @@ pub use actor_orm_core::{
     SelectPair, Selection, SessionState, SqlType, StatementMode, TxState, UpdateWhere, count_all,
     ddl, now, sea_query, tokio_postgres, types,
 };
-pub use actor_orm_core::{Holder, KeyValues, PoolTimeout};
+pub use actor_orm_core::{
+    ConnectFuture, Connector, Driver, Holder, KeyValues, PlainConnector, PoolTimeout,
+};
 pub use actor_orm_derive::{DbEnum, Model};
 
 /// The names most programs need.

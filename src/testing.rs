@@ -41,6 +41,27 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Config, NoTls};
 
+/// The server certificate's file in a TLS cluster's data directory.
+const TLS_CERT: &str = "server.crt";
+/// The server key's file in a TLS cluster's data directory.
+const TLS_KEY: &str = "server.key";
+
+/// A server certificate (with its chain) and its private key, in PEM, for
+/// [`Cluster::start_with_tls`].
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_pem: String,
+    /// The private key.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerTls { .. }")
+    }
+}
+
 /// Why a test database could not be had.
 #[derive(Debug, derive_more::Display, derive_more::Error)]
 #[non_exhaustive]
@@ -100,6 +121,8 @@ pub struct Cluster {
 struct OwnedCluster {
     dir: PathBuf,
     port: u16,
+    /// Started with `ssl=on` (its certificate and key are in the data directory).
+    tls: bool,
     postmaster: Child,
     watchdog: Option<Child>,
     bin: ServerBinaries,
@@ -143,6 +166,16 @@ impl Cluster {
 
     /// Starts a new throwaway cluster, after removing the clusters of dead owners.
     pub fn start() -> Result<Cluster, TestingError> {
+        Cluster::start_inner(None)
+    }
+
+    /// Starts a new throwaway cluster that also offers TLS (`ssl=on`) with this certificate and
+    /// key: for tests of encrypted connections, with certificates they make at run time.
+    pub fn start_with_tls(tls: &ServerTls) -> Result<Cluster, TestingError> {
+        Cluster::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<&ServerTls>) -> Result<Cluster, TestingError> {
         sweep_stale_clusters();
         let bin = find_server_binaries(&SearchPaths::from_machine())?;
         let runner = ServerUser::for_current_process()?;
@@ -160,7 +193,7 @@ impl Cluster {
             owner_record(std::process::id()).unwrap_or_default(),
         )
         .map_err(|e| cluster_error("write the owner file", e))?;
-        let result = Cluster::start_in(&dir, &bin, &runner);
+        let result = Cluster::start_in(&dir, &bin, &runner, tls);
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
         }
@@ -171,6 +204,7 @@ impl Cluster {
         dir: &Path,
         bin: &ServerBinaries,
         runner: &ServerUser,
+        tls: Option<&ServerTls>,
     ) -> Result<Cluster, TestingError> {
         runner.give(dir)?;
         let data = dir.join("data");
@@ -197,12 +231,25 @@ impl Cluster {
                 String::from_utf8_lossy(&initdb.stderr).trim(),
             ));
         }
+        if let Some(tls) = tls {
+            // The server refuses a key that others can read; it runs as `runner`.
+            for (name, pem) in [(TLS_CERT, &tls.cert_pem), (TLS_KEY, &tls.key_pem)] {
+                let path = data.join(name);
+                fs::write(&path, pem).map_err(|e| cluster_error(format!("write {name}"), e))?;
+                if let Some((uid, gid)) = runner.ids {
+                    chown(&path, Some(uid), Some(gid))
+                        .map_err(|e| cluster_error(format!("chown {name}"), e))?;
+                }
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .map_err(|e| cluster_error(format!("chmod {name}"), e))?;
+            }
+        }
 
         let mut last_error = None;
         // A free port can be taken by someone else between our probe and the server's bind.
         for _ in 0..3 {
             let port = free_port().map_err(|e| cluster_error("find a free port", e))?;
-            match start_postmaster(dir, &data, port, bin, runner) {
+            match start_postmaster(dir, &data, port, bin, runner, tls.is_some()) {
                 Ok(postmaster) => {
                     let watchdog = spawn_watchdog(std::process::id(), postmaster.id(), dir).ok();
                     let config = Config::new()
@@ -217,6 +264,7 @@ impl Cluster {
                         owned: Some(OwnedCluster {
                             dir: dir.to_path_buf(),
                             port,
+                            tls: tls.is_some(),
                             postmaster,
                             watchdog,
                             bin: bin.clone(),
@@ -322,8 +370,14 @@ impl Cluster {
             return Ok(());
         }
         let data = owned.dir.join("data");
-        owned.postmaster =
-            start_postmaster(&owned.dir, &data, owned.port, &owned.bin, &owned.runner)?;
+        owned.postmaster = start_postmaster(
+            &owned.dir,
+            &data,
+            owned.port,
+            &owned.bin,
+            &owned.runner,
+            owned.tls,
+        )?;
         owned.watchdog = spawn_watchdog(std::process::id(), owned.postmaster.id(), &owned.dir).ok();
         Ok(())
     }
@@ -631,6 +685,7 @@ fn start_postmaster(
     port: u16,
     bin: &ServerBinaries,
     runner: &ServerUser,
+    tls: bool,
 ) -> Result<Child, TestingError> {
     let log_path = dir.join("server.log");
     let log = fs::File::create(&log_path).map_err(|e| cluster_error("create the server log", e))?;
@@ -659,6 +714,18 @@ fn start_postmaster(
             "full_page_writes=off",
         ])
         .args(["-c", "max_connections=400", "-c", "shared_buffers=128MB"])
+        .args(if tls {
+            vec![
+                "-c".to_owned(),
+                "ssl=on".to_owned(),
+                "-c".to_owned(),
+                format!("ssl_cert_file={TLS_CERT}"),
+                "-c".to_owned(),
+                format!("ssl_key_file={TLS_KEY}"),
+            ]
+        } else {
+            Vec::new()
+        })
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err)

@@ -3,7 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use actor_orm_core::{Error, Result, StatementMode};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::tls::{RootCerts, SslMode, TlsSettings};
+use actor_orm_core::{Connector, Error, PlainConnector, Result, StatementMode};
 use tokio_postgres::Config;
 
 /// What the pool does to a connection before another session may use it.
@@ -48,6 +52,8 @@ pub struct PoolConfig {
     pub(crate) dirty_check: bool,
     pub(crate) close_timeout: Duration,
     pub(crate) spare_sessions: usize,
+    /// How connections reach the server (and cancel requests with them), from the `sslmode`.
+    pub(crate) connector: Arc<dyn Connector>,
 }
 
 impl fmt::Debug for PoolConfig {
@@ -71,6 +77,7 @@ impl fmt::Debug for PoolConfig {
             .field("autocommit_reads", &self.autocommit_reads)
             .field("dirty_check", &self.dirty_check)
             .field("spare_sessions", &self.spare_sessions)
+            .field("connector", &self.connector.describe())
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +104,7 @@ impl PoolConfig {
             dirty_check: true,
             close_timeout: Duration::from_secs(5),
             spare_sessions: 256,
+            connector: Arc::new(PlainConnector),
         }
     }
 
@@ -176,10 +184,20 @@ impl PoolConfig {
 }
 
 /// Where a pool's connections go: a `postgres://` URL or key=value string, or a
-/// [`tokio_postgres::Config`].
-pub trait IntoConfig {
+/// [`tokio_postgres::Config`]. In a string, `sslmode` takes libpq's five values (tokio-postgres
+/// alone knows three) and `sslrootcert` names a PEM file of trusted CAs (`system`: the operating
+/// system's store, the default).
+pub trait IntoConfig: Sized {
     /// The parsed settings, or a [`Error::Config`] that never repeats the password.
     fn into_config(self) -> Result<Config>;
+
+    /// The settings with their TLS part: the `sslmode` and the `sslrootcert` file (`None`: the
+    /// system's store).
+    fn into_parts(self) -> Result<(Config, SslMode, Option<PathBuf>)> {
+        let pg = self.into_config()?;
+        let tls = TlsSettings::of_config(&pg);
+        Ok((pg, tls.mode, None))
+    }
 }
 
 impl IntoConfig for Config {
@@ -196,10 +214,20 @@ impl IntoConfig for &Config {
 
 impl IntoConfig for &str {
     fn into_config(self) -> Result<Config> {
-        self.parse::<Config>().map_err(|e| {
+        self.into_parts().map(|(pg, _, _)| pg)
+    }
+
+    fn into_parts(self) -> Result<(Config, SslMode, Option<PathBuf>)> {
+        let (rest, tls) = TlsSettings::split(self)?;
+        let pg = rest.parse::<Config>().map_err(|e| {
             // tokio-postgres names the offending key, never its value; say so in our words.
             Error::Config(format!("cannot parse the connection string: {e}"))
-        })
+        })?;
+        let root = match tls.roots {
+            RootCerts::File(path) => Some(path),
+            RootCerts::System => None,
+        };
+        Ok((pg, tls.mode, root))
     }
 }
 
@@ -207,10 +235,18 @@ impl IntoConfig for String {
     fn into_config(self) -> Result<Config> {
         self.as_str().into_config()
     }
+
+    fn into_parts(self) -> Result<(Config, SslMode, Option<PathBuf>)> {
+        self.as_str().into_parts()
+    }
 }
 
 impl IntoConfig for &String {
     fn into_config(self) -> Result<Config> {
         self.as_str().into_config()
+    }
+
+    fn into_parts(self) -> Result<(Config, SslMode, Option<PathBuf>)> {
+        self.as_str().into_parts()
     }
 }

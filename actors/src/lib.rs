@@ -21,10 +21,12 @@ mod pool;
 mod session;
 mod stats;
 mod supervisor;
+mod tls;
 mod transaction;
 
 pub use config::{IntoConfig, PoolConfig, ResetPolicy};
 pub use pool::{Pool, PoolBuilder};
 pub use session::{BoxFuture, Session};
 pub use stats::PoolStats;
+pub use tls::SslMode;
 pub use transaction::TransactionOptions;

@@ -11,6 +11,7 @@ use crate::config::{IntoConfig, PoolConfig, ResetPolicy};
 use crate::session::{self, Session};
 use crate::stats::PoolStats;
 use crate::supervisor::{PoolLink, PoolMsg};
+use crate::tls::{RootCerts, SslMode, TlsSettings};
 
 /// A pool of PostgreSQL connections, run by a supervisor actor. Cheap to clone; every clone is
 /// the same pool. Sessions come from [`Pool::session`].
@@ -49,9 +50,15 @@ impl Pool {
     /// Starts configuring a pool for `target`: a `postgres://` URL, a key=value string or a
     /// [`tokio_postgres::Config`]. A malformed string is reported by [`PoolBuilder::build`].
     pub fn builder(target: impl IntoConfig) -> PoolBuilder {
+        let parts = target.into_parts();
+        let tls = parts
+            .as_ref()
+            .map(|(_, mode, root)| TlsSettings::from_parts(*mode, root.clone()))
+            .unwrap_or_default();
         PoolBuilder {
-            config: target.into_config().map(PoolConfig::new),
+            config: parts.map(|(pg, _, _)| PoolConfig::new(pg)),
             application_name: Some("actor-orm".into()),
+            tls,
         }
     }
 
@@ -170,6 +177,7 @@ pub(crate) fn closed() -> Error {
 pub struct PoolBuilder {
     config: Result<PoolConfig>,
     application_name: Option<String>,
+    tls: TlsSettings,
 }
 
 macro_rules! setter {
@@ -300,6 +308,20 @@ impl PoolBuilder {
         spare_sessions: usize
     );
 
+    /// How connections are secured: libpq's `sslmode` (see [`SslMode`]). Default: what the
+    /// connection string says, else `prefer`.
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.tls.mode = mode;
+        self
+    }
+
+    /// A PEM file of the CA certificates trusted for `verify-ca` and `verify-full` (libpq's
+    /// `sslrootcert`). Default: what the connection string says, else the system's store.
+    pub fn ssl_root_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.roots = RootCerts::File(path.into());
+        self
+    }
+
     /// The `application_name` every connection reports (seen in `pg_stat_activity`). Default
     /// `actor-orm`; `None` leaves what the connection settings say.
     pub fn application_name(mut self, name: impl Into<Option<String>>) -> Self {
@@ -315,6 +337,7 @@ impl PoolBuilder {
             config.pg.application_name(&name);
         }
         config.pg.connect_timeout(config.connect_timeout);
+        config.connector = self.tls.connector()?;
         config.validate()?;
         let config = Arc::new(config);
         let link = PoolLink::start(config.clone()).await?;

@@ -24,7 +24,6 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent,
 };
 use tokio::sync::oneshot;
-use tokio_postgres::NoTls;
 
 use crate::config::{PoolConfig, ResetPolicy};
 use crate::session::{NextLabel, SessionMsg};
@@ -1059,13 +1058,13 @@ impl PoolState {
 
 /// Opens one connection within `connect_timeout`, its I/O driven by a task of its own.
 async fn connect(config: &PoolConfig, serial: u64, pool: &ActorRef<PoolMsg>) -> Result<Connection> {
-    let attempt = config.pg.connect(NoTls);
+    let attempt = config.connector.connect(&config.pg);
     let (client, connection) = match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(r) => r.map_err(connect_error)?,
         Err(_) => {
-            return Err(Error::ConnectionLost {
+            return Err(Error::Connect {
                 reason: format!(
-                    "could not connect within connect_timeout ({:?})",
+                    "no answer within connect_timeout ({:?})",
                     config.connect_timeout
                 ),
             });
@@ -1081,7 +1080,7 @@ async fn connect(config: &PoolConfig, serial: u64, pool: &ActorRef<PoolMsg>) -> 
         };
         let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
-    let conn = Connection::new(client, config.statement_mode);
+    let conn = Connection::with_connector(client, config.statement_mode, config.connector.clone());
     if config.autocommit_reads {
         // One question (the server's default isolation), within the same time limit.
         match tokio::time::timeout(config.connect_timeout, conn.enable_autocommit_reads()).await {
@@ -1100,21 +1099,39 @@ fn connect_error(e: tokio_postgres::Error) -> Error {
     if e.as_db_error().is_some() {
         return Error::from(e);
     }
-    Error::ConnectionLost {
-        reason: format!("could not connect: {e}"),
+    // tokio-postgres's own text names the step ("error performing TLS handshake"); the cause
+    // (an untrusted certificate, no TLS on the server) is in its source chain.
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = cause.source();
+    }
+    Error::Connect { reason }
+}
+
+/// Authentication failures, missing databases and failed TLS handshakes (an untrusted
+/// certificate, TLS required but not offered) do not go away by waiting.
+fn is_fatal_connect_error(e: &Error) -> bool {
+    match e {
+        Error::Connect { reason } => reason.starts_with("error performing TLS handshake"),
+        _ => e
+            .code()
+            .is_some_and(|c| c.starts_with("28") || c == "3D000"),
     }
 }
 
-/// Authentication failures and missing databases do not go away by waiting.
-fn is_fatal_connect_error(e: &Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.starts_with("28") || c == "3D000")
-}
-
 fn copy_error(e: &Error) -> Error {
-    match e.as_db_error() {
-        Some(db) => Error::Database(Box::new(db.clone())),
-        None => Error::ConnectionLost {
+    match (e, e.as_db_error()) {
+        (_, Some(db)) => Error::Database(Box::new(db.clone())),
+        (Error::Connect { reason }, None) => Error::Connect {
+            reason: reason.clone(),
+        },
+        (_, None) => Error::ConnectionLost {
             reason: e.to_string(),
         },
     }
@@ -1126,11 +1143,7 @@ fn copy_error(e: &Error) -> Error {
 async fn reset(conn: &Connection, rollback: bool, policy: &ResetPolicy, timeout: Duration) -> bool {
     let work = async {
         if conn.was_interrupted() {
-            conn.cancel_token()
-                .cancel_query(NoTls)
-                .await
-                .map_err(Error::from)?;
-            conn.clear_interrupted();
+            conn.cancel_running().await?;
         }
         if rollback {
             conn.batch("ROLLBACK").await?;
@@ -1155,9 +1168,9 @@ async fn reset(conn: &Connection, rollback: bool, policy: &ResetPolicy, timeout:
 /// first, so its backend does not linger past the socket.
 fn discard(conn: Arc<Connection>) {
     if conn.was_interrupted() && !conn.is_closed() {
-        let token = conn.cancel_token();
+        let cancel = conn.cancel_request();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), token.cancel_query(NoTls)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
         });
     }
     drop(conn);

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sea_query::{Value, Values};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::bind::Bind;
+use crate::connector::{Connector, PlainConnector};
 use crate::error::{Error, Result};
 
 /// How statements are sent.
@@ -39,6 +40,8 @@ pub struct Connection {
     recording: AtomicBool,
     in_flight: AtomicUsize,
     autocommit_reads: AtomicBool,
+    /// How this connection reached the server: cancel requests go the same way.
+    connector: Arc<dyn Connector>,
 }
 
 /// Counts a statement in flight; only a statement that ran to its end (success or error) takes
@@ -64,9 +67,19 @@ impl<'a> InFlight<'a> {
 const CACHE_LIMIT: usize = 512;
 
 impl Connection {
-    /// Wraps a connected client.
+    /// Wraps a client connected without TLS.
     pub fn new(client: Client, mode: StatementMode) -> Self {
+        Connection::with_connector(client, mode, Arc::new(PlainConnector))
+    }
+
+    /// Wraps a client that `connector` opened; cancel requests go through it too.
+    pub fn with_connector(
+        client: Client,
+        mode: StatementMode,
+        connector: Arc<dyn Connector>,
+    ) -> Self {
         Connection {
+            connector,
             client,
             mode,
             cache: Mutex::new(HashMap::default()),
@@ -169,11 +182,16 @@ impl Connection {
     /// PostgreSQL's protocol has it). On success the interrupted mark is cleared: the abandoned
     /// statement ends with an error the client discards, and the next statement queues behind it.
     pub async fn cancel_running(&self) -> Result<()> {
-        self.cancel_token()
-            .cancel_query(tokio_postgres::NoTls)
-            .await?;
+        self.cancel_request().await?;
         self.clear_interrupted();
         Ok(())
+    }
+
+    /// A cancel request for whatever this connection runs, sent over the connection's own
+    /// transport (TLS when it has it) when awaited; it owns what it needs, so it may outlive
+    /// the connection (a discard sends one on its way out).
+    pub fn cancel_request(&self) -> crate::connector::ConnectFuture<'static, ()> {
+        self.connector.cancel(self.cancel_token())
     }
 
     /// Clears the interrupted mark once the connection has been made safe again.

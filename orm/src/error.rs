@@ -20,6 +20,15 @@ pub enum Error {
         #[error(not(source))]
         reason: String,
     },
+    /// A new connection could not be opened: the server is unreachable or refused it, or its
+    /// TLS handshake failed (a certificate not trusted or not for this host, TLS required and
+    /// not offered). The reason says which.
+    #[display("could not connect: {reason}")]
+    Connect {
+        /// What the client or server said.
+        #[error(not(source))]
+        reason: String,
+    },
     /// A row that had to exist does not.
     #[display("no {table} row with key {key}")]
     NotFound {

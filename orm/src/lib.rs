@@ -10,6 +10,7 @@
 
 mod bind;
 mod connection;
+mod connector;
 pub mod ddl;
 mod error;
 mod expression;
@@ -59,6 +60,7 @@ mod tests {
 }
 
 pub use connection::{Connection, StatementMode};
+pub use connector::{ConnectFuture, Connector, Driver, PlainConnector};
 pub use error::{DbError, Error, Holder, PoolTimeout, Result};
 pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now};
 pub use identity::IdentityMap;

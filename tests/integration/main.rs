@@ -18,6 +18,7 @@ mod reclaim;
 mod sessions;
 mod soak;
 mod spares;
+mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,61 @@
+//! The connector: the one place that knows how a connection reaches the server (plain TCP or
+//! TLS), used to open connections and to send cancel requests over the same transport.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio_postgres::{CancelToken, Client, Config, NoTls};
+
+/// A boxed future, as the connector's methods return.
+pub type ConnectFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 'a>>;
+
+/// What drives one connection's I/O until it closes: spawn it on the runtime.
+pub type Driver = ConnectFuture<'static, ()>;
+
+/// Opens connections and cancels statements on them, with whatever transport security it was
+/// built with. The pool's supervisor and every session reach the server only through one
+/// (deadpool's `Manager` and tokio-postgres's `MakeTlsConnect` are the models).
+///
+/// ```
+/// use std::sync::Arc;
+/// use actor_orm_core::{Connector, PlainConnector};
+///
+/// let plain: Arc<dyn Connector> = Arc::new(PlainConnector);
+/// assert_eq!(plain.describe(), "plaintext");
+/// ```
+pub trait Connector: Send + Sync + fmt::Debug + 'static {
+    /// Opens a connection with `config`. The client is returned with the future that drives its
+    /// socket, which the caller spawns.
+    fn connect<'a>(&'a self, config: &'a Config) -> ConnectFuture<'a, (Client, Driver)>;
+
+    /// Asks the server to cancel whatever the connection of `token` is running, over a new
+    /// connection with the same transport security.
+    fn cancel(&self, token: CancelToken) -> ConnectFuture<'static, ()>;
+
+    /// A few words for logs and errors: `plaintext`, `TLS (verify-full)`, ….
+    fn describe(&self) -> String;
+}
+
+/// Plain TCP or Unix sockets, no TLS (`sslmode=disable`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainConnector;
+
+impl Connector for PlainConnector {
+    fn connect<'a>(&'a self, config: &'a Config) -> ConnectFuture<'a, (Client, Driver)> {
+        Box::pin(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            let driver: Driver = Box::pin(connection);
+            Ok((client, driver))
+        })
+    }
+
+    fn cancel(&self, token: CancelToken) -> ConnectFuture<'static, ()> {
+        Box::pin(async move { token.cancel_query(NoTls).await })
+    }
+
+    fn describe(&self) -> String {
+        "plaintext".into()
+    }
+}
