@@ -116,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::from_env()?;
     let pool = Pool::builder(cluster.config())
         .max_size(4)
-        .application_name("per_request".to_owned())
+        .application_name("per_request")
         .build()
         .await?;
     let setup = pool.session().await?;

@@ -18,14 +18,21 @@
 //!     email: Option<String>,
 //! }
 //!
-//! # async fn demo(conn: &actor_orm::Connection) -> actor_orm::Result<()> {
-//! let mut session = SessionState::new();
-//! let ann = session.insert(conn, User { id: 0, name: "ann".into(), email: None }).await?;
-//! let found = session.all(conn, User::query().filter(User::NAME.eq("ann"))).await?;
+//! # async fn demo() -> actor_orm::Result<()> {
+//! // One pool per program; one session (an actor) per request, job or loop iteration.
+//! let pool = Pool::builder("postgres://app@localhost/app?sslmode=verify-full")
+//!     .max_size(16)
+//!     .build()
+//!     .await?;
+//! let s = pool.session().await?;
+//! let ann = s.insert(User { id: 0, name: "ann".into(), email: None }).await?;
+//! let found = s.all(User::query().filter(User::NAME.eq("ann"))).await?;
 //! assert_eq!(found, vec![ann]);
-//! session.commit(conn).await?;
+//! s.commit().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! `SessionState` drives the same core over one `Connection` without actors.
 //!
 //! [`testing`] gives tests and examples a PostgreSQL of their own.
 //!
@@ -51,6 +58,7 @@ pub use actor_orm_actors::{
     BoxFuture, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session, SslMode,
     TransactionOptions,
 };
+pub use actor_orm_core::sea_query::Value;
 pub use actor_orm_core::{
     Aggregate, Column, ColumnMeta, ColumnValue, Connection, CurrentTime, DbEnum, DbError,
     DeleteWhere, Error, Expression, Filter, IdentityMap, IntoExpression, IntoKey, Isolation, Key,

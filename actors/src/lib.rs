@@ -17,6 +17,7 @@
 #![deny(clippy::unwrap_used)]
 
 mod config;
+mod fork;
 mod pool;
 mod session;
 mod stats;

@@ -92,7 +92,13 @@ impl Pool {
     }
 
     /// A connection inherited across `fork()` shares its socket with the parent: never use one.
-    fn check_process(&self) -> Result<()> {
+    /// Every call of a pool or session in a forked child answers this at once (the supervisor
+    /// and the session actors did not come along: their tasks live in the parent). Costs an
+    /// atomic load until the process has forked.
+    pub(crate) fn check_process(&self) -> Result<()> {
+        if !crate::fork::has_forked() {
+            return Ok(());
+        }
         let now = std::process::id();
         if now != self.inner.pid {
             return Err(Error::PoolClosed {
@@ -129,6 +135,7 @@ impl Pool {
     /// Closes the pool: no new checkouts; sessions holding connections get `timeout` to finish,
     /// then they are stopped; every connection is closed. Returns when the pool has stopped.
     pub async fn close(&self, timeout: Duration) -> Result<()> {
+        self.check_process()?;
         let (tx, rx) = oneshot::channel();
         if self
             .inner
@@ -156,6 +163,7 @@ impl Pool {
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> PoolMsg) -> Result<T> {
+        self.check_process()?;
         let (tx, rx) = oneshot::channel();
         self.inner
             .link
@@ -322,10 +330,16 @@ impl PoolBuilder {
         self
     }
 
-    /// The `application_name` every connection reports (seen in `pg_stat_activity`). Default
-    /// `actor-orm`; `None` leaves what the connection settings say.
-    pub fn application_name(mut self, name: impl Into<Option<String>>) -> Self {
-        self.application_name = name.into();
+    /// The `application_name` every connection reports (seen in `pg_stat_activity`):
+    /// `.application_name("billing")`. Default `actor-orm`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// Leaves `application_name` to what the connection settings say (instead of `actor-orm`).
+    pub fn keep_application_name(mut self) -> Self {
+        self.application_name = None;
         self
     }
 
@@ -340,6 +354,7 @@ impl PoolBuilder {
         config.connector = self.tls.connector()?;
         config.validate()?;
         let config = Arc::new(config);
+        crate::fork::watch();
         let link = PoolLink::start(config.clone()).await?;
         Ok(Pool {
             inner: Arc::new(PoolInner {

@@ -652,9 +652,20 @@ pub(crate) async fn spawn(
     Ok(Session::new(actor, label, pool))
 }
 
-/// A handle on one session actor. Clone it freely (all clones talk to the same session);
-/// when the last clone is dropped the session ends: uncommitted work is rolled back and the
-/// connection goes back to the pool.
+/// A handle on one session actor. Clones are cheap and all talk to the same session: they
+/// share one transaction, one unit of work and one identity map, so one clone's `commit` also
+/// writes what another clone queued. Give each job, request or loop iteration a session of its
+/// own (`pool.session()`), and clone a handle only to hand the *same* unit of work to another
+/// task. When the last clone is dropped the session ends: uncommitted work is rolled back and
+/// the connection goes back to the pool.
+///
+/// ```no_run
+/// # async fn demo(pool: actor_orm_actors::Pool) -> actor_orm_core::Result<()> {
+/// let s = pool.session().await?;
+/// let one = s.raw_rows("SELECT 1", vec![]).await?;
+/// s.commit().await?;
+/// # let _ = one; Ok(()) }
+/// ```
 ///
 /// Models cross into the session by value; the session keeps its own snapshot of what it loaded,
 /// so [`Session::save`] writes only the columns that changed.
@@ -666,8 +677,8 @@ pub struct Session {
 struct Handle {
     actor: ActorRef<SessionMsg>,
     label: Label,
-    // Keeps the pool open while any session is alive.
-    _pool: Pool,
+    // Keeps the pool open while any session is alive; says whether this process may use it.
+    pool: Pool,
     /// `close` has already ended the session.
     closed: bool,
 }
@@ -692,7 +703,7 @@ impl Session {
             inner: Arc::new(Handle {
                 actor,
                 label,
-                _pool: pool,
+                pool,
                 closed: false,
             }),
         }
@@ -747,6 +758,7 @@ impl Session {
             + Send
             + 'static,
     {
+        self.inner.pool.check_process()?;
         let (reply, rx) = oneshot::channel();
         let job = Box::new(Call { f, mode, reply });
         self.inner
@@ -760,6 +772,7 @@ impl Session {
         &self,
         f: impl FnOnce(&mut SessionState) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.inner.pool.check_process()?;
         let (reply, rx) = oneshot::channel();
         let job: Local = Box::new(move |state| {
             let _ = reply.send(f(state));
@@ -775,6 +788,7 @@ impl Session {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<()>>) -> SessionMsg,
     ) -> Result<()> {
+        self.inner.pool.check_process()?;
         let (reply, rx) = oneshot::channel();
         self.inner
             .actor

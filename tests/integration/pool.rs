@@ -294,6 +294,24 @@ async fn a_forked_child_cannot_use_the_parents_pool() {
             std::task::Poll::Ready(_) => 1,
             std::task::Poll::Pending => 2,
         };
+        // Every other call answers at once too: the pool's numbers, the inherited session.
+        let refused = |r: std::task::Poll<actor_orm::Result<()>>| {
+            matches!(r, std::task::Poll::Ready(Err(Error::PoolClosed { .. })))
+        };
+        let mut stats = std::pin::pin!(async { pool.stats().await.map(drop) });
+        let mut count = std::pin::pin!(async { s.count(User::query()).await.map(drop) });
+        let mut commit = std::pin::pin!(s.commit());
+        let code = if code != 0 {
+            code
+        } else if !refused(stats.as_mut().poll(&mut cx)) {
+            3
+        } else if !refused(count.as_mut().poll(&mut cx)) {
+            4
+        } else if !refused(commit.as_mut().poll(&mut cx)) {
+            5
+        } else {
+            0
+        };
         // SAFETY: leave without running the parent's destructors or atexit handlers.
         unsafe { libc::_exit(code) };
     }

@@ -214,7 +214,7 @@ async fn a_dropped_statement_is_cancelled_over_tls() {
     let ca = server.ca.display();
     let pool = tls_pool(
         &format!("{url}?sslmode=verify-full&sslrootcert={ca}"),
-        |b| b.application_name(Some("tls_cancel".to_owned())),
+        |b| b.application_name("tls_cancel"),
     )
     .await;
     let s = pool.session().await.expect("session");
