@@ -24,6 +24,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 mod pgbench;
+mod tls;
 
 // ----- allocation counting, for peak memory and bytes per session -----
 
@@ -960,6 +961,17 @@ async fn run() -> Res<()> {
     // ONLY=1,3 runs just those workloads (for profiling); workloads 5 and 6 run together.
     let only = std::env::var("ONLY").unwrap_or_default();
     let on = |n: &str| only.is_empty() || only.split(',').any(|w| w.trim() == n);
+    let tls_bench = if on("10") {
+        match tls::TlsBench::set_up(pinned).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("workload 10 (TLS) skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let bench = if on("9") {
         Some(pgbench::Bench::set_up(&cluster).await?)
     } else {
@@ -988,6 +1000,9 @@ async fn run() -> Res<()> {
         }
         if let Some(bench) = &bench {
             bench.round(round, &mut r).await?;
+        }
+        if let Some(tls) = &tls_bench {
+            tls.round(&mut r).await?;
         }
     }
 
@@ -1136,6 +1151,7 @@ async fn run() -> Res<()> {
         worst_drift,
         "0",
     ));
+    rows.extend(tls::ratios(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {
