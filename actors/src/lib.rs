@@ -16,18 +16,25 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![deny(clippy::unwrap_used)]
 
+mod books;
 mod config;
+mod connect;
 mod fork;
+mod job;
+mod label;
+mod link;
 mod pool;
 mod session;
+mod session_actor;
 mod stats;
 mod supervisor;
 mod tls;
 mod transaction;
 
 pub use config::{IntoConfig, PoolConfig, ResetPolicy};
+pub use job::BoxFuture;
 pub use pool::{Pool, PoolBuilder};
-pub use session::{BoxFuture, Session};
+pub use session::Session;
 pub use stats::PoolStats;
 pub use tls::SslMode;
 pub use transaction::TransactionOptions;

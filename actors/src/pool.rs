@@ -8,9 +8,11 @@ use actor_orm_core::{Error, Result, StatementMode};
 use tokio::sync::oneshot;
 
 use crate::config::{IntoConfig, PoolConfig, ResetPolicy};
-use crate::session::{self, Session};
+use crate::link::PoolLink;
+use crate::session::Session;
+use crate::session_actor;
 use crate::stats::PoolStats;
-use crate::supervisor::{PoolLink, PoolMsg};
+use crate::supervisor::PoolMsg;
 use crate::tls::{RootCerts, SslMode, TlsSettings};
 
 /// A pool of PostgreSQL connections, run by a supervisor actor. Cheap to clone; every clone is
@@ -87,7 +89,7 @@ impl Pool {
         let pool = self.clone();
         async move {
             pool.check_process()?;
-            session::spawn(pool, name, site).await
+            session_actor::spawn(pool, name, site).await
         }
     }
 

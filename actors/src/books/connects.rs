@@ -1,0 +1,116 @@
+//! Opening connections: growing towards demand and `min_idle`, and what a new connection (or a
+//! failed connect) changes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actor_orm_core::{Connection, Result};
+use ractor::ActorRef;
+
+use super::*;
+use crate::connect::{connect, copy_error, is_fatal_connect_error};
+use crate::supervisor::PoolMsg;
+
+impl PoolState {
+    pub(crate) fn must_retire(&self, i: usize, now: Instant) -> bool {
+        let s = &self.slots[i];
+        s.serial < self.retire_below
+            || s.expires.is_some_and(|e| e <= now)
+            || s.conn.is_closed()
+            || self.closing.is_some()
+    }
+
+    /// Opens connections while waiters outnumber those being opened, up to `max_size`.
+    pub(crate) fn grow(&mut self, myself: &ActorRef<PoolMsg>) {
+        if self.retry_scheduled {
+            return;
+        }
+        while self.connecting < self.waiters.len()
+            && self.slots.len() + self.connecting < self.config.max_size
+        {
+            self.open(myself);
+        }
+    }
+
+    /// Keeps at least `min_idle` connections not in use (within `max_size`; not while connects
+    /// are failing).
+    pub(crate) fn replenish(&mut self, myself: &ActorRef<PoolMsg>) {
+        if self.retry_scheduled || self.closing.is_some() {
+            return;
+        }
+        while self.slots.len() - self.in_use() + self.connecting < self.config.min_idle
+            && self.slots.len() + self.connecting < self.config.max_size
+        {
+            self.open(myself);
+        }
+        self.grow(myself);
+    }
+
+    pub(crate) fn open(&mut self, myself: &ActorRef<PoolMsg>) {
+        self.connecting += 1;
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let config = self.config.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = connect(&config, serial, &me).await.map(Box::new);
+            // The pool may be gone; then the connection is simply dropped.
+            let _ = me.send_message(PoolMsg::Connected(serial, result));
+        });
+    }
+
+    pub(crate) fn connected(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        serial: u64,
+        result: Result<Box<Connection>>,
+    ) {
+        self.connecting = self.connecting.saturating_sub(1);
+        match result {
+            Ok(conn) => {
+                self.failures_in_row = 0;
+                self.last_connect_error = None;
+                self.counters.opened += 1;
+                if self.closing.is_some() {
+                    return;
+                }
+                let now = Instant::now();
+                let expires = self.config.max_lifetime.map(|l| {
+                    let jitter = random_below(self.config.jitter().min(l), serial);
+                    now + l - jitter
+                });
+                tracing::debug!(serial, "connect: opened a connection");
+                self.slots.push(Slot {
+                    serial,
+                    conn: Arc::from(conn),
+                    expires,
+                    last_used: now,
+                    last_checked: now,
+                    generation: self.generation,
+                    state: SlotState::Idle,
+                });
+                self.dispatch(myself);
+            }
+            Err(e) => {
+                self.counters.connect_failures += 1;
+                self.failures_in_row += 1;
+                let text = e.to_string();
+                tracing::warn!(error = %text, attempt = self.failures_in_row, "connect failed");
+                self.last_connect_error = Some(text);
+                if is_fatal_connect_error(&e) {
+                    // Wrong password, missing database: waiting will not help.
+                    for w in self.waiters.drain(..) {
+                        let _ = w.reply.send(Err(copy_error(&e)));
+                    }
+                }
+                if !self.retry_scheduled && self.closing.is_none() {
+                    self.retry_scheduled = true;
+                    let backoff = Duration::from_millis(25)
+                        .saturating_mul(1 << self.failures_in_row.min(6))
+                        .min(Duration::from_secs(1));
+                    myself.send_after(backoff, || PoolMsg::RetryConnect);
+                }
+            }
+        }
+    }
+}

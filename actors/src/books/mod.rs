@@ -1,0 +1,299 @@
+//! The pool's books ([`PoolState`]): slots, leases, waiters, spare session actors, counters.
+//!
+//! They sit behind one lock shared by the supervisor and its sessions. A session checks out and
+//! checks in by taking the lock for a few instructions in its own task — no message to the
+//! supervisor and no wait for it to be scheduled — and a connection coming back goes straight
+//! to the oldest waiter. Everything else (connects, resets, checks, maintenance, and the reclaim
+//! of a dead session's lease) is the supervisor's, by message, and the lock is never held across
+//! an `.await`. Nothing here waits on the network: connects, resets and health checks run in
+//! spawned tasks that report back by message.
+//!
+//! The books also keep spare session actors: the actor of a session that ended with its last
+//! handle, wiped clean, waiting for the next session (see `PoolBuilder::spare_sessions`).
+//!
+//! One file per part of a connection's life: [`checkout`] (leases and waiters), [`connects`]
+//! (opening), [`upkeep`] (resets, checks, retirement, the maintenance tick), [`closing`].
+
+mod checkout;
+mod closing;
+mod connects;
+mod upkeep;
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use actor_orm_core::{Connection, Result};
+use ractor::{ActorCell, ActorId, ActorRef, ActorStatus};
+use tokio::sync::oneshot;
+
+use crate::config::PoolConfig;
+use crate::label::NextLabel;
+use crate::session_actor::SessionMsg;
+use crate::stats::PoolStats;
+use crate::supervisor::PoolMsg;
+
+/// A connection leased to one session.
+pub(crate) struct Lease {
+    pub(crate) id: u64,
+    pub(crate) conn: Arc<Connection>,
+}
+
+/// Who a checkout is for.
+pub(crate) struct Requester {
+    pub(crate) cell: ActorCell,
+    pub(crate) label: crate::label::Label,
+}
+
+pub(crate) enum SlotState {
+    Idle,
+    Leased(LeaseInfo),
+    /// A reset (after a return) is running.
+    Resetting,
+    /// A health check is running.
+    Checking,
+}
+
+pub(crate) struct LeaseInfo {
+    pub(crate) lease: u64,
+    pub(crate) actor: ActorId,
+    pub(crate) cell: ActorCell,
+    pub(crate) label: crate::label::Label,
+    pub(crate) since: Instant,
+    pub(crate) warned: bool,
+    pub(crate) stopped: bool,
+}
+
+pub(crate) struct Slot {
+    pub(crate) serial: u64,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) expires: Option<Instant>,
+    pub(crate) last_used: Instant,
+    pub(crate) last_checked: Instant,
+    pub(crate) generation: u64,
+    pub(crate) state: SlotState,
+}
+
+pub(crate) struct Waiter {
+    pub(crate) id: u64,
+    pub(crate) requester: Requester,
+    pub(crate) enqueued: Instant,
+    pub(crate) reply: oneshot::Sender<Result<Lease>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) opened: u64,
+    pub(crate) closed: u64,
+    pub(crate) connect_failures: u64,
+    pub(crate) checkouts: u64,
+    pub(crate) checkins: u64,
+    pub(crate) reclaims: u64,
+    pub(crate) discards: u64,
+    pub(crate) reset_failures: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) leak_warnings: u64,
+    pub(crate) sessions_stopped: u64,
+    pub(crate) checks: u64,
+}
+
+pub(crate) struct PoolState {
+    pub(crate) config: Arc<PoolConfig>,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) waiters: VecDeque<Waiter>,
+    /// When the one pending expiry timer fires. Waiters queue in order and share one
+    /// acquire_timeout, so only the oldest one's deadline needs a timer.
+    pub(crate) expiry_timer: Option<Instant>,
+    pub(crate) connecting: usize,
+    pub(crate) next_serial: u64,
+    pub(crate) next_lease: u64,
+    pub(crate) next_waiter: u64,
+    /// Connections stamped with an older generation must pass a check before reuse.
+    pub(crate) generation: u64,
+    /// Connections with a serial below this were drained: closed as soon as they are free.
+    pub(crate) retire_below: u64,
+    pub(crate) failures_in_row: u32,
+    pub(crate) retry_scheduled: bool,
+    pub(crate) last_connect_error: Option<String>,
+    pub(crate) closing: Option<Vec<oneshot::Sender<()>>>,
+    /// The supervisor has stopped: nothing is handed out any more.
+    pub(crate) stopped: bool,
+    /// Session actors whose sessions ended, kept for the next sessions (most recent last).
+    pub(crate) spares: Vec<Spare>,
+    pub(crate) counters: Counters,
+}
+
+/// An ended session's actor, wiped clean and waiting for a new session.
+pub(crate) struct Spare {
+    pub(crate) actor: ActorRef<SessionMsg>,
+    pub(crate) next: Arc<NextLabel>,
+    pub(crate) since: Instant,
+}
+
+/// The pool's books, shared by the supervisor and its sessions (see the module docs).
+pub(crate) type Shared = Arc<Mutex<PoolState>>;
+
+pub(crate) fn lock(shared: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
+    // Nothing under the lock awaits or is expected to panic; if something did, the books are
+    // still the best account of the connections there is.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn alive(cell: &ActorCell) -> bool {
+    cell.get_status() < ActorStatus::Stopping
+}
+
+pub(crate) fn random_below(limit: Duration, seed: u64) -> Duration {
+    let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let r = std::collections::hash_map::RandomState::new().hash_one(seed);
+    Duration::from_nanos(r % nanos)
+}
+
+impl PoolState {
+    pub(crate) fn new(config: Arc<PoolConfig>) -> PoolState {
+        PoolState {
+            config,
+            slots: Vec::new(),
+            waiters: VecDeque::new(),
+            expiry_timer: None,
+            connecting: 0,
+            next_serial: 1,
+            next_lease: 1,
+            next_waiter: 1,
+            generation: 0,
+            retire_below: 0,
+            failures_in_row: 0,
+            retry_scheduled: false,
+            last_connect_error: None,
+            closing: None,
+            stopped: false,
+            spares: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The pool is closing or has stopped: it takes no new session actors and hands none out.
+    pub(crate) fn winding_down(&self) -> bool {
+        self.stopped || self.closing.is_some()
+    }
+
+    /// Stops the `n` oldest spare session actors.
+    pub(crate) fn stop_spares(&mut self, n: usize) {
+        for spare in self.spares.drain(..n) {
+            spare.actor.stop(None);
+        }
+    }
+
+    /// The supervisor's messages.
+    pub(crate) fn handle(&mut self, myself: &ActorRef<PoolMsg>, msg: PoolMsg) {
+        match msg {
+            PoolMsg::Died { serial, reason } => {
+                // The socket closed under an idle connection: the server went away or the
+                // backend was terminated. Leased ones are reported by their session.
+                if let Some(i) = self.by_serial(serial)
+                    && matches!(self.slots[i].state, SlotState::Idle | SlotState::Checking)
+                {
+                    tracing::info!(serial, reason = %reason, "an idle connection closed");
+                    self.discard_dead(myself, i, "an idle connection closed");
+                }
+            }
+            PoolMsg::Connected(serial, result) => self.connected(myself, serial, result),
+            PoolMsg::ResetDone { serial, ok } => self.reset_done(myself, serial, ok),
+            PoolMsg::CheckDone { serial, ok } => self.check_done(myself, serial, ok),
+            PoolMsg::WaitersDue => self.waiters_due(myself),
+            PoolMsg::RetryConnect => {
+                self.retry_scheduled = false;
+                self.replenish(myself);
+                self.dispatch(myself);
+            }
+            PoolMsg::Tick => self.tick(myself),
+            PoolMsg::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            PoolMsg::Drain(reply) => {
+                self.retire_below = self.next_serial;
+                tracing::info!("drain: every connection now open retires when it is free");
+                self.close_free_retired();
+                self.replenish(myself);
+                let _ = reply.send(());
+            }
+            PoolMsg::Close(grace, reply) => self.close(myself, grace, reply),
+            PoolMsg::CloseDeadline => {
+                if self.closing.is_some() {
+                    tracing::warn!(
+                        sessions = self.in_use(),
+                        "close: grace period over, stopping the sessions still holding connections"
+                    );
+                    self.finish_close(myself);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn in_use(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Leased(_)))
+            .count()
+    }
+
+    pub(crate) fn idle(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Idle))
+            .count()
+    }
+
+    pub(crate) fn leased_by_lease(&self, lease: u64) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| matches!(&s.state, SlotState::Leased(l) if l.lease == lease))
+    }
+
+    pub(crate) fn leased_by_actor(&self, actor: ActorId) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| matches!(&s.state, SlotState::Leased(l) if l.actor == actor))
+    }
+
+    pub(crate) fn by_serial(&self, serial: u64) -> Option<usize> {
+        self.slots.iter().position(|s| s.serial == serial)
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        PoolStats {
+            max_size: self.config.max_size,
+            total: self.slots.len(),
+            idle: self.idle(),
+            in_use: self.in_use(),
+            resetting: self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.state, SlotState::Resetting | SlotState::Checking))
+                .count(),
+            connecting: self.connecting,
+            waiting: self.waiters.len(),
+            generation: self.generation,
+            opened: c.opened,
+            closed: c.closed,
+            connect_failures: c.connect_failures,
+            checkouts: c.checkouts,
+            checkins: c.checkins,
+            reclaims: c.reclaims,
+            discards: c.discards,
+            reset_failures: c.reset_failures,
+            timeouts: c.timeouts,
+            leak_warnings: c.leak_warnings,
+            sessions_stopped: c.sessions_stopped,
+            checks: c.checks,
+            spare_sessions: self.spares.len(),
+        }
+    }
+
+    // ----- checkout -----
+}

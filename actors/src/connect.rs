@@ -1,0 +1,141 @@
+//! What the pool does to a connection through its connector: open it (with its driver task),
+//! reset it for the next session, let it go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actor_orm_core::{Connection, Error, Result};
+use ractor::ActorRef;
+
+use crate::config::PoolConfig;
+use crate::config::ResetPolicy;
+use crate::supervisor::PoolMsg;
+
+/// Opens one connection within `connect_timeout`, its I/O driven by a task of its own.
+pub(crate) async fn connect(
+    config: &PoolConfig,
+    serial: u64,
+    pool: &ActorRef<PoolMsg>,
+) -> Result<Connection> {
+    let attempt = config.connector.connect(&config.pg);
+    let (client, connection) = match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(r) => r.map_err(connect_error)?,
+        Err(_) => {
+            return Err(Error::Connect {
+                reason: format!(
+                    "no answer within connect_timeout ({:?})",
+                    config.connect_timeout
+                ),
+            });
+        }
+    };
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        // Ends when the client is dropped or the server goes away; the pool hears of it (and
+        // ignores it when it closed the connection itself).
+        let reason = match connection.await {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        let _ = pool.send_message(PoolMsg::Died { serial, reason });
+    });
+    let conn = Connection::with_connector(client, config.statement_mode, config.connector.clone());
+    if config.autocommit_reads {
+        // One question (the server's default isolation), within the same time limit.
+        match tokio::time::timeout(config.connect_timeout, conn.enable_autocommit_reads()).await {
+            Ok(r) => r.map(drop)?,
+            Err(_) => {
+                return Err(Error::ConnectionLost {
+                    reason: "the new connection did not answer within connect_timeout".into(),
+                });
+            }
+        }
+    }
+    Ok(conn)
+}
+
+pub(crate) fn connect_error(e: tokio_postgres::Error) -> Error {
+    if e.as_db_error().is_some() {
+        return Error::from(e);
+    }
+    // tokio-postgres's own text names the step ("error performing TLS handshake"); the cause
+    // (an untrusted certificate, no TLS on the server) is in its source chain.
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        source = cause.source();
+    }
+    Error::Connect { reason }
+}
+
+/// Authentication failures, missing databases and failed TLS handshakes (an untrusted
+/// certificate, TLS required but not offered) do not go away by waiting.
+pub(crate) fn is_fatal_connect_error(e: &Error) -> bool {
+    match e {
+        Error::Connect { reason } => reason.starts_with("error performing TLS handshake"),
+        _ => e
+            .code()
+            .is_some_and(|c| c.starts_with("28") || c == "3D000"),
+    }
+}
+
+pub(crate) fn copy_error(e: &Error) -> Error {
+    match (e, e.as_db_error()) {
+        (_, Some(db)) => Error::Database(Box::new(db.clone())),
+        (Error::Connect { reason }, None) => Error::Connect {
+            reason: reason.clone(),
+        },
+        (_, None) => Error::ConnectionLost {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Makes a returned connection safe for the next session: cancel what an interrupted session
+/// left running, end any transaction, apply the policy. Anything that fails or overruns
+/// `timeout` means the connection is discarded.
+pub(crate) async fn reset(
+    conn: &Connection,
+    rollback: bool,
+    policy: &ResetPolicy,
+    timeout: Duration,
+) -> bool {
+    let work = async {
+        if conn.was_interrupted() {
+            conn.cancel_running().await?;
+        }
+        if rollback {
+            conn.batch("ROLLBACK").await?;
+        }
+        match policy {
+            ResetPolicy::Rollback => {}
+            ResetPolicy::DiscardAll => {
+                conn.batch("DISCARD ALL").await?;
+                conn.clear_statement_cache();
+            }
+            ResetPolicy::Custom(sql) => {
+                conn.batch(sql).await?;
+                conn.clear_statement_cache();
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(())))
+}
+
+/// Lets a connection go. One that may still be running an abandoned statement is sent a cancel
+/// first, so its backend does not linger past the socket.
+pub(crate) fn discard(conn: Arc<Connection>) {
+    if conn.was_interrupted() && !conn.is_closed() {
+        let cancel = conn.cancel_request();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
+        });
+    }
+    drop(conn);
+}

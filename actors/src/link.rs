@@ -1,0 +1,106 @@
+//! [`PoolLink`]: what a session holds of its pool — the supervisor, for everything it owns, and
+//! the shared books, to check out and in without a message.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actor_orm_core::{Error, Result};
+use ractor::{ActorRef, ActorStatus};
+use tokio::sync::oneshot;
+
+use crate::books::{Lease, PoolState, Requester, Shared, Spare, alive, lock};
+use crate::config::PoolConfig;
+use crate::label::NextLabel;
+use crate::session_actor::SessionMsg;
+use crate::supervisor::PoolMsg;
+use ractor::Actor;
+
+use crate::supervisor::Supervisor;
+
+/// What a session holds of its pool: the supervisor (for everything it owns) and the shared
+/// books (to check out and in without a message).
+#[derive(Clone)]
+pub(crate) struct PoolLink {
+    pub(crate) actor: ActorRef<PoolMsg>,
+    shared: Shared,
+}
+
+impl PoolLink {
+    /// Starts the supervisor of a new pool.
+    pub(crate) async fn start(config: Arc<PoolConfig>) -> Result<PoolLink> {
+        let shared = Arc::new(Mutex::new(PoolState::new(config)));
+        let (actor, _) = Actor::spawn(None, Supervisor, shared.clone())
+            .await
+            .map_err(|e| Error::PoolClosed {
+                reason: format!("could not start the pool supervisor: {e}"),
+            })?;
+        Ok(PoolLink { actor, shared })
+    }
+
+    /// Queues `requester` for a connection, first come first served; the answer comes on the
+    /// returned channel (at once when a connection is free), or an error when the pool has stopped
+    /// or is closing.
+    pub(crate) fn checkout(
+        &self,
+        requester: Requester,
+    ) -> Result<oneshot::Receiver<Result<Lease>>> {
+        let (reply, rx) = oneshot::channel();
+        let mut state = lock(&self.shared);
+        if state.stopped || self.actor.get_status() >= ActorStatus::Stopping {
+            return Err(crate::pool::closed());
+        }
+        state.checkout(&self.actor, requester, reply);
+        Ok(rx)
+    }
+
+    /// A session gives lease `lease` back, clean (no transaction can be open) or to be reset.
+    /// The pool has it when this returns; the next waiter, if any, has been handed it. Returns
+    /// `false` when the pool has ordered the session stopped (`max_session_lifetime`).
+    pub(crate) fn checkin(&self, lease: u64, clean: bool) -> bool {
+        lock(&self.shared).checkin(&self.actor, lease, clean)
+    }
+
+    /// A session saw the connection of lease `lease` die. Returns `false` when the pool has
+    /// ordered the session stopped.
+    pub(crate) fn broken(&self, lease: u64) -> bool {
+        let mut state = lock(&self.shared);
+        let Some(i) = state.leased_by_lease(lease) else {
+            return true;
+        };
+        let spared = !state.condemned(i);
+        state.counters.discards += 1;
+        state.discard_dead(&self.actor, i, "a session's connection was lost");
+        spared
+    }
+
+    /// Keeps the actor of a session that ended with its last handle for a later session.
+    /// Returns `false` (the actor should stop) when the pool has stopped or is closing, or has
+    /// `spare_sessions` spares already.
+    pub(crate) fn keep_spare(&self, actor: &ActorRef<SessionMsg>, next: &Arc<NextLabel>) -> bool {
+        let mut state = lock(&self.shared);
+        if state.winding_down() || state.spares.len() >= state.config.spare_sessions {
+            return false;
+        }
+        state.spares.push(Spare {
+            actor: actor.clone(),
+            next: next.clone(),
+            since: Instant::now(),
+        });
+        true
+    }
+
+    /// A spare session actor (and where to put its next session's label), the most recently
+    /// used first, unless the pool has stopped or is closing.
+    pub(crate) fn take_spare(&self) -> Option<(ActorRef<SessionMsg>, Arc<NextLabel>)> {
+        let mut state = lock(&self.shared);
+        if state.winding_down() {
+            return None;
+        }
+        while let Some(spare) = state.spares.pop() {
+            if alive(&spare.actor) {
+                return Some((spare.actor, spare.next));
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,392 @@
+//! The session actor: owns a [`SessionState`] (identity map, unit of work, transaction) and,
+//! from its first statement until it ends, one leased connection. It runs one message at a
+//! time, so nothing inside needs a lock. Every operation is a message: once sent, it runs to
+//! completion inside the actor even if the caller stops waiting for the reply.
+
+use std::panic::Location;
+use std::sync::Arc;
+
+use actor_orm_core::{Connection, Error, Result, SessionState, TxState};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::books::{Lease, Requester};
+use crate::job::{Job, Outcome, lost};
+use crate::label::{Label, NextLabel, span_for};
+use crate::link::PoolLink;
+use crate::pool::{Pool, closed};
+use crate::session::Session;
+
+pub(crate) type Local = Box<dyn FnOnce(&mut SessionState) + Send>;
+
+pub(crate) enum SessionMsg {
+    Db(Box<dyn Job>),
+    Local(Local),
+    Commit(oneshot::Sender<Result<()>>),
+    Rollback(oneshot::Sender<Result<()>>),
+    /// Ends the session. `last`: no handle on it is left, so the actor may serve another
+    /// session.
+    Close {
+        reply: Option<oneshot::Sender<()>>,
+        last: bool,
+    },
+    Acquire(oneshot::Sender<Result<()>>),
+}
+
+pub(crate) struct SessionActor;
+
+pub(crate) struct SessionArgs {
+    pool: PoolLink,
+    label: Label,
+    dirty_check: bool,
+}
+
+pub(crate) struct SessionCtx {
+    core: SessionState,
+    lease: Option<Lease>,
+    pool: PoolLink,
+    label: Label,
+    span: tracing::Span,
+    /// Raw SQL or user code ran since the last COMMIT/ROLLBACK: the server's transaction state
+    /// is not known for sure.
+    untracked: bool,
+    /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
+    read_only: bool,
+    /// The pool has ordered this actor stopped (`max_session_lifetime`): it must not be kept
+    /// as a spare.
+    condemned: bool,
+    /// The label of the next session, once this actor is a spare and has been taken.
+    next: Arc<NextLabel>,
+    /// The pool's `dirty_check` setting, for every session this actor serves.
+    dirty_check: bool,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionCtx;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionCtx, ActorProcessingErr> {
+        let _ = args.label.0.id.set(myself.get_id());
+        let mut core = SessionState::new();
+        core.set_dirty_check(args.dirty_check);
+        Ok(SessionCtx {
+            core,
+            lease: None,
+            pool: args.pool,
+            span: span_for(&args.label),
+            label: args.label,
+            untracked: false,
+            read_only: true,
+            condemned: false,
+            next: Arc::default(),
+            dirty_check: args.dirty_check,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(label) = ctx.next.take() {
+            // The first message of a new session on this (reused) actor.
+            ctx.span = span_for(&label);
+            ctx.label = label;
+        }
+        let span = ctx.span.clone();
+        match msg {
+            SessionMsg::Local(f) => {
+                let _entered = span.enter();
+                f(&mut ctx.core);
+            }
+            // Not boxed: the common message's state is small (its job's own future is boxed, and
+            // so are the large, rare steps on the way), so an idle session's task stays small
+            // without an allocation per message.
+            SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).instrument(span).await,
+            SessionMsg::Close { reply, last } => {
+                let _entered = span.enter();
+                // The connection is back in the pool (and handed to the next waiter) before
+                // anyone hears that the session closed.
+                ctx.release();
+                tracing::debug!("session closed");
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                // With no handle left, nothing can reach this actor on the old session's
+                // behalf: it may serve a new one, once wiped.
+                if last && !ctx.condemned && ctx.pool.keep_spare(&myself, &ctx.next) {
+                    ctx.wipe();
+                } else {
+                    myself.stop(None);
+                }
+            }
+            SessionMsg::Commit(reply) => {
+                // Boxed: a commit's state is the largest, and would sit in every idle session.
+                let r = Box::pin(ctx.commit(myself.get_cell()))
+                    .instrument(span)
+                    .await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Acquire(reply) => {
+                let r = ctx.acquire(myself.get_cell()).instrument(span).await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Rollback(reply) => {
+                let r = ctx.rollback().instrument(span).await;
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionCtx {
+    async fn connection(&mut self, me: ractor::ActorCell) -> Result<Arc<Connection>> {
+        if let Some(lease) = &self.lease {
+            return Ok(lease.conn.clone());
+        }
+        let requester = Requester {
+            cell: me,
+            label: self.label.clone(),
+        };
+        let lease = self
+            .pool
+            .checkout(requester)?
+            .await
+            .map_err(|_| closed())??;
+        let conn = lease.conn.clone();
+        self.lease = Some(lease);
+        self.untracked = false;
+        Ok(conn)
+    }
+
+    /// A connection with the transaction open. A fresh lease whose BEGIN finds the connection
+    /// dead (a server restart, a terminated backend) is reported and replaced: nothing had been
+    /// sent on it, so trying again is safe and the caller never sees the dead socket.
+    async fn connection_in_transaction(
+        &mut self,
+        me: &ractor::ActorCell,
+    ) -> Result<Arc<Connection>> {
+        let mut attempts = 0;
+        loop {
+            let conn = self.connection(me.clone()).await?;
+            if self.core.tx_state() != TxState::Idle {
+                return Ok(conn);
+            }
+            match self.core.begin(&conn).await {
+                Ok(()) => return Ok(conn),
+                Err(e) if e.is_connection_lost() && attempts < 3 => {
+                    attempts += 1;
+                    tracing::info!(error = %e, "BEGIN found the connection dead; taking another");
+                    self.lose_connection();
+                }
+                Err(e) => {
+                    if e.is_connection_lost() {
+                        self.lose_connection();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn run(&mut self, me: ractor::ActorCell, mut job: Box<dyn Job>) {
+        let mut attempts = 0;
+        loop {
+            // The first statement of a transaction carries its BEGIN in the same round trip. A
+            // read may be run again if the connection turns out dead.
+            let conn = if job.untracked() && !job.cancellable() {
+                // User code in `run` may use the connection directly: open the transaction
+                // first.
+                // Boxed: rare, and its BEGIN's state would otherwise sit in every job's.
+                Box::pin(self.connection_in_transaction(&me)).await
+            } else {
+                self.connection(me.clone()).await
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => return job.fail(e),
+            };
+            if job.abandoned() && job.cancellable() {
+                // The caller gave up while this waited for a connection: nothing to run.
+                return;
+            }
+            if job.untracked() {
+                self.untracked = true;
+            }
+            // A read with nothing to flush first sends nothing but reads.
+            let pure_read = job.reads_only() && self.core.pending() == 0;
+            if !pure_read {
+                self.read_only = false;
+            }
+            // Safe to run again only when this job also opens the transaction: then a dead
+            // connection took nothing with it.
+            let may_retry = pure_read && self.core.tx_state() == TxState::Idle && attempts < 3;
+            match job.run(&mut self.core, &conn, may_retry).await {
+                Outcome::Retry(again) => {
+                    attempts += 1;
+                    tracing::info!(
+                        "the connection was dead before the first statement; retrying on another"
+                    );
+                    self.lose_connection();
+                    self.core.abandon();
+                    job = again;
+                    continue;
+                }
+                _ if conn.is_closed() => self.lose_connection(),
+                Outcome::ConnectionLost => self.lose_connection(),
+                Outcome::Cancelled => {
+                    tracing::debug!("a caller stopped waiting: its statement was cancelled");
+                    // The cancelled statement aborted the transaction on the server: roll back
+                    // before going on (release does so on return).
+                    self.core.mark_failed();
+                }
+                Outcome::Done => {}
+            }
+            return;
+        }
+    }
+
+    /// The connection died: tell the pool, and make the transaction (if any) one that must be
+    /// rolled back before the session goes on, on a new connection.
+    fn lose_connection(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            tracing::warn!("connection lost");
+            self.condemned |= !self.pool.broken(lease.id);
+        }
+        self.core.mark_failed();
+    }
+
+    /// Forgets everything of the session that ended (which has given its connection back), so
+    /// that the actor can serve another.
+    fn wipe(&mut self) {
+        debug_assert!(self.lease.is_none());
+        self.core = SessionState::new();
+        self.core.set_dirty_check(self.dirty_check);
+        self.untracked = false;
+        self.read_only = true;
+    }
+
+    async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
+        if self.core.tx_state() == TxState::Idle && self.core.pending() == 0 {
+            // No transaction open and nothing waits: nothing to commit. What reads loaded is
+            // forgotten, as after any commit.
+            self.core.abandon();
+            self.read_only = true;
+            return Ok(());
+        }
+        if self.lease.is_none() && self.core.tx_state() != TxState::Idle {
+            // The connection went away mid-transaction: the server rolled it back.
+            self.core.abandon();
+            return Err(Error::TransactionAborted);
+        }
+        if self.read_only
+            && !self.untracked
+            && self.core.pending() == 0
+            && self.core.tx_state() == TxState::Active
+            && let Some(lease) = &self.lease
+            && lease.conn.send_and_forget("COMMIT")
+        {
+            // A transaction that only read has nothing to report at COMMIT: send it and move on.
+            // Whatever this session (or the next user of the connection) sends next queues
+            // behind it on the same connection.
+            self.core.abandon();
+            return Ok(());
+        }
+        let conn = self.connection_in_transaction(&me).await?;
+        // Boxed: a flush's state is large, and would otherwise be room every message's future
+        // carries.
+        let r = Box::pin(self.core.commit(&conn)).await;
+        if lost(&conn, &r) {
+            self.lose_connection();
+            self.core.abandon();
+        }
+        if r.is_ok() {
+            // COMMIT leaves the server outside any transaction, whatever raw SQL did before.
+            self.untracked = false;
+        }
+        self.read_only = true;
+        r
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.read_only = true;
+        let Some(lease) = &self.lease else {
+            self.core.abandon();
+            return Ok(());
+        };
+        let conn = lease.conn.clone();
+        let r = self.core.rollback(&conn).await;
+        if lost(&conn, &r) {
+            // No connection, no transaction: the rollback happened on the server's side.
+            self.lose_connection();
+            self.core.abandon();
+            return Ok(());
+        }
+        if r.is_ok() {
+            self.untracked = false;
+        }
+        r
+    }
+
+    /// Gives the connection back: the lease ends as a checkin, not a reclaim. Uncommitted work
+    /// is dropped and a ROLLBACK sent ahead of whatever comes next on the connection (or, after
+    /// an interrupted statement, left to the pool's full reset). A dead connection is reported
+    /// as broken instead.
+    fn release(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if lease.conn.is_closed() {
+            self.condemned |= !self.pool.broken(lease.id);
+            return;
+        }
+        let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
+        self.core.abandon();
+        // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
+        // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the
+        // connection ends any transaction, and the lease returns clean at once.
+        let clean = !lease.conn.was_interrupted()
+            && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
+        self.condemned |= !self.pool.checkin(lease.id, clean);
+    }
+
+    /// Checks a connection out now, if the session has none.
+    async fn acquire(&mut self, me: ractor::ActorCell) -> Result<()> {
+        self.connection(me).await.map(drop)
+    }
+}
+
+/// A new session: on a spare actor if the pool has one, else on a new actor.
+pub(crate) async fn spawn(
+    pool: Pool,
+    name: Option<String>,
+    site: &'static Location<'static>,
+) -> Result<Session> {
+    let label = Label::new(name, site);
+    if let Some((actor, next)) = pool.link().take_spare() {
+        let _ = label.0.id.set(actor.get_id());
+        next.put(label.clone());
+        return Ok(Session::new(actor, label, pool));
+    }
+    let link = pool.link().clone();
+    let supervisor = link.actor.get_cell();
+    let args = SessionArgs {
+        pool: link,
+        label: label.clone(),
+        dirty_check: pool.config().dirty_check,
+    };
+    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)
+        .await
+        .map_err(|e| Error::PoolClosed {
+            reason: format!("could not start a session: {e}"),
+        })?;
+    Ok(Session::new(actor, label, pool))
+}
