@@ -4,7 +4,7 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actor_orm_core::{Error, Result, StatementMode};
+use actor_orm_core::{Connector, Error, Result, StatementMode};
 use tokio::sync::oneshot;
 
 use crate::config::{IntoConfig, PoolConfig, ResetPolicy};
@@ -61,6 +61,7 @@ impl Pool {
             config: parts.map(|(pg, _, _)| PoolConfig::new(pg)),
             application_name: Some("actor-orm".into()),
             tls,
+            connector: None,
         }
     }
 
@@ -188,6 +189,7 @@ pub struct PoolBuilder {
     config: Result<PoolConfig>,
     application_name: Option<String>,
     tls: TlsSettings,
+    connector: Option<Arc<dyn Connector>>,
 }
 
 macro_rules! setter {
@@ -332,6 +334,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Opens connections (and sends cancel requests) with this connector instead of the one the
+    /// `sslmode` settings make: for a transport of your own, or a fake one in tests.
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
     /// The `application_name` every connection reports (seen in `pg_stat_activity`):
     /// `.application_name("billing")`. Default `actor-orm`.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
@@ -353,7 +362,10 @@ impl PoolBuilder {
             config.pg.application_name(&name);
         }
         config.pg.connect_timeout(config.connect_timeout);
-        config.connector = self.tls.connector()?;
+        config.connector = match self.connector {
+            Some(c) => c,
+            None => self.tls.connector()?,
+        };
         config.validate()?;
         let config = Arc::new(config);
         crate::fork::watch();
