@@ -48,11 +48,6 @@ pub(crate) struct SessionCtx {
     pool: PoolLink,
     label: Label,
     span: tracing::Span,
-    /// Raw SQL or user code ran since the last COMMIT/ROLLBACK: the server's transaction state
-    /// is not known for sure.
-    untracked: bool,
-    /// Nothing but reads since the transaction began: its COMMIT has nothing to report.
-    read_only: bool,
     /// The pool has ordered this actor stopped (`max_session_lifetime`): it must not be kept
     /// as a spare.
     condemned: bool,
@@ -81,8 +76,6 @@ impl Actor for SessionActor {
             pool: args.pool,
             span: span_for(&args.label),
             label: args.label,
-            untracked: false,
-            read_only: true,
             condemned: false,
             next: Arc::default(),
             dirty_check: args.dirty_check,
@@ -163,7 +156,7 @@ impl SessionCtx {
             .map_err(|_| closed())??;
         let conn = lease.conn.clone();
         self.lease = Some(lease);
-        self.untracked = false;
+        self.core.note_new_connection();
         Ok(conn)
     }
 
@@ -218,17 +211,9 @@ impl SessionCtx {
                 // The caller gave up while this waited for a connection: nothing to run.
                 return;
             }
-            if job.untracked() {
-                self.untracked = true;
-            }
             // A read with nothing to flush first sends nothing but reads.
-            let pure_read = job.reads_only() && self.core.pending() == 0;
-            if !pure_read {
-                self.read_only = false;
-            }
-            // Safe to run again only when this job also opens the transaction: then a dead
-            // connection took nothing with it.
-            let may_retry = pure_read && self.core.tx_state() == TxState::Idle && attempts < 3;
+            let pure_read = self.core.note_work(job.reads_only(), job.untracked());
+            let may_retry = self.core.may_run_again(pure_read) && attempts < 3;
             match job.run(&mut self.core, &conn, may_retry).await {
                 Outcome::Retry(again) => {
                     attempts += 1;
@@ -270,8 +255,6 @@ impl SessionCtx {
         debug_assert!(self.lease.is_none());
         self.core = SessionState::new();
         self.core.set_dirty_check(self.dirty_check);
-        self.untracked = false;
-        self.read_only = true;
     }
 
     async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
@@ -279,7 +262,6 @@ impl SessionCtx {
             // No transaction open and nothing waits: nothing to commit. What reads loaded is
             // forgotten, as after any commit.
             self.core.abandon();
-            self.read_only = true;
             return Ok(());
         }
         if self.lease.is_none() && self.core.tx_state() != TxState::Idle {
@@ -287,10 +269,7 @@ impl SessionCtx {
             self.core.abandon();
             return Err(Error::TransactionAborted);
         }
-        if self.read_only
-            && !self.untracked
-            && self.core.pending() == 0
-            && self.core.tx_state() == TxState::Active
+        if self.core.only_read()
             && let Some(lease) = &self.lease
             && lease.conn.send_and_forget("COMMIT")
         {
@@ -308,16 +287,10 @@ impl SessionCtx {
             self.lose_connection();
             self.core.abandon();
         }
-        if r.is_ok() {
-            // COMMIT leaves the server outside any transaction, whatever raw SQL did before.
-            self.untracked = false;
-        }
-        self.read_only = true;
         r
     }
 
     async fn rollback(&mut self) -> Result<()> {
-        self.read_only = true;
         let Some(lease) = &self.lease else {
             self.core.abandon();
             return Ok(());
@@ -329,9 +302,6 @@ impl SessionCtx {
             self.lose_connection();
             self.core.abandon();
             return Ok(());
-        }
-        if r.is_ok() {
-            self.untracked = false;
         }
         r
     }
@@ -348,7 +318,7 @@ impl SessionCtx {
             self.condemned |= !self.pool.broken(lease.id);
             return;
         }
-        let may_be_open = self.core.tx_state() != TxState::Idle || self.untracked;
+        let may_be_open = self.core.may_be_open();
         self.core.abandon();
         // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
         // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the

@@ -128,6 +128,12 @@ pub struct SessionState {
     next_savepoint: u32,
     /// The dirty-column check is off for every model of this session.
     unchecked: bool,
+    /// Raw SQL or user code ran since the last COMMIT or ROLLBACK: the server's transaction
+    /// state is not known for sure (it may have begun or ended one).
+    untracked: bool,
+    /// Something other than reads ran since the transaction began: its COMMIT has something to
+    /// report.
+    wrote: bool,
 }
 
 impl SessionState {
@@ -145,6 +151,42 @@ impl SessionState {
     /// Whether [`save`](Self::save) checks the columns it changes (see there).
     pub fn dirty_check(&self) -> bool {
         !self.unchecked
+    }
+
+    // ----- what the session knows about its transaction, beyond its state -----
+
+    /// Notes a piece of work about to run: whether it only reads, and whether it is untracked
+    /// (raw SQL or user code, which may begin or end a transaction behind the session's back).
+    /// Returns whether it is a pure read: it only reads and has nothing to flush first.
+    pub fn note_work(&mut self, reads_only: bool, untracked: bool) -> bool {
+        self.untracked |= untracked;
+        let pure_read = reads_only && self.work.is_empty();
+        self.wrote |= !pure_read;
+        pure_read
+    }
+
+    /// Notes a fresh connection: whatever untracked work did on the old one is gone with it.
+    pub fn note_new_connection(&mut self) {
+        self.untracked = false;
+    }
+
+    /// Whether a transaction may be open on the server: one the session opened, or one raw SQL
+    /// may have opened. A connection given back in this state needs a ROLLBACK.
+    pub fn may_be_open(&self) -> bool {
+        self.tx != TxState::Idle || self.untracked
+    }
+
+    /// Whether the open transaction did nothing but read, so its COMMIT has nothing to report
+    /// and may be sent without waiting for the answer.
+    pub fn only_read(&self) -> bool {
+        self.tx == TxState::Active && !self.wrote && !self.untracked && self.work.is_empty()
+    }
+
+    /// Whether a pure read may run again on another connection when its connection turns out
+    /// dead: only when it also opens the transaction, so that a dead connection took nothing
+    /// with it.
+    pub fn may_run_again(&self, pure_read: bool) -> bool {
+        pure_read && self.tx == TxState::Idle
     }
 
     /// Where the transaction stands.
@@ -290,6 +332,16 @@ impl SessionState {
     /// behind it with a ROLLBACK), and a commit forgets what was loaded, so they read nothing
     /// back.
     pub async fn commit(&mut self, conn: &Connection) -> Result<()> {
+        let r = self.commit_inner(conn).await;
+        self.wrote = false;
+        if r.is_ok() {
+            // COMMIT leaves the server outside any transaction, whatever raw SQL did before.
+            self.untracked = false;
+        }
+        r
+    }
+
+    async fn commit_inner(&mut self, conn: &Connection) -> Result<()> {
         if self.tx == TxState::Active && !self.work.is_empty() && self.work.only_inserts() {
             return self.commit_inserts(conn).await;
         }
@@ -358,11 +410,16 @@ impl SessionState {
 
     /// Rolls back the transaction and drops every pending change.
     pub async fn rollback(&mut self, conn: &Connection) -> Result<()> {
-        let r = if self.tx == TxState::Idle {
-            Ok(())
-        } else {
+        self.wrote = false;
+        // Raw SQL may have opened a transaction the session does not know of.
+        let r = if self.may_be_open() {
             conn.batch("ROLLBACK").await
+        } else {
+            Ok(())
         };
+        if r.is_ok() {
+            self.untracked = false;
+        }
         self.reset_after_transaction();
         r
     }
@@ -386,8 +443,9 @@ impl SessionState {
     }
 
     /// Forgets the transaction without talking to the server (the connection is gone or will be
-    /// reset by its owner).
+    /// reset by its owner, or a COMMIT was sent without waiting for its answer).
     pub fn abandon(&mut self) {
+        self.wrote = false;
         self.reset_after_transaction();
     }
 
@@ -1077,5 +1135,49 @@ fn missing_row(
             .iter()
             .map(|(i, _)| meta.columns[*i].name.to_owned())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transaction_bookkeeping_follows_the_work() {
+        let mut s = SessionState::new();
+        assert!(!s.may_be_open());
+        // A read with nothing pending is a pure read, and may run again while no transaction
+        // is open.
+        assert!(s.note_work(true, false));
+        assert!(s.may_run_again(true));
+        assert!(!s.may_run_again(false));
+        // Raw SQL: the server's transaction state is no longer known.
+        assert!(!s.note_work(false, true));
+        assert!(s.may_be_open());
+        s.note_new_connection();
+        assert!(!s.may_be_open());
+        // A read that must flush first is not a pure read.
+        s.add(Probe).expect("queued");
+        assert!(!s.note_work(true, false));
+        assert!(!s.may_run_again(false));
+    }
+
+    #[derive(Clone)]
+    struct Probe;
+
+    impl Model for Probe {
+        fn meta() -> &'static crate::ModelMeta {
+            static META: crate::ModelMeta = crate::ModelMeta::new("probe", None, &[]);
+            &META
+        }
+        fn values(&self) -> Result<Vec<Value>> {
+            Ok(Vec::new())
+        }
+        fn is_unset(&self, _: usize) -> bool {
+            false
+        }
+        fn from_row(_: &Row, _: &[usize]) -> Result<Self> {
+            Ok(Probe)
+        }
     }
 }
