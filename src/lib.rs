@@ -67,7 +67,7 @@ pub use actor_orm_core::{
     ddl, now, sea_query, tokio_postgres, types,
 };
 pub use actor_orm_core::{
-    ConnectFuture, Connector, Driver, Holder, KeyValues, PlainConnector, PoolTimeout,
+    Cause, ConnectFuture, Connector, Driver, Holder, KeyValues, PlainConnector, PoolTimeout,
 };
 pub use actor_orm_derive::{DbEnum, Model};
 

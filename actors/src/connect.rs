@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actor_orm_core::{Connection, Error, Result};
+use actor_orm_core::{Cause, Connection, Error, Result};
 use ractor::ActorRef;
 
 use crate::config::PoolConfig;
@@ -26,6 +26,7 @@ pub(crate) async fn connect(
                     "no answer within connect_timeout ({:?})",
                     config.connect_timeout
                 ),
+                cause: None,
             });
         }
     };
@@ -47,6 +48,7 @@ pub(crate) async fn connect(
             Err(_) => {
                 return Err(Error::ConnectionLost {
                     reason: "the new connection did not answer within connect_timeout".into(),
+                    cause: None,
                 });
             }
         }
@@ -70,14 +72,17 @@ pub(crate) fn connect_error(e: tokio_postgres::Error) -> Error {
         }
         source = cause.source();
     }
-    Error::Connect { reason }
+    Error::Connect {
+        reason,
+        cause: Some(Cause::new(e)),
+    }
 }
 
 /// Authentication failures, missing databases and failed TLS handshakes (an untrusted
 /// certificate, TLS required but not offered) do not go away by waiting.
 pub(crate) fn is_fatal_connect_error(e: &Error) -> bool {
     match e {
-        Error::Connect { reason } => reason.starts_with("error performing TLS handshake"),
+        Error::Connect { reason, .. } => reason.starts_with("error performing TLS handshake"),
         _ => e
             .code()
             .is_some_and(|c| c.starts_with("28") || c == "3D000"),
@@ -87,11 +92,13 @@ pub(crate) fn is_fatal_connect_error(e: &Error) -> bool {
 pub(crate) fn copy_error(e: &Error) -> Error {
     match (e, e.as_db_error()) {
         (_, Some(db)) => Error::Database(Box::new(db.clone())),
-        (Error::Connect { reason }, None) => Error::Connect {
+        (Error::Connect { reason, cause }, None) => Error::Connect {
             reason: reason.clone(),
+            cause: cause.clone(),
         },
         (_, None) => Error::ConnectionLost {
             reason: e.to_string(),
+            cause: None,
         },
     }
 }

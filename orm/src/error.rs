@@ -1,39 +1,41 @@
 //! The one error type, with kinds a caller can match on.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The result of every fallible operation in actor-orm.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong. Match on the variant; the database's own details are in [`DbError`].
-#[derive(Debug, derive_more::Display, derive_more::Error)]
+#[derive(Debug, derive_more::Display)]
 #[non_exhaustive]
 pub enum Error {
     /// The server rejected a statement: SQLSTATE, message, constraint.
     #[display("{_0}")]
-    Database(#[error(not(source))] Box<DbError>),
+    Database(Box<DbError>),
     /// The connection to the server is gone (closed socket, terminated backend, class 08).
     #[display("connection to the database lost: {reason}")]
     ConnectionLost {
         /// What the client or server said.
-        #[error(not(source))]
         reason: String,
+        /// The client library's own error, for `source()`.
+        cause: Option<Cause>,
     },
     /// A new connection could not be opened: the server is unreachable or refused it, or its
     /// TLS handshake failed (a certificate not trusted or not for this host, TLS required and
     /// not offered). The reason says which.
     #[display("could not connect: {reason}")]
     Connect {
-        /// What the client or server said.
-        #[error(not(source))]
+        /// What the client or server said, with the cause (an untrusted certificate, …).
         reason: String,
+        /// The client library's own error, for `source()`.
+        cause: Option<Cause>,
     },
     /// A row that had to exist does not.
     #[display("no {table} row with key {key}")]
     NotFound {
         /// The table.
-        #[error(not(source))]
         table: String,
         /// The key looked for, as text.
         key: String,
@@ -48,7 +50,6 @@ pub enum Error {
     )]
     Stale {
         /// The table.
-        #[error(not(source))]
         table: String,
         /// The key of the row.
         key: String,
@@ -61,7 +62,6 @@ pub enum Error {
     #[display("type mismatch for {column}: expected {expected}, found {found}")]
     TypeMismatch {
         /// The column (or `$n` for a bound parameter).
-        #[error(not(source))]
         column: String,
         /// What was needed.
         expected: String,
@@ -70,7 +70,7 @@ pub enum Error {
     },
     /// A value that can never be stored: the input is at fault, nothing was sent.
     #[display("invalid input: {_0}")]
-    InvalidInput(#[error(not(source))] String),
+    InvalidInput(String),
     /// A statement failed earlier in this transaction; PostgreSQL ignores everything until it is
     /// rolled back (or rolled back to a savepoint).
     #[display(
@@ -83,18 +83,17 @@ pub enum Error {
     /// No connection became free before the pool's `acquire_timeout`. Carries the pool's numbers
     /// and the sessions that held connections longest.
     #[display("{_0}")]
-    PoolTimeout(#[error(not(source))] Box<PoolTimeout>),
+    PoolTimeout(Box<PoolTimeout>),
     /// The pool is closing or gone, or cannot be used from this process.
     #[display("the connection pool is closed: {reason}")]
     PoolClosed {
         /// Why.
-        #[error(not(source))]
         reason: String,
     },
     /// A configuration that cannot work (a malformed connection string, a bad setting). The
     /// message never contains a password.
     #[display("invalid configuration: {_0}")]
-    Config(#[error(not(source))] String),
+    Config(String),
 }
 
 impl Error {
@@ -273,6 +272,60 @@ pub struct DbError {
     pub table: Option<String>,
     /// The column concerned, if any.
     pub column: Option<String>,
+    /// The client library's own error, for `source()`.
+    pub(crate) cause: Option<Cause>,
+}
+
+impl DbError {
+    /// A server error with only a code and a message (for errors made outside a statement).
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> DbError {
+        DbError {
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            constraint: None,
+            table: None,
+            column: None,
+            cause: None,
+        }
+    }
+}
+
+/// The error underneath one of ours — tokio-postgres's, with its own chain down to the I/O or
+/// TLS error — as [`Error`]'s `source()`. It takes no part in comparisons.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Wraps an error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(e))
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, _: &Cause) -> bool {
+        true
+    }
+}
+
+impl Eq for Cause {}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = match self {
+            Error::Database(db) => db.cause.as_ref(),
+            Error::ConnectionLost { cause, .. } | Error::Connect { cause, .. } => cause.as_ref(),
+            _ => None,
+        };
+        cause.map(|c| &*c.0 as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl fmt::Display for DbError {
@@ -300,15 +353,21 @@ impl From<tokio_postgres::Error> for Error {
             if is_connection_class(&code) {
                 return Error::ConnectionLost {
                     reason: format!("{}: {}", code, db.message()),
+                    cause: Some(Cause::new(e)),
                 };
             }
-            return Error::Database(Box::new(DbError {
+            let fields = DbError {
                 code,
                 message: db.message().to_owned(),
                 detail: db.detail().map(str::to_owned),
                 constraint: db.constraint().map(str::to_owned),
                 table: db.table().map(str::to_owned),
                 column: db.column().map(str::to_owned),
+                cause: None,
+            };
+            return Error::Database(Box::new(DbError {
+                cause: Some(Cause::new(e)),
+                ..fields
             }));
         }
         // A value we refused to encode: the source is our own typed error.
@@ -322,13 +381,17 @@ impl From<tokio_postgres::Error> for Error {
         if e.is_closed() || source_is_io(&e) {
             return Error::ConnectionLost {
                 reason: e.to_string(),
+                cause: Some(Cause::new(e)),
             };
         }
         let text = e.to_string();
         if text.contains("error deserializing") || text.contains("cannot convert") {
             return Error::mismatch("a column", "a decodable value", text);
         }
-        Error::ConnectionLost { reason: text }
+        Error::ConnectionLost {
+            reason: text,
+            cause: Some(Cause::new(e)),
+        }
     }
 }
 

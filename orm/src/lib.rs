@@ -61,7 +61,7 @@ mod tests {
 
 pub use connection::{Connection, StatementMode};
 pub use connector::{ConnectFuture, Connector, Driver, PlainConnector};
-pub use error::{DbError, Error, Holder, PoolTimeout, Result};
+pub use error::{Cause, DbError, Error, Holder, PoolTimeout, Result};
 pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now};
 pub use identity::IdentityMap;
 pub use lock::Lock;

@@ -88,8 +88,17 @@ async fn a_database_error_is_a_reply_and_the_session_goes_on() {
     s.commit().await.expect("commit");
 
     // A unique violation inside a transaction: a typed reply, the actor lives on.
-    let dup = s.insert(User::new("ann", 31)).await;
-    assert_eq!(dup.expect_err("duplicate").code(), Some("23505"));
+    let dup = s.insert(User::new("ann", 31)).await.expect_err("duplicate");
+    assert_eq!(dup.code(), Some("23505"));
+    // The client library's error is still there underneath, for error reporters.
+    let source = std::error::Error::source(&dup).expect("a source");
+    let pg = source
+        .downcast_ref::<tokio_postgres::Error>()
+        .expect("tokio-postgres's error");
+    assert_eq!(
+        pg.as_db_error().map(|d| d.constraint()),
+        Some(Some("users_name_key"))
+    );
     assert_eq!(s.tx_state().await.expect("state"), TxState::Failed);
     // PostgreSQL ignores everything until the rollback; so does the session.
     assert!(matches!(

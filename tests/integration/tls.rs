@@ -147,12 +147,23 @@ async fn an_untrusted_certificate_or_a_wrong_host_is_a_typed_error_at_once() {
     .await;
     let started = Instant::now();
     let err = encrypted(&pool).await.expect_err("untrusted");
-    let Error::Connect { reason } = &err else {
+    let Error::Connect { reason, .. } = &err else {
         panic!("expected a connect error, got {err:?}");
     };
     assert!(
         reason.contains("TLS handshake") && reason.contains("UnknownIssuer"),
         "{reason}"
+    );
+    // The chain goes down to rustls's own error.
+    let mut chain = Vec::new();
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    assert!(
+        chain.iter().any(|s| s.contains("UnknownIssuer")),
+        "{chain:?}"
     );
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -167,7 +178,7 @@ async fn an_untrusted_certificate_or_a_wrong_host_is_a_typed_error_at_once() {
     let pool = tls_pool(&format!("{hostaddr}&sslmode=verify-full"), |b| b).await;
     let err = encrypted(&pool).await.expect_err("wrong host name");
     assert!(
-        matches!(&err, Error::Connect { reason } if reason.contains("not valid for name \"wrong.example\"")),
+        matches!(&err, Error::Connect { reason, .. } if reason.contains("not valid for name \"wrong.example\"")),
         "{err:?}"
     );
     // verify-ca checks the CA only: the same connection is accepted.
@@ -188,7 +199,7 @@ async fn require_never_falls_back_and_prefer_does() {
     let pool = tls_pool(&format!("{url}?sslmode=require"), |b| b).await;
     let err = encrypted(&pool).await.expect_err("no TLS on the server");
     assert!(
-        matches!(&err, Error::Connect { reason } if reason.contains("does not support TLS")),
+        matches!(&err, Error::Connect { reason, .. } if reason.contains("does not support TLS")),
         "{err:?}"
     );
     let pool = tls_pool(&format!("{url}?sslmode=prefer"), |b| b).await;
