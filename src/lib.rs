@@ -34,7 +34,7 @@
 //!
 //! `SessionState` drives the same core over one `Connection` without actors.
 //!
-//! [`testing`] gives tests and examples a PostgreSQL of their own.
+//! `actor_orm::testing` (feature `testing`) gives tests and examples a PostgreSQL of their own.
 //!
 //! ## `#[derive(Model)]`
 //!
@@ -52,6 +52,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use actor_orm_actors::{
