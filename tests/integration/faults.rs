@@ -301,7 +301,7 @@ async fn a_cancellation_storm_leaves_nothing_in_use() {
 // 7.
 #[tokio::test]
 async fn a_dropped_long_query_does_not_hold_up_the_next_user() {
-    let (_db, pool, _monitor) =
+    let (_db, pool, monitor) =
         crate::pool_with_monitor("fault_long_query", |b| b.max_size(1)).await;
     let s = pool.session().await.expect("session");
     let slow = tokio::time::timeout(
@@ -310,6 +310,19 @@ async fn a_dropped_long_query_does_not_hold_up_the_next_user() {
     )
     .await;
     assert!(slow.is_err(), "the caller gave up");
+    // Cancelled on the server: no backend is still sleeping, long before the 5 s are up.
+    let cancelled = crate::eventually(Duration::from_secs(2), || async {
+        monitor
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .is_empty()
+    })
+    .await;
+    assert!(cancelled, "pg_sleep(5) still runs on the server");
     drop(s);
     let started = Instant::now();
     assert_eq!(crate::count_users(&pool).await.expect("next user"), 0);

@@ -44,14 +44,15 @@ impl Rng {
 }
 
 /// One session: read some accounts, move money between two, insert a marker row, then meet its
-/// fate. Returns the marker's id when the commit was acknowledged.
-async fn one(pool: Pool, id: i64, fate: Fate, seed: u64) -> Option<i64> {
+/// fate. Returns the marker's id and the accounts debited and credited when the commit was
+/// acknowledged.
+async fn one(pool: Pool, id: i64, fate: Fate, seed: u64) -> Option<(i64, i64, i64)> {
     let s = pool.session().await.ok()?;
+    // Two different accounts, updated in key order so that sessions never deadlock.
+    let x = (seed % 8 + 1) as i64;
+    let y = (x + ((seed / 8) % 7) as i64) % 8 + 1;
+    let (lo, hi) = (x.min(y), x.max(y));
     let work = async {
-        // Two different accounts, updated in key order so that sessions never deadlock.
-        let x = (seed % 8 + 1) as i64;
-        let y = (x + ((seed / 8) % 7) as i64) % 8 + 1;
-        let (lo, hi) = (x.min(y), x.max(y));
         s.count(Account::query().filter(Account::BALANCE.gt(0)))
             .await?;
         for (key, delta) in [(lo, -1), (hi, 1)] {
@@ -72,7 +73,7 @@ async fn one(pool: Pool, id: i64, fate: Fate, seed: u64) -> Option<i64> {
         Some(work.await)
     };
     match (done, fate) {
-        (Some(Ok(())), Fate::Commit) => s.commit().await.ok().map(|_| id),
+        (Some(Ok(())), Fate::Commit) => s.commit().await.ok().map(|_| (id, lo, hi)),
         (Some(Ok(())), Fate::Rollback) => {
             let _ = s.rollback().await;
             None
@@ -145,6 +146,7 @@ async fn soak(hint: &str, sessions: usize, concurrency: usize, max_size: usize) 
         .map(|id| (id, rng.fate(), rng.next()))
         .collect();
     let mut committed = HashSet::new();
+    let mut moved = [0_i64; 9];
     let mut running = tokio::task::JoinSet::new();
     while !plan.is_empty() || !running.is_empty() {
         while running.len() < concurrency {
@@ -154,9 +156,11 @@ async fn soak(hint: &str, sessions: usize, concurrency: usize, max_size: usize) 
             running.spawn(one(pool.clone(), id, fate, seed));
         }
         if let Some(r) = running.join_next().await
-            && let Some(id) = r.expect("session task")
+            && let Some((id, lo, hi)) = r.expect("session task")
         {
             committed.insert(id);
+            moved[lo as usize] -= 1;
+            moved[hi as usize] += 1;
         }
     }
     let elapsed = started.elapsed();
@@ -208,6 +212,21 @@ async fn soak(hint: &str, sessions: usize, concurrency: usize, max_size: usize) 
         .expect("sum")
         .get(0);
     assert_eq!(total, 8000);
+    // And each account holds exactly what the acknowledged transfers left it.
+    let balances = monitor
+        .query("SELECT id, balance::bigint FROM accounts ORDER BY id", &[])
+        .await
+        .expect("balances");
+    for row in balances {
+        let (id, balance): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(balance, 1000 + moved[id as usize], "account {id}");
+    }
+    // A soak where nothing commits proves nothing: most sessions are meant to.
+    assert!(
+        committed.len() >= sessions / 5,
+        "only {} of {sessions} sessions committed",
+        committed.len()
+    );
     pool.close(Duration::from_secs(5)).await.expect("close");
 }
 
