@@ -82,8 +82,30 @@ impl fmt::Debug for PoolConfig {
     }
 }
 
+/// TCP keepalive for pooled connections, where the connection settings leave tokio-postgres's
+/// defaults (probes after two hours idle): a black-holed socket (a VM paused, a network gone) is
+/// noticed within about 90 s even while the connection sits idle in the pool.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Sets the pool's TCP keepalive on `pg` where it has tokio-postgres's defaults.
+fn with_keepalive(mut pg: Config) -> Config {
+    if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        pg.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    pg
+}
+
 impl PoolConfig {
     pub(crate) fn new(pg: Config) -> Self {
+        let pg = with_keepalive(pg);
         PoolConfig {
             pg,
             max_size: 10,
@@ -248,5 +270,33 @@ impl IntoConfig for &String {
 
     fn into_parts(self) -> Result<(Config, SslMode, Option<PathBuf>)> {
         self.as_str().into_parts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_connections_probe_idle_sockets_unless_told_otherwise() {
+        let c = PoolConfig::new(Config::new());
+        assert_eq!(c.pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(
+            c.pg.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(c.pg.get_keepalives_retries(), Some(3));
+        assert!(c.pg.get_keepalives());
+
+        let mut own = Config::new();
+        own.keepalives_idle(Duration::from_secs(5))
+            .keepalives_retries(9);
+        let c = PoolConfig::new(own);
+        assert_eq!(c.pg.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(c.pg.get_keepalives_retries(), Some(9));
+        assert_eq!(
+            c.pg.get_keepalives_interval(),
+            Some(Duration::from_secs(10))
+        );
     }
 }
