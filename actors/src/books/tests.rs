@@ -172,3 +172,38 @@ async fn holding(pool: &Pool, n: usize) -> Vec<crate::Session> {
     }
     sessions
 }
+
+#[tokio::test]
+async fn lifetimes_are_jittered_and_retired_connections_refilled_without_demand() {
+    // Eight connections opened together, retired after 400 ms less up to 400 ms of jitter. The
+    // maintenance tick runs every 100 ms, so without jitter all eight would go in one tick.
+    let (pool, fake) = fake_pool(|b| {
+        b.max_size(8)
+            .min_idle(8)
+            .max_lifetime(Duration::from_millis(400))
+            .max_lifetime_jitter(Duration::from_millis(400))
+    })
+    .await;
+    until(&pool, |s| s.idle == 8).await;
+    let started = Instant::now();
+    let mut retired = Vec::new();
+    let mut closed = 0;
+    while closed < 8 && started.elapsed() < Duration::from_secs(3) {
+        let now = pool.stats().await.expect("stats").closed;
+        for _ in closed..now {
+            retired.push(started.elapsed());
+        }
+        closed = now;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(retired.len() >= 8, "{retired:?}");
+    let spread = retired[7] - retired[0];
+    assert!(
+        spread >= Duration::from_millis(90),
+        "all retired together: {retired:?}"
+    );
+    // No session ever asked: the pool itself opened the replacements, back to min_idle.
+    let stats = until(&pool, |s| s.idle == 8 && s.connecting == 0).await;
+    assert_eq!((stats.idle, stats.checkouts), (8, 0), "{stats:?}");
+    assert!(fake.opened.load(Ordering::SeqCst) >= 16);
+}
