@@ -87,15 +87,12 @@ fn postgres_binaries_present() -> bool {
     testing::find_server_binaries(&testing::SearchPaths::from_machine()).is_ok()
 }
 
-/// Every cluster start sweeps dead owners' clusters. The victim tests hold this lock, and start
-/// the shared cluster first, so that no other sweep runs while they look at an orphan.
+/// Every cluster start sweeps dead owners' clusters. The victim tests start the shared cluster
+/// first and hold [`crate::cluster_starts`] (as every other cluster start in this binary does),
+/// so that no other sweep runs while they look at an orphan.
 fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     testing::shared_cluster().expect("shared cluster");
-    guard
+    crate::cluster_starts()
 }
 
 /// The owner is SIGKILLed: its watchdog stops the server and removes the directory.

@@ -64,6 +64,14 @@ pub async fn backends(monitor: &tokio_postgres::Client, app: &str) -> Vec<(i32, 
         .collect()
 }
 
+/// Held while a test starts a cluster of its own, or watches an orphaned one: every cluster
+/// start first sweeps dead owners' clusters, and must not sweep the orphan a test is looking at.
+pub fn cluster_starts() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Marks a deliberate panic; the hook below keeps such panics out of the test output.
 pub const EXPECTED_PANIC: &str = "[expected panic]";
 

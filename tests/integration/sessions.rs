@@ -174,8 +174,13 @@ async fn run_executes_many_operations_inside_the_actor() {
 async fn concurrent_requests_each_commit_exactly_their_own_objects() {
     let (_db, pool) = setup("session_mixup").await;
 
-    async fn request_a(s: Session, gate: tokio::sync::oneshot::Receiver<()>) -> Vec<String> {
+    async fn request_a(
+        s: Session,
+        added: tokio::sync::oneshot::Sender<()>,
+        gate: tokio::sync::oneshot::Receiver<()>,
+    ) -> Vec<String> {
         s.add(User::new("a1", 1)).await.expect("add");
+        let _ = added.send(());
         // A is slow: B runs and commits while A's objects are pending.
         let _ = gate.await;
         s.add(User::new("a2", 2)).await.expect("add");
@@ -203,8 +208,13 @@ async fn concurrent_requests_each_commit_exactly_their_own_objects() {
 
     // One session per request.
     let (open_gate, gate) = tokio::sync::oneshot::channel();
-    let a = tokio::spawn(request_a(pool.session().await.expect("session"), gate));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (added, a_added) = tokio::sync::oneshot::channel();
+    let a = tokio::spawn(request_a(
+        pool.session().await.expect("session"),
+        added,
+        gate,
+    ));
+    a_added.await.expect("A has added a1");
     request_b(pool.session().await.expect("session")).await;
     assert_eq!(
         names(&pool).await,
@@ -223,8 +233,9 @@ async fn concurrent_requests_each_commit_exactly_their_own_objects() {
         .expect("clear");
     shared.commit().await.expect("commit");
     let (open_gate, gate) = tokio::sync::oneshot::channel();
-    let a = tokio::spawn(request_a(shared.clone(), gate));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (added, a_added) = tokio::sync::oneshot::channel();
+    let a = tokio::spawn(request_a(shared.clone(), added, gate));
+    a_added.await.expect("A has added a1");
     request_b(shared.clone()).await;
     assert_eq!(
         names(&pool).await,

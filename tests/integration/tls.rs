@@ -52,7 +52,11 @@ fn tls_server() -> Option<&'static TlsServer> {
                 cert_pem: cert.pem(),
                 key_pem: key.serialize_pem(),
             };
-            let cluster = match Cluster::start_with_tls(&tls) {
+            let started = {
+                let _no_sweep_under_a_watching_test = crate::cluster_starts();
+                Cluster::start_with_tls(&tls)
+            };
+            let cluster = match started {
                 Ok(c) => c,
                 Err(e) if std::env::var("DATABASE_URL").is_ok() => {
                     eprintln!("TLS tests skipped: no local PostgreSQL to start with TLS ({e})");
