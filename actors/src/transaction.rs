@@ -2,7 +2,6 @@
 //! when it lost a race (a stale row, a serialization failure or a deadlock).
 
 use std::future::Future;
-use std::hash::{BuildHasher as _, RandomState};
 use std::panic::Location;
 use std::time::Duration;
 
@@ -76,11 +75,7 @@ impl TransactionOptions {
         let doubled = self
             .first_backoff
             .saturating_mul(1 << attempt.saturating_sub(1).min(16));
-        let bound = doubled.min(self.max_backoff);
-        // A randomly seeded hash of the attempt: random enough to spread retries, no crate.
-        let random = RandomState::new().hash_one(attempt);
-        let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(random % nanos.max(1))
+        crate::books::random_below(doubled.min(self.max_backoff), u64::from(attempt))
     }
 }
 

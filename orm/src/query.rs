@@ -540,7 +540,7 @@ impl<M: Model> UpdateWhere<M> {
     }
 
     /// `SET column = value`: a value of the column's type, another column, or an expression
-    /// (`Account::BALANCE.add(delta)`, `Post::EDITED_AT.coalesce(..)`, `Expression::now()`).
+    /// (`Account::BALANCE.add(delta)`, `Post::EDITED_AT.coalesce(..)`, `now()`).
     pub fn set<T: ColumnValue>(
         mut self,
         column: Column<M, T>,

@@ -370,13 +370,7 @@ impl SessionState {
 
     async fn commit_inserts(&mut self, conn: &Connection) -> Result<()> {
         let ops = self.work.take_ordered();
-        let run: Vec<&dyn Pending> = ops
-            .iter()
-            .filter_map(|o| match o {
-                Op::Insert { model, .. } => Some(model.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let run = inserted_models(&ops);
         // Every statement is built, prepared and its values encoded before any is sent: each
         // then goes out on its first poll, in order, with COMMIT right behind them, and none can
         // be refused on the client after the COMMIT has gone (which would commit the rest).
@@ -892,13 +886,7 @@ impl SessionState {
                     {
                         i += 1;
                     }
-                    let run: Vec<&dyn Pending> = ops[start..i]
-                        .iter()
-                        .filter_map(|o| match o {
-                            Op::Insert { model, .. } => Some(model.as_ref()),
-                            _ => None,
-                        })
-                        .collect();
+                    let run = inserted_models(&ops[start..i]);
                     for batch in batches(&run) {
                         let built = batch_insert(conn, &batch, returning).await?;
                         if !returning {
@@ -1101,6 +1089,16 @@ async fn batch_insert(
         }
     }
     unit_of_work::build_insert(meta, batch, None, returning)
+}
+
+/// The models of the INSERTs among `ops`, in order.
+fn inserted_models(ops: &[Op]) -> Vec<&dyn Pending> {
+    ops.iter()
+        .filter_map(|o| match o {
+            Op::Insert { model, .. } => Some(model.as_ref()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn batches<'a>(run: &[&'a dyn Pending]) -> Vec<Vec<&'a dyn Pending>> {

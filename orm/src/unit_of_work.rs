@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sea_query::{Expr, ExprTrait as _, PostgresQueryBuilder, Query, Value, Values};
+use sea_query::{Expr, ExprTrait, PostgresQueryBuilder, Query, Value, Values};
 use tokio_postgres::Row;
 
 use crate::error::{Error, Result};
@@ -222,39 +222,32 @@ fn returning_all(meta: &ModelMeta) -> sea_query::ReturningClause {
 
 /// Where-clause on the key (and version).
 fn key_condition(meta: &ModelMeta, key_values: &[Value], version: Option<i64>) -> Expr {
-    let mut cond: Option<Expr> = None;
-    let mut and = |e: Expr| {
-        cond = Some(match cond.take() {
-            Some(c) => c.and(e),
-            None => e,
-        })
+    let key = meta
+        .key_columns()
+        .zip(key_values)
+        .map(|((_, col), v)| Expr::col(col.name).eq(v.clone()));
+    let version = match (meta.version_column(), version) {
+        (Some((_, col)), Some(v)) => Some(Expr::col(col.name).eq(coerce_version(col.sql_type, v))),
+        _ => None,
     };
-    for ((_, col), v) in meta.key_columns().zip(key_values) {
-        and(Expr::col(col.name).eq(v.clone()));
-    }
-    if let (Some((_, col)), Some(v)) = (meta.version_column(), version) {
-        and(Expr::col(col.name).eq(coerce_version(col.sql_type, v)));
-    }
-    cond.unwrap_or_else(|| Expr::cust("FALSE"))
+    key.chain(version)
+        .reduce(ExprTrait::and)
+        .unwrap_or_else(|| Expr::cust("FALSE"))
 }
 
 /// `column IS NOT DISTINCT FROM $loaded` for each checked column: NULL-safe, so a column loaded
 /// as NULL must still be NULL.
 fn unchanged_condition(meta: &ModelMeta, checked: &[(usize, Value)]) -> Result<Option<Expr>> {
-    let mut cond: Option<Expr> = None;
+    let mut each = Vec::with_capacity(checked.len());
     for (i, v) in checked {
         let col = &meta.columns[*i];
         let loaded = col.sql_type.coerce(v.clone(), col.name)?;
-        let e = Expr::cust_with_exprs(
+        each.push(Expr::cust_with_exprs(
             "$1 IS NOT DISTINCT FROM $2",
             [Expr::col(col.name), Expr::val(loaded)],
-        );
-        cond = Some(match cond {
-            Some(c) => c.and(e),
-            None => e,
-        });
+        ));
     }
-    Ok(cond)
+    Ok(each.into_iter().reduce(ExprTrait::and))
 }
 
 fn coerce_version(ty: crate::SqlType, v: i64) -> Value {

@@ -149,6 +149,8 @@ pub(crate) fn alive(cell: &ActorCell) -> bool {
     cell.get_status() < ActorStatus::Stopping
 }
 
+/// A random duration below `limit` (zero for a zero limit), from a randomly seeded hash of
+/// `seed`: enough to spread lifetimes and retries apart, without a crate for it.
 pub(crate) fn random_below(limit: Duration, seed: u64) -> Duration {
     let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
     if nanos == 0 {
