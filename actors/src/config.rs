@@ -43,6 +43,7 @@ pub struct PoolConfig {
     pub(crate) max_lifetime_jitter: Option<Duration>,
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) health_check_after: Duration,
+    pub(crate) health_check_timeout: Duration,
     pub(crate) reset: ResetPolicy,
     pub(crate) reset_timeout: Duration,
     pub(crate) leak_threshold: Option<Duration>,
@@ -69,6 +70,7 @@ impl fmt::Debug for PoolConfig {
             .field("max_lifetime", &self.max_lifetime)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("health_check_after", &self.health_check_after)
+            .field("health_check_timeout", &self.health_check_timeout)
             .field("reset", &self.reset)
             .field("reset_timeout", &self.reset_timeout)
             .field("leak_threshold", &self.leak_threshold)
@@ -117,6 +119,7 @@ impl PoolConfig {
             max_lifetime_jitter: None,
             keepalive_interval: Some(Duration::from_secs(120)),
             health_check_after: Duration::from_secs(5),
+            health_check_timeout: Duration::from_secs(1),
             reset: ResetPolicy::Rollback,
             reset_timeout: Duration::from_secs(5),
             leak_threshold: Some(Duration::from_secs(60)),

@@ -31,7 +31,7 @@ pub(crate) async fn connect(
         }
     };
     let pool = pool.clone();
-    tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         // Ends when the client is dropped or the server goes away; the pool hears of it (and
         // ignores it when it closed the connection itself).
         let reason = match connection.await {
@@ -41,6 +41,9 @@ pub(crate) async fn connect(
         let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
     let conn = Connection::with_connector(client, config.statement_mode, config.connector.clone());
+    // Closing the connection (a discard, the pool's close) ends the driver and its socket at
+    // once, even when the server has stopped answering.
+    conn.attach_driver(driver.abort_handle());
     if config.autocommit_reads {
         // One question (the server's default isolation), within the same time limit.
         match tokio::time::timeout(config.connect_timeout, conn.enable_autocommit_reads()).await {
@@ -103,9 +106,11 @@ pub(crate) fn copy_error(e: &Error) -> Error {
     }
 }
 
-/// Makes a returned connection safe for the next session: cancel what an interrupted session
-/// left running, end any transaction, apply the policy. Anything that fails or overruns
-/// `timeout` means the connection is discarded.
+/// Makes a returned connection safe for the next session, and known idle: cancel what an
+/// interrupted session left running, take in the answers nobody waited for, end any transaction,
+/// apply the policy. The connection passes only if every statement sent on it has been answered
+/// within `timeout`; otherwise it is discarded (a frozen server answers nothing, and a cancel
+/// still queued for its backend must not land on the next session's statement).
 pub(crate) async fn reset(
     conn: &Connection,
     rollback: bool,
@@ -113,10 +118,12 @@ pub(crate) async fn reset(
     timeout: Duration,
 ) -> bool {
     let work = async {
-        if conn.was_interrupted() {
+        if conn.needs_cancel() {
             conn.cancel_running().await?;
         }
-        if rollback {
+        conn.forgotten_answered().await;
+        // Answers come in order: the ROLLBACK's answer is also the abandoned statement's.
+        if rollback || conn.was_interrupted() {
             conn.batch("ROLLBACK").await?;
         }
         match policy {
@@ -132,17 +139,18 @@ pub(crate) async fn reset(
         }
         Ok::<(), Error>(())
     };
-    matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(())))
+    matches!(tokio::time::timeout(timeout, work).await, Ok(Ok(()))) && conn.is_idle()
 }
 
-/// Lets a connection go. One that may still be running an abandoned statement is sent a cancel
-/// first, so its backend does not linger past the socket.
+/// Lets a connection go: its socket is closed and its driver task ended at once. One that may
+/// still be running an abandoned statement is sent a cancel first, so its backend does not run
+/// on past the socket.
 pub(crate) fn discard(conn: Arc<Connection>) {
-    if conn.was_interrupted() && !conn.is_closed() {
+    if conn.needs_cancel() && !conn.is_closed() {
         let cancel = conn.cancel_request();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
         });
     }
-    drop(conn);
+    conn.close();
 }

@@ -42,6 +42,8 @@ pub(crate) trait Job: Send {
     fn abandoned(&self) -> bool;
     /// Whether a caller that stops waiting cancels the work.
     fn cancellable(&self) -> bool;
+    /// Resolves when the caller stops waiting for the reply.
+    fn gone(&mut self) -> BoxFuture<'_, ()>;
     /// Runs to the end, or — when `cancellable` and the caller stops waiting — until the statement
     /// is cancelled on the server. With `may_retry`, a lost connection hands the job back
     /// unanswered, to run again on another connection.
@@ -137,6 +139,10 @@ where
         self.mode.cancellable()
     }
 
+    fn gone(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.reply.closed())
+    }
+
     fn run<'a>(
         mut self: Box<Self>,
         state: &'a mut SessionState,
@@ -157,8 +163,9 @@ where
             };
             let Some(result) = result else {
                 // Nobody waits for the answer: stop the statement instead of letting it hold the
-                // connection. If the cancel cannot be sent, the connection stays flagged as
-                // interrupted and the pool cancels or discards it on return.
+                // connection. The connection stays flagged as interrupted until a later statement
+                // is answered (the cancel is only a request); the pool cancels again if this one
+                // could not be sent, and discards the connection if no answer comes.
                 // Boxed: the cancel request's state is large and rarely needed.
                 let _ = Box::pin(conn.cancel_running()).await;
                 return Outcome::Cancelled;

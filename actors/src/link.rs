@@ -1,7 +1,10 @@
 //! [`PoolLink`]: what a session holds of its pool — the supervisor, for everything it owns, and
 //! the shared books, to check out and in without a message.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use actor_orm_core::{Error, Result};
@@ -37,20 +40,22 @@ impl PoolLink {
         Ok(PoolLink { actor, shared })
     }
 
-    /// Queues `requester` for a connection, first come first served; the answer comes on the
-    /// returned channel (at once when a connection is free), or an error when the pool has stopped
-    /// or is closing.
-    pub(crate) fn checkout(
-        &self,
-        requester: Requester,
-    ) -> Result<oneshot::Receiver<Result<Lease>>> {
+    /// Queues `requester` for a connection, first come first served; the returned future
+    /// answers (at once when a connection is free), or fails when the pool has stopped or is
+    /// closing. Dropping it takes the request out of the queue at once.
+    pub(crate) fn checkout(&self, requester: Requester) -> Result<Checkout> {
         let (reply, rx) = oneshot::channel();
         let mut state = lock(&self.shared);
         if state.stopped || self.actor.get_status() >= ActorStatus::Stopping {
             return Err(crate::pool::closed());
         }
-        state.checkout(&self.actor, requester, reply);
-        Ok(rx)
+        let id = state.checkout(&self.actor, requester, reply);
+        Ok(Checkout {
+            rx,
+            id,
+            link: self.clone(),
+            finished: false,
+        })
     }
 
     /// A session gives lease `lease` back, clean (no transaction can be open) or to be reset.
@@ -71,6 +76,17 @@ impl PoolLink {
         state.counters.discards += 1;
         state.discard_dead(&self.actor, i, "a session's connection was lost");
         spared
+    }
+
+    /// A checkout given up before it was answered: the waiter leaves the queue, and a lease
+    /// handed to it in the meantime comes straight back.
+    fn withdraw(&self, id: u64, rx: &mut oneshot::Receiver<Result<Lease>>) {
+        rx.close();
+        if let Ok(Ok(lease)) = rx.try_recv() {
+            self.checkin(lease.id, true);
+        } else {
+            lock(&self.shared).withdraw(id);
+        }
     }
 
     /// Keeps the actor of a session that ended with its last handle for a later session.
@@ -102,5 +118,31 @@ impl PoolLink {
             }
         }
         None
+    }
+}
+
+/// A pending checkout (see [`PoolLink::checkout`]).
+pub(crate) struct Checkout {
+    rx: oneshot::Receiver<Result<Lease>>,
+    id: u64,
+    link: PoolLink,
+    finished: bool,
+}
+
+impl Future for Checkout {
+    type Output = Result<Lease>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Lease>> {
+        let answer = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.finished = true;
+        Poll::Ready(answer.map_err(|_| crate::pool::closed())?)
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.link.withdraw(self.id, &mut self.rx);
+        }
     }
 }

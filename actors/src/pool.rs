@@ -257,11 +257,20 @@ impl PoolBuilder {
         health_check_after: Duration
     );
     setter!(
+        /// How long a health check (`SELECT 1` on an idle connection) may take before the
+        /// connection is discarded and, if a session waits, replaced. A connection under a check
+        /// still counts towards `max_size` (the server never sees more), so this bounds how long
+        /// a frozen server's idle connections can keep new sessions waiting. Default 1 s.
+        health_check_timeout: Duration
+    );
+    setter!(
         /// What returning a connection runs. Default [`ResetPolicy::Rollback`].
         reset: ResetPolicy
     );
     setter!(
-        /// How long a reset may take before the connection is discarded instead. Default 5 s.
+        /// How long a returned connection may take to be known idle again (the answers to its
+        /// last statements, its cancel, its ROLLBACK and the reset policy) before it is
+        /// discarded instead. Default 5 s.
         reset_timeout: Duration
     );
     optional!(

@@ -15,7 +15,7 @@ use crate::books::{Lease, Requester};
 use crate::job::{Job, Outcome, lost};
 use crate::label::{Label, NextLabel, span_for};
 use crate::link::PoolLink;
-use crate::pool::{Pool, closed};
+use crate::pool::Pool;
 use crate::session::Session;
 
 pub(crate) type Local = Box<dyn FnOnce(&mut SessionState) + Send>;
@@ -149,11 +149,7 @@ impl SessionCtx {
             cell: me,
             label: self.label.clone(),
         };
-        let lease = self
-            .pool
-            .checkout(requester)?
-            .await
-            .map_err(|_| closed())??;
+        let lease = self.pool.checkout(requester)?.await?;
         let conn = lease.conn.clone();
         self.lease = Some(lease);
         self.core.note_new_connection();
@@ -200,6 +196,14 @@ impl SessionCtx {
                 // first.
                 // Boxed: rare, and its BEGIN's state would otherwise sit in every job's.
                 Box::pin(self.connection_in_transaction(&me)).await
+            } else if self.lease.is_none() && job.cancellable() {
+                // Waiting for a connection: a caller who gives up takes the request out of the
+                // pool's queue at once (dropping the checkout withdraws it).
+                tokio::select! {
+                    biased;
+                    c = self.connection(me.clone()) => c,
+                    () = job.gone() => return,
+                }
             } else {
                 self.connection(me.clone()).await
             };
@@ -321,8 +325,8 @@ impl SessionCtx {
         let may_be_open = self.core.may_be_open();
         self.core.abandon();
         // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
-        // with a timeout). Otherwise a ROLLBACK sent ahead of whatever comes next on the
-        // connection ends any transaction, and the lease returns clean at once.
+        // answered within reset_timeout). Otherwise a ROLLBACK is sent without waiting here; the
+        // pool hands the connection out again only once its answer is in (see `end_lease`).
         let clean = !lease.conn.was_interrupted()
             && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
         self.condemned |= !self.pool.checkin(lease.id, clean);

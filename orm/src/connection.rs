@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sea_query::{Value, Values};
 use tokio_postgres::types::ToSql;
@@ -13,6 +13,7 @@ use tokio_postgres::{Client, Row, Statement};
 use crate::bind::Bind;
 use crate::connector::{Connector, PlainConnector};
 use crate::error::{Error, Result};
+use crate::flight::Flight;
 
 /// How statements are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,28 +39,21 @@ pub struct Connection {
     log: Mutex<Option<Vec<String>>>,
     /// Whether `log` records (checked before taking its lock).
     recording: AtomicBool,
-    in_flight: AtomicUsize,
+    /// What the connection owes: statements sent and not yet answered.
+    flight: Flight,
     autocommit_reads: AtomicBool,
     /// How this connection reached the server: cancel requests go the same way.
     connector: Arc<dyn Connector>,
+    /// The task driving the socket, ended by [`close`](Self::close) or when this is dropped.
+    driver: OnceLock<tokio::task::AbortHandle>,
 }
 
-/// Counts a statement in flight; only a statement that ran to its end (success or error) takes
-/// its count back, so a future dropped mid-statement leaves the connection flagged as
-/// interrupted.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn start(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count)
-    }
-
-    fn done<T>(self, result: T) -> T {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        result
+/// Whether a statement's result came from the server (rows, a count, or a database error):
+/// then every statement sent before it has been answered too.
+fn answered<T>(result: &Result<T>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => e.as_db_error().is_some(),
     }
 }
 
@@ -86,8 +80,24 @@ impl Connection {
             round_trips: AtomicU64::new(0),
             log: Mutex::new(None),
             recording: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
+            flight: Flight::default(),
             autocommit_reads: AtomicBool::new(false),
+            driver: OnceLock::new(),
+        }
+    }
+
+    /// Hands this connection the task that drives its socket, so that [`close`](Self::close)
+    /// (or dropping the connection) ends it. Only the first call counts.
+    pub fn attach_driver(&self, driver: tokio::task::AbortHandle) {
+        let _ = self.driver.set(driver);
+    }
+
+    /// Closes the socket now: the driver task ends, and every statement still waiting on this
+    /// connection fails with a lost connection. For a connection the pool gives up on (a hung
+    /// server keeps no socket of ours open).
+    pub fn close(&self) {
+        if let Some(driver) = self.driver.get() {
+            driver.abort();
         }
     }
 
@@ -172,18 +182,39 @@ impl Connection {
     }
 
     /// Whether a statement was abandoned mid-flight (its future dropped before the server
-    /// answered): the server may still be running it, so the connection needs a cancel or a
-    /// discard before reuse.
+    /// answered) and nothing sent after it has been answered since: the server may still be
+    /// running it, so the connection needs a cancel and an answer, or a discard, before reuse.
     pub fn was_interrupted(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) > 0
+        self.flight.interrupted()
+    }
+
+    /// Whether the connection is known idle on the server: every statement sent on it has been
+    /// answered (also those sent without waiting, and any abandoned one) and none is running.
+    /// Only such a connection may be handed to another session.
+    pub fn is_idle(&self) -> bool {
+        self.flight.idle()
+    }
+
+    /// Whether an abandoned statement still unanswered has had no cancel request yet.
+    pub fn needs_cancel(&self) -> bool {
+        self.flight.needs_cancel()
+    }
+
+    /// Waits until every statement sent by [`send_and_forget`](Self::send_and_forget) has been
+    /// answered (or has failed with the connection). Bound it with a timeout: a frozen server
+    /// never answers.
+    pub async fn forgotten_answered(&self) {
+        self.flight.forgotten_answered().await;
     }
 
     /// Asks the server to cancel whatever this connection is running (over a separate socket, as
-    /// PostgreSQL's protocol has it). On success the interrupted mark is cleared: the abandoned
-    /// statement ends with an error the client discards, and the next statement queues behind it.
+    /// PostgreSQL's protocol has it). A cancel request is only a request: the abandoned
+    /// statement still counts as running (and the connection as not idle) until a statement sent
+    /// after it has been answered.
     pub async fn cancel_running(&self) -> Result<()> {
+        let upto = self.flight.abandoned();
         self.cancel_request().await?;
-        self.clear_interrupted();
+        self.flight.cancelled(upto);
         Ok(())
     }
 
@@ -192,11 +223,6 @@ impl Connection {
     /// the connection (a discard sends one on its way out).
     pub fn cancel_request(&self) -> crate::connector::ConnectFuture<'static, ()> {
         self.connector.cancel(self.cancel_token())
-    }
-
-    /// Clears the interrupted mark once the connection has been made safe again.
-    pub fn clear_interrupted(&self) {
-        self.in_flight.store(0, Ordering::Relaxed);
     }
 
     /// Forgets cached statements (after `DISCARD ALL`, which deallocates them on the server).
@@ -300,8 +326,9 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<Vec<Row>> {
-        let mark = InFlight::start(&self.in_flight);
-        mark.done(self.query_inner(sql, values, columns).await)
+        let mark = self.flight.start();
+        let result = self.query_inner(sql, values, columns).await;
+        mark.done(answered(&result), result)
     }
 
     async fn query_inner(
@@ -338,8 +365,9 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<u64> {
-        let mark = InFlight::start(&self.in_flight);
-        mark.done(self.execute_inner(sql, values, columns).await)
+        let mark = self.flight.start();
+        let result = self.execute_inner(sql, values, columns).await;
+        mark.done(answered(&result), result)
     }
 
     async fn execute_inner(
@@ -375,20 +403,30 @@ impl Connection {
         }
     }
 
-    /// Sends SQL text without parameters and does not wait for the answer (which the client
-    /// discards). Statements sent afterwards on this connection run after it. For statements
-    /// whose outcome does not matter (COMMIT of a transaction that only read, ROLLBACK on
-    /// return). `false` when the connection is closed and nothing was sent.
-    pub fn send_and_forget(&self, sql: &str) -> bool {
+    /// Sends SQL text without parameters and does not make the caller wait for the answer
+    /// (which a task of its own takes in). Statements sent afterwards on this connection run
+    /// after it. For statements whose outcome does not matter (COMMIT of a transaction that only
+    /// read, ROLLBACK on return). Until the answer arrives the connection is not
+    /// [idle](Self::is_idle). `false` when the connection is closed and nothing was sent.
+    pub fn send_and_forget(self: &Arc<Self>, sql: &'static str) -> bool {
         self.record(sql);
         self.count();
-        let mut request = std::pin::pin!(self.client.batch_execute(sql));
+        let epoch = self.flight.forget();
+        let conn = Arc::clone(self);
+        let mut request = Box::pin(async move {
+            let result: Result<()> = conn.client.batch_execute(sql).await.map_err(Into::into);
+            conn.flight.forgotten_done(epoch, answered(&result));
+            result.is_ok()
+        });
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // The first poll hands the request to the connection task; dropping the future then
-        // only drops the reply.
+        // The first poll hands the request to the connection task, in order with whatever is
+        // sent next; a task of its own then waits for the answer.
         match request.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(Err(_)) => false,
-            std::task::Poll::Ready(Ok(())) | std::task::Poll::Pending => !self.is_closed(),
+            std::task::Poll::Ready(sent) => sent,
+            std::task::Poll::Pending => {
+                drop(tokio::spawn(request));
+                !self.is_closed()
+            }
         }
     }
 
@@ -404,8 +442,15 @@ impl Connection {
     pub(crate) async fn batch_known(&self, sql: &str) -> Result<()> {
         self.record(sql);
         self.count();
-        let mark = InFlight::start(&self.in_flight);
-        mark.done(self.client.batch_execute(sql).await.map_err(Into::into))
+        let mark = self.flight.start();
+        let result = self.client.batch_execute(sql).await.map_err(Into::into);
+        mark.done(answered(&result), result)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -14,6 +14,7 @@ mod connector;
 pub mod ddl;
 mod error;
 mod expression;
+mod flight;
 mod identity;
 mod lock;
 mod model;

@@ -18,12 +18,12 @@ impl PoolState {
         myself: &ActorRef<PoolMsg>,
         requester: Requester,
         reply: oneshot::Sender<Result<Lease>>,
-    ) {
+    ) -> u64 {
         if self.closing.is_some() {
             let _ = reply.send(Err(Error::PoolClosed {
                 reason: "the pool is closing".into(),
             }));
-            return;
+            return 0;
         }
         let id = self.next_waiter;
         self.next_waiter += 1;
@@ -37,6 +37,15 @@ impl PoolState {
         // Still queued (dispatch only takes from the front): make sure a timer is pending.
         if self.waiters.back().is_some_and(|w| w.id == id) {
             self.arm_expiry(myself);
+        }
+        id
+    }
+
+    /// Takes waiter `id` out of the queue: its caller gave up (a waiter whose caller has gone is
+    /// never served).
+    pub(crate) fn withdraw(&mut self, id: u64) {
+        if let Some(at) = self.waiters.iter().position(|w| w.id == id) {
+            self.waiters.remove(at);
         }
     }
 
@@ -213,8 +222,10 @@ impl PoolState {
             return;
         }
         let slot = &mut self.slots[i];
-        let interrupted = slot.conn.was_interrupted();
-        if !may_be_in_transaction && !interrupted && self.config.reset == ResetPolicy::Rollback {
+        // Handed out again only when known idle on the server: every statement answered
+        // (a COMMIT or ROLLBACK sent without waiting, an abandoned read and its cancel).
+        let idle = slot.conn.is_idle();
+        if !may_be_in_transaction && idle && self.config.reset == ResetPolicy::Rollback {
             slot.state = SlotState::Idle;
             self.dispatch(myself);
             self.finish_close_if_done(myself);
@@ -225,10 +236,9 @@ impl PoolState {
         let conn = slot.conn.clone();
         let policy = self.config.reset.clone();
         let timeout = self.config.reset_timeout;
-        let rollback = may_be_in_transaction || interrupted;
         let me = myself.clone();
         tokio::spawn(async move {
-            let ok = reset(&conn, rollback, &policy, timeout).await;
+            let ok = reset(&conn, may_be_in_transaction, &policy, timeout).await;
             let _ = me.send_message(PoolMsg::ResetDone { serial, ok });
         });
     }

@@ -36,13 +36,13 @@ impl PoolState {
         slot.state = SlotState::Checking;
         let serial = slot.serial;
         let conn = slot.conn.clone();
-        let timeout = self.config.reset_timeout.min(self.config.connect_timeout);
+        let timeout = self.config.health_check_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
             let ok = matches!(
                 tokio::time::timeout(timeout, conn.batch("SELECT 1")).await,
                 Ok(Ok(()))
-            );
+            ) && conn.is_idle();
             let _ = me.send_message(PoolMsg::CheckDone { serial, ok });
         });
     }
