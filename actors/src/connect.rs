@@ -119,7 +119,7 @@ pub(crate) async fn reset(
 ) -> bool {
     let work = async {
         if conn.needs_cancel() {
-            conn.cancel_running().await?;
+            conn.cancel_running(timeout).await?;
         }
         conn.forgotten_answered().await;
         // Answers come in order: the ROLLBACK's answer is also the abandoned statement's.
@@ -149,6 +149,7 @@ pub(crate) fn discard(conn: Arc<Connection>) {
     if conn.needs_cancel() && !conn.is_closed() {
         let cancel = conn.cancel_request();
         tokio::spawn(async move {
+            // Bounded: a frozen server does not answer it.
             let _ = tokio::time::timeout(Duration::from_secs(5), cancel).await;
         });
     }

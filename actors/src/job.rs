@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actor_orm_core::{Connection, Error, Result, SessionState};
 use tokio::sync::oneshot;
@@ -52,6 +53,7 @@ pub(crate) trait Job: Send {
         state: &'a mut SessionState,
         conn: &'a Connection,
         may_retry: bool,
+        cancel_limit: Duration,
     ) -> BoxFuture<'a, Outcome>;
     /// Replies with an error without running (no connection could be had).
     fn fail(self: Box<Self>, error: Error);
@@ -148,6 +150,7 @@ where
         state: &'a mut SessionState,
         conn: &'a Connection,
         may_retry: bool,
+        cancel_limit: Duration,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let work = (self.f)(state, conn);
@@ -167,7 +170,7 @@ where
                 // is answered (the cancel is only a request); the pool cancels again if this one
                 // could not be sent, and discards the connection if no answer comes.
                 // Boxed: the cancel request's state is large and rarely needed.
-                let _ = Box::pin(conn.cancel_running()).await;
+                let _ = Box::pin(conn.cancel_running(cancel_limit)).await;
                 return Outcome::Cancelled;
             };
             let lost = matches!(&result, Err(e) if e.is_connection_lost());

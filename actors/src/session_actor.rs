@@ -40,6 +40,7 @@ pub(crate) struct SessionArgs {
     pool: PoolLink,
     label: Label,
     dirty_check: bool,
+    reset_timeout: std::time::Duration,
 }
 
 pub(crate) struct SessionCtx {
@@ -55,6 +56,8 @@ pub(crate) struct SessionCtx {
     next: Arc<NextLabel>,
     /// The pool's `dirty_check` setting, for every session this actor serves.
     dirty_check: bool,
+    /// The pool's `reset_timeout`: how long a cancel request may take.
+    reset_timeout: std::time::Duration,
 }
 
 impl Actor for SessionActor {
@@ -79,6 +82,7 @@ impl Actor for SessionActor {
             condemned: false,
             next: Arc::default(),
             dirty_check: args.dirty_check,
+            reset_timeout: args.reset_timeout,
         })
     }
 
@@ -218,7 +222,10 @@ impl SessionCtx {
             // A read with nothing to flush first sends nothing but reads.
             let pure_read = self.core.note_work(job.reads_only(), job.untracked());
             let may_retry = self.core.may_run_again(pure_read) && attempts < 3;
-            match job.run(&mut self.core, &conn, may_retry).await {
+            match job
+                .run(&mut self.core, &conn, may_retry, self.reset_timeout)
+                .await
+            {
                 Outcome::Retry(again) => {
                     attempts += 1;
                     tracing::info!(
@@ -356,6 +363,7 @@ pub(crate) async fn spawn(
         pool: link,
         label: label.clone(),
         dirty_check: pool.config().dirty_check,
+        reset_timeout: pool.config().reset_timeout,
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)
         .await

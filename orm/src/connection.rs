@@ -210,10 +210,19 @@ impl Connection {
     /// Asks the server to cancel whatever this connection is running (over a separate socket, as
     /// PostgreSQL's protocol has it). A cancel request is only a request: the abandoned
     /// statement still counts as running (and the connection as not idle) until a statement sent
-    /// after it has been answered.
-    pub async fn cancel_running(&self) -> Result<()> {
+    /// after it has been answered. Gives up after `limit`: a frozen server does not even
+    /// answer a cancel request's TLS negotiation.
+    pub async fn cancel_running(&self, limit: std::time::Duration) -> Result<()> {
         let upto = self.flight.abandoned();
-        self.cancel_request().await?;
+        match tokio::time::timeout(limit, self.cancel_request()).await {
+            Ok(sent) => sent?,
+            Err(_) => {
+                return Err(Error::ConnectionLost {
+                    reason: format!("the server did not take the cancel request within {limit:?}"),
+                    cause: None,
+                });
+            }
+        }
         self.flight.cancelled(upto);
         Ok(())
     }

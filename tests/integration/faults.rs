@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use actor_orm::testing::Cluster;
 use actor_orm::{Error, Pool, PoolStats, ResetPolicy, TxState};
 use tracing::Level;
 
@@ -11,22 +10,6 @@ use crate::models::*;
 
 fn balanced(s: &PoolStats) -> bool {
     s.checkouts == s.checkins + s.reclaims + s.discards + s.in_use as u64
-}
-
-/// A throwaway cluster of its own, for tests that stop or restart the server. `None` (and the
-/// test says it skipped) only when no server binaries exist, i.e. with `DATABASE_URL` on a
-/// machine without them; CI always has them.
-async fn own_cluster() -> Option<Cluster> {
-    match tokio::task::spawn_blocking(Cluster::start)
-        .await
-        .expect("join")
-    {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("skipped: this test needs PostgreSQL server binaries of its own: {e}");
-            None
-        }
-    }
 }
 
 // 1.
@@ -120,7 +103,7 @@ async fn a_backend_killed_mid_transaction_is_a_typed_error_and_no_leak() {
 // 3.
 #[tokio::test]
 async fn a_server_restart_invalidates_the_old_generation_and_the_next_session_just_works() {
-    let Some(mut cluster) = own_cluster().await else {
+    let Some(mut cluster) = crate::own_cluster().await else {
         return;
     };
     let pool = Pool::builder(cluster.config())
@@ -177,7 +160,7 @@ async fn a_server_restart_invalidates_the_old_generation_and_the_next_session_ju
 // 4.
 #[tokio::test]
 async fn a_server_down_at_start_is_waited_for_and_a_longer_outage_is_a_typed_error() {
-    let Some(mut cluster) = own_cluster().await else {
+    let Some(mut cluster) = crate::own_cluster().await else {
         return;
     };
     cluster.stop_server().expect("stop");

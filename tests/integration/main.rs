@@ -12,6 +12,7 @@ mod core_queries;
 mod core_types;
 mod core_work;
 mod faults;
+mod hangs;
 mod models;
 mod pool;
 mod reclaim;
@@ -70,6 +71,25 @@ pub fn cluster_starts() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A throwaway cluster of its own, for tests that stop, restart or freeze the server (started
+/// holding [`cluster_starts`]). `None` (and the test says it skipped) only when no server binaries
+/// exist, i.e. with `DATABASE_URL` on a machine without them; CI always has them.
+pub async fn own_cluster() -> Option<testing::Cluster> {
+    let started = tokio::task::spawn_blocking(|| {
+        let _no_sweep_under_a_watching_test = cluster_starts();
+        testing::Cluster::start()
+    })
+    .await
+    .expect("join");
+    match started {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("skipped: this test needs PostgreSQL server binaries of its own: {e}");
+            None
+        }
+    }
 }
 
 /// Marks a deliberate panic; the hook below keeps such panics out of the test output.
