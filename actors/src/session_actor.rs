@@ -147,7 +147,14 @@ impl Actor for SessionActor {
 impl SessionCtx {
     async fn connection(&mut self, me: ractor::ActorCell) -> Result<Arc<Connection>> {
         if let Some(lease) = &self.lease {
-            return Ok(lease.conn.clone());
+            if !lease.conn.is_closed() || self.core.may_be_open() {
+                return Ok(lease.conn.clone());
+            }
+            // The socket closed while the session held it with no transaction open (a server
+            // restart, a terminated backend): nothing of the session's is lost and nothing will
+            // be sent on it, so it is reported and another taken, unseen by the caller.
+            tracing::info!("the session's idle connection closed; taking another");
+            self.lose_connection();
         }
         let requester = Requester {
             cell: me,

@@ -77,7 +77,8 @@ impl Actor for Supervisor {
         owner: &mut Owner,
     ) -> Result<(), ActorProcessingErr> {
         let mut state = owner.lock();
-        myself.send_interval(state.config.tick(), || PoolMsg::Tick);
+        let tick = myself.send_interval(state.config.tick(), || PoolMsg::Tick);
+        state.keep_timer(tick);
         state.replenish(&myself);
         Ok(())
     }

@@ -58,6 +58,42 @@ async fn a_terminated_idle_connection_is_never_handed_out() {
     );
 }
 
+/// The backend of a session's connection is terminated while the session holds it and before
+/// the session sends anything: its read finds the socket dead and runs again on another
+/// connection, without the caller seeing it (the path the test above may or may not take).
+#[tokio::test]
+async fn a_read_on_a_connection_that_died_before_it_runs_again_on_another() {
+    let (db, pool, monitor) = crate::pool_with_monitor("fault_read_again", |b| b.max_size(2)).await;
+    let app = db.name().to_owned();
+    let s = pool.session().await.expect("session");
+    s.acquire().await.expect("acquire");
+    let old = crate::backends(&monitor, &app).await;
+    assert_eq!(old.len(), 1);
+    let pid = old[0].0;
+    monitor
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminate");
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async {
+            crate::backends(&monitor, &app).await.is_empty()
+        })
+        .await
+    );
+    assert_eq!(
+        s.count(User::query())
+            .await
+            .expect("the read ran on another connection"),
+        0
+    );
+    let now = crate::backends(&monitor, &app).await;
+    assert!(now.len() == 1 && now[0].0 != pid, "{now:?}");
+    s.close().await.expect("close");
+    let stats = crate::settled(&pool).await;
+    assert_eq!(stats.discards, 1, "{stats:?}");
+    assert!(balanced(&stats), "{stats:?}");
+}
+
 // 2.
 #[tokio::test]
 async fn a_backend_killed_mid_transaction_is_a_typed_error_and_no_leak() {
@@ -153,6 +189,50 @@ async fn a_server_restart_invalidates_the_old_generation_and_the_next_session_ju
         "no session saw a dead connection: {stats:?}"
     );
     assert!(balanced(&stats));
+    pool.close(Duration::from_secs(1)).await.expect("close");
+    restarted.stop();
+}
+
+/// A session holds a connection across a server restart and then writes: its BEGIN finds the
+/// socket dead, and the session takes a new connection and goes on; the caller sees nothing.
+#[tokio::test]
+async fn a_begin_on_a_connection_the_restart_killed_is_swapped_for_a_live_one() {
+    let Some(cluster) = crate::own_cluster().await else {
+        return;
+    };
+    let pool = Pool::builder(cluster.config())
+        .max_size(2)
+        .build()
+        .await
+        .expect("pool");
+    let setup = pool.session().await.expect("session");
+    setup
+        .raw_execute("CREATE TABLE t (id int PRIMARY KEY)", vec![])
+        .await
+        .expect("ddl");
+    setup.commit().await.expect("commit");
+    setup.close().await.expect("close");
+    let s = pool.session().await.expect("session");
+    s.acquire().await.expect("acquire");
+    let restarted = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.restart().expect("restart");
+        cluster
+    })
+    .await
+    .expect("join");
+    s.raw_execute("INSERT INTO t VALUES (1)", vec![])
+        .await
+        .expect("the dead BEGIN was swapped transparently");
+    s.commit().await.expect("commit");
+    s.close().await.expect("close");
+    assert_eq!(count_rows(&pool).await.expect("count"), 1);
+    let stats = crate::settled(&pool).await;
+    assert_eq!(
+        stats.discards, 1,
+        "the session reported its dead connection: {stats:?}"
+    );
+    assert!(balanced(&stats), "{stats:?}");
     pool.close(Duration::from_secs(1)).await.expect("close");
     restarted.stop();
 }

@@ -122,6 +122,34 @@ async fn a_waiter_whose_session_is_gone_is_skipped() {
     assert_eq!(stats.checkouts, 2);
 }
 
+/// A caller who gives up on its first statement while it waits for a connection takes its
+/// request out of the queue at once: the connection, once free, goes to nobody on its behalf.
+#[tokio::test]
+async fn a_caller_who_gives_up_waiting_leaves_the_queue_at_once() {
+    let (_db, pool) = crate::pool_with_schema("pool_withdraw", |b| b.max_size(1)).await;
+    let holder = pool.session().await.expect("session");
+    hold(&holder).await;
+    let impatient = pool.session().await.expect("session");
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), impatient.count(User::query()));
+    assert!(gave_up.await.is_err());
+    assert!(
+        crate::eventually(Duration::from_secs(1), || async {
+            pool.stats().await.expect("stats").waiting == 0
+        })
+        .await,
+        "the waiter left the queue when its caller gave up"
+    );
+    holder.close().await.expect("close");
+    let stats = crate::settled(&pool).await;
+    assert_eq!(
+        (stats.in_use, stats.idle, stats.checkouts),
+        (0, 1, 1),
+        "the freed connection went to nobody: {stats:?}"
+    );
+    // The session whose caller gave up still works.
+    assert_eq!(impatient.count(User::query()).await.expect("count"), 0);
+}
+
 /// The background loop that forgot to release: each iteration takes a session and never closes
 /// it. Dropping the handle is enough — the pool never runs dry.
 #[tokio::test]
@@ -265,6 +293,54 @@ async fn close_waits_for_sessions_then_stops_them() {
         left = crate::backends(&monitor, &app).await;
     }
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// `close()` leaves nothing running: every task the pool started (supervisor, sessions, spare
+/// actors, connection drivers, timers, answers nobody waits for) has ended, and the server has no
+/// backend of the pool. Each test has a runtime of its own, so its task count is the pool's.
+#[tokio::test]
+async fn close_leaves_no_task_and_no_backend_behind() {
+    let (db, pool) =
+        crate::pool_with_schema("pool_close_tasks", |b| b.max_size(3).min_idle(2)).await;
+    let monitor = db.connect().await.expect("monitor");
+    let app = db.name().to_owned();
+    for _ in 0..5 {
+        let s = pool.session().await.expect("session");
+        // A read-only transaction: its COMMIT's answer is taken in by a task of its own.
+        s.begin().await.expect("begin");
+        s.count(User::query()).await.expect("count");
+        s.commit().await.expect("commit");
+        // A statement whose caller gives up.
+        let slow = s.raw_rows_autocommit("SELECT pg_sleep(1)", vec![]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), slow)
+                .await
+                .is_err()
+        );
+    }
+    let held = pool.session().await.expect("session");
+    hold(&held).await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    assert!(metrics.num_alive_tasks() > 0);
+    pool.close(Duration::from_millis(100)).await.expect("close");
+    drop(held);
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async {
+            crate::backends(&monitor, &app).await.is_empty()
+        })
+        .await,
+        "no backend of the pool remains"
+    );
+    // The monitor's own connection task is the last one.
+    drop(monitor);
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async {
+            metrics.num_alive_tasks() == 0
+        })
+        .await,
+        "{} tasks outlived the pool",
+        metrics.num_alive_tasks()
+    );
 }
 
 #[tokio::test]

@@ -60,9 +60,10 @@ impl PoolState {
         };
         let deadline = head.enqueued + self.config.acquire_timeout;
         self.expiry_timer = Some(deadline);
-        myself.send_after(deadline.saturating_duration_since(Instant::now()), || {
+        let timer = myself.send_after(deadline.saturating_duration_since(Instant::now()), || {
             PoolMsg::WaitersDue
         });
+        self.keep_timer(timer);
     }
 
     /// Times out every waiter whose acquire_timeout has passed (they are at the front), then

@@ -32,7 +32,8 @@ impl PoolState {
             }));
         }
         self.close_free_retired();
-        myself.send_after(grace, || PoolMsg::CloseDeadline);
+        let timer = myself.send_after(grace, || PoolMsg::CloseDeadline);
+        self.keep_timer(timer);
         self.finish_close_if_done(myself);
     }
 
@@ -54,10 +55,13 @@ impl PoolState {
         myself.stop(Some("closed".into()));
     }
 
-    /// Stops every session still holding a connection and every spare session actor, and
-    /// closes every connection.
+    /// Stops every session still holding a connection, every spare session actor and every
+    /// timer, and closes every connection.
     pub(crate) fn shut_down(&mut self) {
         self.stopped = true;
+        for timer in self.timers.drain(..) {
+            timer.abort();
+        }
         self.stop_spares(self.spares.len());
         for slot in &self.slots {
             if let SlotState::Leased(info) = &slot.state {

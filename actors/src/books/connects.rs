@@ -108,7 +108,8 @@ impl PoolState {
                     let backoff = Duration::from_millis(25)
                         .saturating_mul(1 << self.failures_in_row.min(6))
                         .min(Duration::from_secs(1));
-                    myself.send_after(backoff, || PoolMsg::RetryConnect);
+                    let timer = myself.send_after(backoff, || PoolMsg::RetryConnect);
+                    self.keep_timer(timer);
                 }
             }
         }

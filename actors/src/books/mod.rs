@@ -127,6 +127,9 @@ pub(crate) struct PoolState {
     /// Session actors whose sessions ended, kept for the next sessions (most recent last).
     pub(crate) spares: Vec<Spare>,
     pub(crate) counters: Counters,
+    /// The supervisor's pending timers (tick, waiter expiry, connect retry, close deadline):
+    /// stopped when the pool shuts down, so that no task of the pool outlives it.
+    pub(crate) timers: Vec<tokio::task::AbortHandle>,
 }
 
 /// An ended session's actor, wiped clean and waiting for a new session.
@@ -180,7 +183,14 @@ impl PoolState {
             stopped: false,
             spares: Vec::new(),
             counters: Counters::default(),
+            timers: Vec::new(),
         }
+    }
+
+    /// Keeps a timer's task, to stop it when the pool shuts down (finished ones are dropped).
+    pub(crate) fn keep_timer<T>(&mut self, timer: tokio::task::JoinHandle<T>) {
+        self.timers.retain(|t| !t.is_finished());
+        self.timers.push(timer.abort_handle());
     }
 
     /// The pool is closing or has stopped: it takes no new session actors and hands none out.
