@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actor_orm_core::{Cause, Connection, Error, Result};
+use actor_orm_core::{CancelTarget, Cause, Connection, Error, Result};
 use ractor::ActorRef;
 
 use crate::config::PoolConfig;
@@ -40,7 +40,9 @@ pub(crate) async fn connect(
         };
         let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
-    let conn = Connection::with_connector(client, config.statement_mode, config.connector.clone());
+    let mut conn =
+        Connection::with_connector(client, config.statement_mode, config.connector.clone());
+    conn.set_cancel_target(CancelTarget::from_config(&config.pg));
     // Closing the connection (a discard, the pool's close) ends the driver and its socket at
     // once, even when the server has stopped answering.
     conn.attach_driver(driver.abort_handle());

@@ -237,11 +237,12 @@ fn unreadable(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
 mod rustls_connector {
     use std::sync::Arc;
 
-    use actor_orm_core::{ConnectFuture, Connector, Driver, Error, Result};
+    use actor_orm_core::{CancelStream, ConnectFuture, Connector, Driver, Error, Result};
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::crypto::CryptoProvider;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+    use tokio_postgres::tls::MakeTlsConnect;
     use tokio_postgres::{CancelToken, Client, Config};
     use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -279,6 +280,20 @@ mod rustls_connector {
         fn cancel(&self, token: CancelToken) -> ConnectFuture<'static, ()> {
             let make = self.make.clone();
             Box::pin(async move { token.cancel_query(make).await })
+        }
+
+        fn cancel_over(
+            &self,
+            token: CancelToken,
+            stream: CancelStream,
+            host: &str,
+        ) -> ConnectFuture<'static, ()> {
+            let mut make = self.make.clone();
+            match MakeTlsConnect::<CancelStream>::make_tls_connect(&mut make, host) {
+                Ok(tls) => Box::pin(async move { token.cancel_query_raw(stream, tls).await }),
+                // Not a valid TLS server name: tokio-postgres reports it in its own terms.
+                Err(_) => self.cancel(token),
+            }
         }
 
         fn describe(&self) -> String {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -11,6 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::bind::Bind;
+use crate::cancel::CancelTarget;
 use crate::connector::{Connector, PlainConnector};
 use crate::error::{Error, Result};
 use crate::flight::Flight;
@@ -46,6 +48,8 @@ pub struct Connection {
     connector: Arc<dyn Connector>,
     /// The task driving the socket, ended by [`close`](Self::close) or when this is dropped.
     driver: OnceLock<tokio::task::AbortHandle>,
+    /// Where cancel requests go, when the settings name one server.
+    cancel_target: Option<CancelTarget>,
 }
 
 /// Whether a statement's result came from the server (rows, a count, or a database error):
@@ -83,7 +87,15 @@ impl Connection {
             flight: Flight::default(),
             autocommit_reads: AtomicBool::new(false),
             driver: OnceLock::new(),
+            cancel_target: None,
         }
+    }
+
+    /// Sends cancel requests to `target` over connections the ORM opens itself, and waits for
+    /// the server to act on each (see [`CancelTarget`]). Without it they go through
+    /// tokio-postgres, which does not wait.
+    pub fn set_cancel_target(&mut self, target: Option<CancelTarget>) {
+        self.cancel_target = target;
     }
 
     /// Hands this connection the task that drives its socket, so that [`close`](Self::close)
@@ -228,10 +240,28 @@ impl Connection {
     }
 
     /// A cancel request for whatever this connection runs, sent over the connection's own
-    /// transport (TLS when it has it) when awaited; it owns what it needs, so it may outlive
-    /// the connection (a discard sends one on its way out).
-    pub fn cancel_request(&self) -> crate::connector::ConnectFuture<'static, ()> {
-        self.connector.cancel(self.cancel_token())
+    /// transport (TLS when it has it) when awaited. With a [`CancelTarget`] it ends once the
+    /// server has signalled the backend. It owns what it needs, so it may outlive the connection
+    /// (a discard sends one on its way out).
+    pub fn cancel_request(&self) -> Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>> {
+        let token = self.cancel_token();
+        let connector = self.connector.clone();
+        let target = self.cancel_target.clone();
+        Box::pin(async move {
+            match target {
+                Some(target) => {
+                    let stream = target.open().await.map_err(|e| Error::ConnectionLost {
+                        reason: format!("could not reach the server for a cancel request: {e}"),
+                        cause: Some(crate::error::Cause::new(e)),
+                    })?;
+                    connector
+                        .cancel_over(token, stream, target.host())
+                        .await
+                        .map_err(Error::from)
+                }
+                None => connector.cancel(token).await.map_err(Error::from),
+            }
+        })
     }
 
     /// Forgets cached statements (after `DISCARD ALL`, which deallocates them on the server).

@@ -7,6 +7,8 @@ use std::pin::Pin;
 
 use tokio_postgres::{CancelToken, Client, Config, NoTls};
 
+use crate::cancel::CancelStream;
+
 /// A boxed future, as the connector's methods return.
 pub type ConnectFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, tokio_postgres::Error>> + Send + 'a>>;
@@ -34,6 +36,21 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
     /// connection with the same transport security.
     fn cancel(&self, token: CancelToken) -> ConnectFuture<'static, ()>;
 
+    /// Sends the cancel request of `token` over `stream`, a connection the ORM opened to the
+    /// server named `host`, with the same transport security as [`cancel`](Self::cancel). The
+    /// future ends once the server has closed the connection, i.e. has acted on the request (see
+    /// [`CancelTarget`](crate::CancelTarget)). The default opens a connection of its own with
+    /// [`cancel`](Self::cancel) instead, which does not wait for the server.
+    fn cancel_over(
+        &self,
+        token: CancelToken,
+        stream: CancelStream,
+        host: &str,
+    ) -> ConnectFuture<'static, ()> {
+        let _ = (stream, host);
+        self.cancel(token)
+    }
+
     /// A few words for logs and errors: `plaintext`, `TLS (verify-full)`, ….
     fn describe(&self) -> String;
 }
@@ -53,6 +70,15 @@ impl Connector for PlainConnector {
 
     fn cancel(&self, token: CancelToken) -> ConnectFuture<'static, ()> {
         Box::pin(async move { token.cancel_query(NoTls).await })
+    }
+
+    fn cancel_over(
+        &self,
+        token: CancelToken,
+        stream: CancelStream,
+        _host: &str,
+    ) -> ConnectFuture<'static, ()> {
+        Box::pin(async move { token.cancel_query_raw(stream, NoTls).await })
     }
 
     fn describe(&self) -> String {

@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used)]
 
 mod bind;
+mod cancel;
 mod connection;
 mod connector;
 pub mod ddl;
@@ -60,6 +61,7 @@ mod tests {
     }
 }
 
+pub use cancel::{CancelStream, CancelTarget};
 pub use connection::{Connection, StatementMode};
 pub use connector::{ConnectFuture, Connector, Driver, PlainConnector};
 pub use error::{Cause, DbError, Error, Holder, PoolTimeout, Result};

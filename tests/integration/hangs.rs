@@ -605,3 +605,90 @@ async fn the_whole_server_frozen_under_load_keeps_every_timeout_and_every_commit
     );
     sampler.finish(MAX).await;
 }
+
+/// A cancel request the server has not acted on yet must not land on someone else's statement.
+/// The postmaster alone is frozen: a cancel request is then written into its socket's queue and
+/// acted on only when it resumes. A session's statement is abandoned (and a cancel requested)
+/// but finishes on its own; a pool that counted the request as done would hand that backend to
+/// the next session, and the resumed postmaster's signal would cancel the next session's
+/// statement. The connection is discarded instead: the server never confirmed the cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_not_yet_acted_on_never_lands_on_another_session() {
+    // Plaintext: a TLS-capable cancel request first waits for the server's answer to its TLS
+    // negotiation, which a frozen postmaster does not give; a plaintext one is only written.
+    let Some(t) = setup("hang_late_cancel", |b| {
+        b.min_idle(MAX)
+            .reset_timeout(Duration::from_millis(500))
+            .ssl_mode(actor_orm::SslMode::Disable)
+    })
+    .await
+    else {
+        return;
+    };
+    let app = t.app.clone();
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async {
+            crate::backends(&t.monitor, &app).await.len() == MAX
+        })
+        .await
+    );
+    let sampler = Sampler::start(&t).await;
+    let a = t.pool.session().await.expect("session");
+    let pid = pid_of(&a).await;
+    let postmaster = t.cluster.postmaster_pid().expect("postmaster") as i32;
+    let frozen = t.freeze(&[postmaster]);
+    // Abandoned after 50 ms; the statement itself ends normally at 300 ms.
+    let slow = a.raw_rows_autocommit("SELECT pg_sleep(0.3)", vec![]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), slow)
+            .await
+            .is_err()
+    );
+    drop(a);
+    // Other sessions keep every connection busy, before and after the postmaster resumes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..MAX)
+        .map(|_| {
+            let (pool, stop) = (t.pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let work = async {
+                        let s = pool.session().await?;
+                        let rows = s
+                            .raw_rows_autocommit(
+                                "SELECT pg_backend_pid() FROM pg_sleep(0.05)",
+                                vec![],
+                            )
+                            .await?;
+                        s.close().await?;
+                        Ok::<i32, Error>(rows[0].get(0))
+                    };
+                    match tokio::time::timeout(Duration::from_secs(3), work).await {
+                        Ok(r) => seen.push(r.map_err(|e| e.to_string())),
+                        Err(_) => seen.push(Err("no answer within 3 s".into())),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    frozen.thaw();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for w in workers {
+        seen.extend(w.await.expect("worker"));
+    }
+    let failed: Vec<&String> = seen.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "statements failed: {failed:?}");
+    assert!(
+        seen.iter().all(|r| r.as_ref().ok() != Some(&pid)),
+        "the backend with a cancel pending served another session"
+    );
+    eprintln!("late cancel: {} statements, none cancelled", seen.len());
+    let stats = crate::settled(&t.pool).await;
+    assert!(stats.reset_failures >= 1, "{stats:?}");
+    sampler.finish(MAX).await;
+}
