@@ -8,6 +8,15 @@
 //! an `.await`. Nothing here waits on the network: connects, resets and health checks run in
 //! spawned tasks that report back by message.
 //!
+//! A connection is handed out only when it is known idle on the server: every statement sent on
+//! it has been answered (see `actor_orm_core::Connection::is_idle`). A check-in that cannot say
+//! so — a COMMIT or ROLLBACK sent without waiting, a statement abandoned mid-flight and its
+//! cancel — goes through a reset that waits for the answers within `reset_timeout`, and a
+//! connection that does not get them is discarded: its socket closed and its driver task ended
+//! at once, so a frozen server never holds more than `max_size` of the pool's backends. A
+//! cancel request counts as sent only once the server has closed its connection (it has then
+//! signalled the backend), and an abandoned statement stays owed until a later one is answered.
+//!
 //! The books also keep spare session actors: the actor of a session that ended with its last
 //! handle, wiped clean, waiting for the next session (see `PoolBuilder::spare_sessions`).
 //!
