@@ -51,6 +51,7 @@ pub struct PoolConfig {
     pub(crate) statement_mode: StatementMode,
     pub(crate) autocommit_reads: bool,
     pub(crate) dirty_check: bool,
+    pub(crate) log_values: bool,
     pub(crate) close_timeout: Duration,
     pub(crate) spare_sessions: usize,
     /// How connections reach the server (and cancel requests with them), from the `sslmode`.
@@ -78,6 +79,7 @@ impl fmt::Debug for PoolConfig {
             .field("statement_mode", &self.statement_mode)
             .field("autocommit_reads", &self.autocommit_reads)
             .field("dirty_check", &self.dirty_check)
+            .field("log_values", &self.log_values)
             .field("spare_sessions", &self.spare_sessions)
             .field("connector", &self.connector.describe())
             .finish_non_exhaustive()
@@ -127,6 +129,7 @@ impl PoolConfig {
             statement_mode: StatementMode::Prepared,
             autocommit_reads: true,
             dirty_check: true,
+            log_values: false,
             close_timeout: Duration::from_secs(5),
             spare_sessions: 256,
             connector: Arc::new(PlainConnector),

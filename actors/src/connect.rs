@@ -43,6 +43,7 @@ pub(crate) async fn connect(
     let mut conn =
         Connection::with_connector(client, config.statement_mode, config.connector.clone());
     conn.set_cancel_target(CancelTarget::from_config(&config.pg));
+    conn.log_values(config.log_values);
     // Closing the connection (a discard, the pool's close) ends the driver and its socket at
     // once, even when the server has stopped answering.
     conn.attach_driver(driver.abort_handle());

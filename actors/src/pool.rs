@@ -311,6 +311,13 @@ impl PoolBuilder {
         dirty_check: bool
     );
     setter!(
+        /// Whether the statement log shows the values bound to each statement. Default `false`:
+        /// values are data, and may be secret. The log itself is a `tracing` event per statement
+        /// at DEBUG on target `actor_orm::sql` (SQL text, microseconds, rows, inside the
+        /// session's span): `RUST_LOG=actor_orm::sql=debug` shows every statement.
+        log_values: bool
+    );
+    setter!(
         /// How long a pool closed by dropping its last handle waits for sessions. Default 5 s.
         close_timeout: Duration
     );

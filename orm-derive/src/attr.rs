@@ -43,7 +43,7 @@ pub(crate) fn entries(
                 None
             };
             let takes_value = example.contains('=');
-            let optional_value = name == "default";
+            let optional_value = name == "default" || name == "generated";
             if value.is_none() && takes_value && !optional_value {
                 return Err(Error::new(key.span(), format!("`{name}` needs a value; the correct format looks like #[orm({example})]")));
             }

@@ -18,6 +18,7 @@ const FIELD_KEYS: &[(&str, &str)] = &[
     ("auto_increment", "auto_increment"),
     ("column_name", "column_name = \"name\""),
     ("default", "default = \"now()\""),
+    ("generated", "generated = \"price * quantity\""),
     ("version", "version"),
     ("skip", "skip"),
     ("json", "json"),
@@ -33,6 +34,7 @@ struct Field {
     primary_key: bool,
     auto_increment: bool,
     default: Option<Option<syn::LitStr>>,
+    generated: Option<Option<syn::LitStr>>,
     version: bool,
     json: bool,
     unique: bool,
@@ -89,6 +91,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
             primary_key: false,
             auto_increment: false,
             default: None,
+            generated: None,
             version: false,
             json: false,
             unique: false,
@@ -107,6 +110,12 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                         None => None,
                     })
                 }
+                "generated" => {
+                    field.generated = Some(match &e.value {
+                        Some(_) => Some(e.string("generated = \"price * quantity\"")?),
+                        None => None,
+                    })
+                }
                 "version" => field.version = true,
                 "skip" => skip = true,
                 "json" => field.json = true,
@@ -120,10 +129,15 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
             skipped.push(field.ident);
             continue;
         }
-        if field.default.is_some() && !is_option(&field.ty) {
+        if field.generated.is_some()
+            && (field.default.is_some()
+                || field.primary_key
+                || field.version
+                || field.auto_increment)
+        {
             return Err(Error::new(
-                field.ty.span(),
-                "#[orm(default)] needs an Option<T> field: None leaves the column to its database default",
+                field.ident.span(),
+                "#[orm(generated)] marks a column the database computes: it cannot also be a key, a version, auto_increment or have a default",
             ));
         }
         if field.version && !is_named(&field.ty, &["i16", "i32", "i64"]) {
@@ -186,6 +200,11 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
             Some(Some(s)) => quote!(::core::option::Option::Some(#s)),
             _ => quote!(::core::option::Option::None),
         };
+        let generated = f.generated.is_some();
+        let generated_sql = match &f.generated {
+            Some(Some(s)) => quote!(::core::option::Option::Some(#s)),
+            _ => quote!(::core::option::Option::None),
+        };
         let references = match &f.references {
             Some(p) => quote!(::core::option::Option::Some(<#p as #krate::Model>::meta as fn() -> &'static #krate::ModelMeta)),
             None => quote!(::core::option::Option::None),
@@ -197,6 +216,8 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
             c.auto_increment = #ai;
             c.has_default = #has_default;
             c.default_sql = #default_sql;
+            c.generated = #generated;
+            c.generated_sql = #generated_sql;
             c.version = #version;
             c.unique = #unique;
             c.json = #json;
@@ -232,6 +253,10 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         let ident = &f.ident;
         if f.auto_increment {
             Some(quote!(#i => #krate::ColumnValue::is_unset_key(&self.#ident),))
+        } else if f.generated.is_some() || (f.default.is_some() && !is_option(&f.ty)) {
+            // Computed by the database, or a plain field over a column with a default: never in
+            // an INSERT; RETURNING reads the database's value back.
+            Some(quote!(#i => true,))
         } else if f.default.is_some() {
             Some(quote!(#i => ::core::option::Option::is_none(&self.#ident),))
         } else {

@@ -61,10 +61,9 @@ fn grammar_errors_name_the_problem_and_the_form() {
         quote::quote! { struct A { #[orm(primary_key)] id: i64, #[orm(column_name = "id")] other: i64 } },
     );
     insta::assert_snapshot!("duplicate_column", dup);
-    let bad_default = error_of(
-        quote::quote! { struct A { #[orm(primary_key)] id: i64, #[orm(default)] at: i64 } },
-    );
-    insta::assert_snapshot!("default_needs_option", bad_default);
+    let generated_key =
+        error_of(quote::quote! { struct A { #[orm(primary_key, generated)] id: i64 } });
+    insta::assert_snapshot!("generated_is_never_written", generated_key);
     let table_typo =
         error_of(quote::quote! { #[orm(table = "a")] struct A { #[orm(primary_key)] id: i64 } });
     insta::assert_snapshot!("struct_key_typo", table_typo);

@@ -33,7 +33,7 @@ impl<'a> Bind<'a> {
     fn mismatch(&self, ty: &Type, found: impl Into<String>) -> BoxError {
         Box::new(BindError::Mismatch {
             target: self.target(),
-            expected: ty.name().to_owned(),
+            expected: crate::types::pg_type_name(ty),
             found: found.into(),
         })
     }
@@ -169,6 +169,29 @@ impl ToSql for Bind<'_> {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         if is_null(self.value) {
             return Ok(IsNull::Yes);
+        }
+        // A domain is written as its base type (the server checks the domain's constraints).
+        if let Kind::Domain(base) = ty.kind() {
+            return self
+                .to_sql(base, out)
+                .map_err(|e| match e.downcast::<BindError>() {
+                    Ok(b) => match *b {
+                        BindError::Mismatch {
+                            target,
+                            expected,
+                            found,
+                        } => Box::new(BindError::Mismatch {
+                            target,
+                            expected: format!(
+                                "{} (a domain over {expected})",
+                                crate::types::pg_type_name(ty)
+                            ),
+                            found,
+                        }) as BoxError,
+                        other => Box::new(other),
+                    },
+                    Err(other) => other,
+                });
         }
         match self.value {
             Value::Bool(Some(b)) => self.delegate(b, ty, out, "a boolean"),

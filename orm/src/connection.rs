@@ -50,6 +50,16 @@ pub struct Connection {
     driver: OnceLock<tokio::task::AbortHandle>,
     /// Where cancel requests go, when the settings name one server.
     cancel_target: Option<CancelTarget>,
+    /// Whether the statement log shows bound values.
+    log_values: AtomicBool,
+}
+
+/// The statement log's target: `RUST_LOG=actor_orm::sql=debug` shows every statement.
+pub const SQL_LOG: &str = "actor_orm::sql";
+
+/// When a statement started, if the statement log is on.
+fn log_start() -> Option<std::time::Instant> {
+    tracing::enabled!(target: "actor_orm::sql", tracing::Level::DEBUG).then(std::time::Instant::now)
 }
 
 /// Whether a statement's result came from the server (rows, a count, or a database error):
@@ -88,9 +98,46 @@ impl Connection {
             autocommit_reads: AtomicBool::new(false),
             driver: OnceLock::new(),
             cancel_target: None,
+            log_values: AtomicBool::new(false),
         }
     }
 
+    /// Makes the statement log (target [`SQL_LOG`], level DEBUG) show the values bound to each
+    /// statement. Off by default: values are data, and may be secret.
+    pub fn log_values(&self, on: bool) {
+        self.log_values.store(on, Ordering::Relaxed);
+    }
+
+    /// One statement log event: its SQL text (values are parameters, never part of it), how long
+    /// it took, how many rows it returned or affected, and the values only when asked for.
+    fn log<T>(
+        &self,
+        started: Option<std::time::Instant>,
+        sql: &str,
+        values: Option<&Values>,
+        result: &Result<T>,
+        rows: impl FnOnce(&T) -> u64,
+    ) {
+        let Some(started) = started else {
+            return;
+        };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let shown = values.filter(|_| self.log_values.load(Ordering::Relaxed));
+        match (result, shown) {
+            (Ok(r), None) => {
+                tracing::debug!(target: "actor_orm::sql", sql, rows = rows(r), micros, "statement")
+            }
+            (Ok(r), Some(v)) => {
+                tracing::debug!(target: "actor_orm::sql", sql, rows = rows(r), micros, values = ?v.0, "statement")
+            }
+            (Err(e), None) => {
+                tracing::debug!(target: "actor_orm::sql", sql, micros, error = %e, "statement failed")
+            }
+            (Err(e), Some(v)) => {
+                tracing::debug!(target: "actor_orm::sql", sql, micros, values = ?v.0, error = %e, "statement failed")
+            }
+        }
+    }
     /// Sends cancel requests to `target` over connections the ORM opens itself, and waits for
     /// the server to act on each (see [`CancelTarget`]). Without it they go through
     /// tokio-postgres, which does not wait.
@@ -365,8 +412,12 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<Vec<Row>> {
+        let started = log_start();
         let mark = self.flight.start();
         let result = self.query_inner(sql, values, columns).await;
+        self.log(started, sql, Some(values), &result, |rows| {
+            rows.len() as u64
+        });
         mark.done(answered(&result), result)
     }
 
@@ -404,8 +455,10 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<u64> {
+        let started = log_start();
         let mark = self.flight.start();
         let result = self.execute_inner(sql, values, columns).await;
+        self.log(started, sql, Some(values), &result, |n| *n);
         mark.done(answered(&result), result)
     }
 
@@ -450,6 +503,9 @@ impl Connection {
     pub fn send_and_forget(self: &Arc<Self>, sql: &'static str) -> bool {
         self.record(sql);
         self.count();
+        if log_start().is_some() {
+            tracing::debug!(target: "actor_orm::sql", sql, "statement sent without waiting for its answer");
+        }
         let epoch = self.flight.forget();
         let conn = Arc::clone(self);
         let mut request = Box::pin(async move {
@@ -481,8 +537,10 @@ impl Connection {
     pub(crate) async fn batch_known(&self, sql: &str) -> Result<()> {
         self.record(sql);
         self.count();
+        let started = log_start();
         let mark = self.flight.start();
         let result = self.client.batch_execute(sql).await.map_err(Into::into);
+        self.log(started, sql, None, &result, |()| 0);
         mark.done(answered(&result), result)
     }
 }

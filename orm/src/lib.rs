@@ -62,7 +62,7 @@ mod tests {
 }
 
 pub use cancel::{CancelStream, CancelTarget};
-pub use connection::{Connection, StatementMode};
+pub use connection::{Connection, SQL_LOG, StatementMode};
 pub use connector::{ConnectFuture, Connector, Driver, PlainConnector};
 pub use error::{Cause, DbError, Error, Holder, PoolTimeout, Result};
 pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now};
@@ -78,7 +78,7 @@ pub use query::{
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use tokio_postgres;
-pub use types::{ColumnValue, DbEnum, SqlType};
+pub use types::{ColumnValue, DbEnum, SqlType, pg_type_name, rust_type_name};
 pub use unit_of_work::UnitOfWork;
 
 /// Whether one SQL statement cannot change the connection's transaction state: it starts with

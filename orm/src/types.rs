@@ -214,12 +214,61 @@ pub trait ColumnValue: Sized + Send + Sync + 'static {
     }
 }
 
+/// A PostgreSQL type as a user writes it: `integer`, not `int4`; `text[]`, not `_text`.
+pub fn pg_type_name(ty: &Type) -> String {
+    if let Kind::Array(element) = ty.kind() {
+        return format!("{}[]", pg_type_name(element));
+    }
+    match *ty {
+        Type::BOOL => "boolean",
+        Type::INT2 => "smallint",
+        Type::INT4 => "integer",
+        Type::INT8 => "bigint",
+        Type::FLOAT4 => "real",
+        Type::FLOAT8 => "double precision",
+        Type::BPCHAR => "character",
+        Type::VARCHAR => "varchar",
+        _ => ty.name(),
+    }
+    .to_owned()
+}
+
+/// A Rust type as a user writes it: `String`, not `alloc::string::String`;
+/// `Option<Vec<i32>>`, not `core::option::Option<alloc::vec::Vec<i32>>`.
+pub fn rust_type_name<T: ?Sized>() -> String {
+    short_type_name(std::any::type_name::<T>())
+}
+
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            segment.push(c);
+        } else {
+            out.push_str(segment.rsplit("::").next().unwrap_or(&segment));
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(segment.rsplit("::").next().unwrap_or(&segment));
+    out
+}
+
 /// Reads a non-NULL value of a type tokio-postgres can decode, with typed errors.
 pub fn decode_required<T>(row: &Row, idx: usize, column: &str) -> Result<T>
 where
     T: for<'a> FromSql<'a>,
 {
-    match decode_optional::<T>(row, idx, column)? {
+    decode_named(row, idx, column, &rust_type_name::<T>())
+}
+
+/// [`decode_required`], naming the Rust type `rust` in errors.
+fn decode_named<T>(row: &Row, idx: usize, column: &str, rust: &str) -> Result<T>
+where
+    T: for<'a> FromSql<'a>,
+{
+    match decode_optional_named::<T>(row, idx, column, rust)? {
         Some(v) => Ok(v),
         None => Err(Error::mismatch(
             column,
@@ -234,6 +283,13 @@ pub fn decode_optional<T>(row: &Row, idx: usize, column: &str) -> Result<Option<
 where
     T: for<'a> FromSql<'a>,
 {
+    decode_optional_named(row, idx, column, &rust_type_name::<T>())
+}
+
+fn decode_optional_named<T>(row: &Row, idx: usize, column: &str, rust: &str) -> Result<Option<T>>
+where
+    T: for<'a> FromSql<'a>,
+{
     let Some(col) = row.columns().get(idx) else {
         return Err(Error::mismatch(
             column,
@@ -242,14 +298,10 @@ where
         ));
     };
     if !<T as FromSql>::accepts(col.type_()) {
-        return Err(Error::mismatch(
-            column,
-            std::any::type_name::<T>(),
-            col.type_().name(),
-        ));
+        return Err(Error::mismatch(column, rust, pg_type_name(col.type_())));
     }
     row.try_get::<_, Option<T>>(idx)
-        .map_err(|e| Error::mismatch(column, std::any::type_name::<T>(), e.to_string()))
+        .map_err(|e| Error::mismatch(column, rust, e.to_string()))
 }
 
 macro_rules! plain {
@@ -303,7 +355,7 @@ macro_rules! integer {
                 Value::$variant(None)
             }
             fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
-                decode_required::<Widened<$t>>(row, idx, column).map(|w| w.0)
+                decode_named::<Widened<$t>>(row, idx, column, stringify!($t)).map(|w| w.0)
             }
             fn is_unset_key(&self) -> bool {
                 *self == 0
@@ -533,6 +585,6 @@ pub mod json {
         let raw: serde_json::Value =
             decode_optional(row, idx, column)?.unwrap_or(serde_json::Value::Null);
         serde_json::from_value(raw)
-            .map_err(|e| Error::mismatch(column, std::any::type_name::<T>(), e.to_string()))
+            .map_err(|e| Error::mismatch(column, rust_type_name::<T>(), e.to_string()))
     }
 }

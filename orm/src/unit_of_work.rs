@@ -315,7 +315,7 @@ pub(crate) fn build_insert(
                 let updatable: Vec<&str> = included
                     .iter()
                     .map(|i| &meta.columns[*i])
-                    .filter(|c| !c.primary_key && !c.version)
+                    .filter(|c| !c.primary_key && !c.version && !c.generated)
                     .map(|c| c.name)
                     .collect();
                 if updatable.is_empty() {
@@ -457,7 +457,7 @@ pub(crate) fn build_update(
     let mut names = Vec::new();
     for &i in columns {
         let col = &meta.columns[i];
-        if col.primary_key || col.version {
+        if col.primary_key || col.version || col.generated {
             continue;
         }
         stmt.value(col.name, col.sql_type.coerce(values[i].clone(), col.name)?);

@@ -144,7 +144,7 @@ async fn bad_values_are_typed_errors_and_commit_nothing_partial() {
         )
         .await;
     assert!(
-        matches!(&wide, Err(Error::TypeMismatch { expected, .. }) if expected == "int4"),
+        matches!(&wide, Err(Error::TypeMismatch { expected, .. }) if expected == "integer"),
         "{wide:?}"
     );
     let nan = s

@@ -38,6 +38,9 @@ impl Captured {
 struct Capture {
     out: Captured,
     next_span: AtomicU64,
+    /// Each span's fields as text, and the spans entered now (innermost last): an event's text
+    /// starts with the fields of the spans it happened in.
+    spans: Mutex<(std::collections::HashMap<u64, String>, Vec<u64>)>,
 }
 
 struct Text(String);
@@ -57,8 +60,12 @@ impl Subscriber for Capture {
         true
     }
 
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed) + 1)
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        let id = self.next_span.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut text = Text(String::new());
+        attrs.record(&mut text);
+        self.spans.lock().expect("lock").0.insert(id, text.0);
+        Id::from_u64(id)
     }
 
     fn record(&self, _: &Id, _: &Record<'_>) {}
@@ -67,6 +74,14 @@ impl Subscriber for Capture {
 
     fn event(&self, event: &Event<'_>) {
         let mut text = Text(String::new());
+        {
+            let spans = self.spans.lock().expect("lock");
+            for id in &spans.1 {
+                if let Some(fields) = spans.0.get(id) {
+                    text.0.push_str(fields);
+                }
+            }
+        }
         event.record(&mut text);
         self.out
             .0
@@ -75,9 +90,16 @@ impl Subscriber for Capture {
             .push((*event.metadata().level(), text.0));
     }
 
-    fn enter(&self, _: &Id) {}
+    fn enter(&self, id: &Id) {
+        self.spans.lock().expect("lock").1.push(id.into_u64());
+    }
 
-    fn exit(&self, _: &Id) {}
+    fn exit(&self, id: &Id) {
+        let mut spans = self.spans.lock().expect("lock");
+        if let Some(at) = spans.1.iter().rposition(|s| *s == id.into_u64()) {
+            spans.1.remove(at);
+        }
+    }
 }
 
 /// Captures the events of this thread until the guard is dropped.
@@ -86,6 +108,7 @@ pub fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let guard = tracing::subscriber::set_default(Capture {
         out: out.clone(),
         next_span: AtomicU64::new(0),
+        spans: Mutex::default(),
     });
     (out, guard)
 }

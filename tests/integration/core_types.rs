@@ -182,7 +182,7 @@ async fn integer_width_follows_the_column_or_is_a_typed_error() {
             found,
         } => {
             assert_eq!(column, "n");
-            assert_eq!(expected, "int4");
+            assert_eq!(expected, "integer");
             assert!(found.contains("3000000000"), "{found}");
         }
         other => panic!("expected a type mismatch, got {other:?}"),
@@ -543,7 +543,7 @@ async fn a_bad_value_in_a_batch_is_a_typed_error_naming_its_column_and_nothing_i
         .expect("add");
     let err = s.flush(&conn).await.expect_err("does not fit");
     assert!(
-        matches!(&err, Error::TypeMismatch { column, expected, .. } if column == "n" && expected == "int4"),
+        matches!(&err, Error::TypeMismatch { column, expected, .. } if column == "n" && expected == "integer"),
         "{err:?}"
     );
     assert_eq!(s.tx_state(), TxState::Active);

@@ -16,6 +16,7 @@ mod hangs;
 mod models;
 mod pool;
 mod reclaim;
+mod schemas;
 mod sessions;
 mod soak;
 mod spares;
