@@ -68,7 +68,13 @@ pub use actor_orm_core::{
     ddl, now, sea_query, tokio_postgres, types,
 };
 pub use actor_orm_core::{
-    Cause, ConnectFuture, Connector, Driver, Holder, KeyValues, PlainConnector, PoolTimeout,
+    CancelStream, CancelTarget, Cause, ConnectFuture, Connector, Driver, Holder, KeyValues,
+    PlainConnector, PoolTimeout,
+};
+pub use actor_orm_core::{
+    Cidr, Inet, Interval, IpNet, JsonText, MacAddr, Money, NamedType, NoAverage, PgRange, PgType,
+    RangeElement, SQL_LOG, SearchVector, Summable, TextLike, TsVector, ValueFor, Xml, pg_type_name,
+    rust_type_name,
 };
 pub use actor_orm_derive::{DbEnum, Model};
 

@@ -6,7 +6,49 @@ use syn::{Data, DeriveInput, Error, Fields, Result};
 
 use crate::attr::{entries, snake_case};
 
-const ENUM_KEYS: &[(&str, &str)] = &[("type_name", "type_name = \"mood\"")];
+const ENUM_KEYS: &[(&str, &str)] = &[
+    ("type_name", "type_name = \"mood\""),
+    ("rename_all", "rename_all = \"kebab-case\""),
+];
+
+/// The spellings `rename_all` takes, as serde names them.
+const CASES: &[&str] = &[
+    "snake_case",
+    "kebab-case",
+    "SCREAMING_SNAKE_CASE",
+    "SCREAMING-KEBAB-CASE",
+    "lowercase",
+    "UPPERCASE",
+    "camelCase",
+    "PascalCase",
+];
+
+/// A variant's name in one of [`CASES`].
+fn spelled(variant: &str, case: &str) -> String {
+    let words: Vec<String> = snake_case(variant).split('_').map(str::to_owned).collect();
+    let capital = |w: &str| {
+        let mut c = w.chars();
+        c.next()
+            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+            .unwrap_or_default()
+    };
+    match case {
+        "kebab-case" => words.join("-"),
+        "SCREAMING_SNAKE_CASE" => words.join("_").to_uppercase(),
+        "SCREAMING-KEBAB-CASE" => words.join("-").to_uppercase(),
+        "lowercase" => words.concat(),
+        "UPPERCASE" => words.concat().to_uppercase(),
+        "camelCase" => {
+            let mut out = words.first().cloned().unwrap_or_default();
+            for w in words.iter().skip(1) {
+                out.push_str(&capital(w));
+            }
+            out
+        }
+        "PascalCase" => words.iter().map(|w| capital(w)).collect(),
+        _ => words.join("_"),
+    }
+}
 const VARIANT_KEYS: &[(&str, &str)] = &[("rename", "rename = \"label\"")];
 
 /// The derive, over token streams.
@@ -20,9 +62,22 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         ));
     };
     let mut type_name: Option<String> = None;
+    let mut case = "snake_case".to_owned();
     for e in entries(&input.attrs, ENUM_KEYS, "an enum")? {
         if e.key == "type_name" {
             type_name = Some(e.string("type_name = \"mood\"")?.value());
+        } else if e.key == "rename_all" {
+            let lit = e.string("rename_all = \"kebab-case\"")?;
+            case = lit.value();
+            if !CASES.contains(&case.as_str()) {
+                return Err(Error::new(
+                    lit.span(),
+                    format!(
+                        "unknown case `{case}` for rename_all; expected one of: {}",
+                        CASES.join(", ")
+                    ),
+                ));
+            }
         }
     }
     let mut idents = Vec::new();
@@ -34,7 +89,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 "#[derive(DbEnum)] variants cannot hold data",
             ));
         }
-        let mut label = snake_case(&v.ident.to_string());
+        let mut label = spelled(&v.ident.to_string(), &case);
         for e in entries(&v.attrs, VARIANT_KEYS, "a variant")? {
             if e.key == "rename" {
                 label = e.string("rename = \"label\"")?.value();

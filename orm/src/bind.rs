@@ -208,7 +208,34 @@ impl ToSql for Bind<'_> {
             Value::String(Some(s)) => self.encode_text(s, ty, out),
             Value::Char(Some(c)) => self.encode_text(c.encode_utf8(&mut [0; 4]), ty, out),
             Value::Enum(sea_query::OptionEnum::Some(e)) => self.encode_text(&e.value, ty, out),
-            Value::Bytes(Some(b)) => self.delegate(b, ty, out, "bytes"),
+            Value::Bytes(Some(b)) => match crate::pg_type::encoded(b) {
+                // A value of a PgType: written as encoded where the server expects its type.
+                Some(enc) => {
+                    let fits = enc.form != crate::pg_type::Form::Failed
+                        && (ty.oid() == 0 || ty.name() == enc.name);
+                    if !fits {
+                        let e = crate::pg_type::misplaced(&enc, self.target(), ty);
+                        return Err(Box::new(match e {
+                            Error::TypeMismatch {
+                                column,
+                                expected,
+                                found,
+                            } => BindError::Mismatch {
+                                target: column,
+                                expected,
+                                found,
+                            },
+                            other => BindError::Invalid(other.to_string()),
+                        }));
+                    }
+                    if enc.form == crate::pg_type::Form::Null {
+                        return Ok(IsNull::Yes);
+                    }
+                    out.extend_from_slice(enc.payload);
+                    Ok(IsNull::No)
+                }
+                None => self.delegate(b, ty, out, "bytes"),
+            },
             #[cfg(feature = "json")]
             Value::Json(Some(j)) => {
                 if contains_nul(j) {
@@ -295,7 +322,11 @@ pub(crate) fn param_type(v: &Value) -> Type {
         Value::Float(_) => Type::FLOAT4,
         Value::Double(_) => Type::FLOAT8,
         Value::String(_) | Value::Char(_) | Value::Enum(_) => Type::TEXT,
-        Value::Bytes(_) => Type::BYTEA,
+        Value::Bytes(Some(b)) => match crate::pg_type::encoded(b) {
+            Some(enc) => crate::pg_type::declared(enc.name, false),
+            None => Type::BYTEA,
+        },
+        Value::Bytes(None) => Type::BYTEA,
         #[cfg(feature = "json")]
         Value::Json(_) => Type::JSONB,
         #[cfg(feature = "uuid")]
@@ -308,6 +339,15 @@ pub(crate) fn param_type(v: &Value) -> Type {
         Value::ChronoDateTimeUtc(_) => Type::TIMESTAMPTZ,
         #[cfg(feature = "decimal")]
         Value::Decimal(_) => Type::NUMERIC,
+        Value::Array(sea_query::ArrayType::Bytes, Some(items)) => {
+            match items.iter().find_map(|v| match v {
+                Value::Bytes(Some(b)) => crate::pg_type::encoded(b),
+                _ => None,
+            }) {
+                Some(enc) => crate::pg_type::declared(enc.name, true),
+                None => Type::BYTEA_ARRAY,
+            }
+        }
         Value::Array(ty, _) => array_type(ty),
         #[allow(unreachable_patterns)]
         _ => Type::UNKNOWN,

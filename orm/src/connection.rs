@@ -52,6 +52,8 @@ pub struct Connection {
     cancel_target: Option<CancelTarget>,
     /// Whether the statement log shows bound values.
     log_values: AtomicBool,
+    /// Array types over mapped types, by element name (unnamed statements only).
+    types: Mutex<HashMap<String, tokio_postgres::types::Type>>,
 }
 
 /// The statement log's target: `RUST_LOG=actor_orm::sql=debug` shows every statement.
@@ -99,6 +101,7 @@ impl Connection {
             driver: OnceLock::new(),
             cancel_target: None,
             log_values: AtomicBool::new(false),
+            types: Mutex::default(),
         }
     }
 
@@ -311,6 +314,47 @@ impl Connection {
         })
     }
 
+    /// The array type over the type named `name` (for arrays of a [`PgType`](crate::PgType) in
+    /// unnamed statements, whose encoding carries the element's OID), asked once per connection
+    /// with a simple query (no named statement, so PgBouncer's transaction mode is fine).
+    async fn array_of(&self, name: &str) -> Result<tokio_postgres::types::Type> {
+        use tokio_postgres::types::{Kind, Type};
+        if let Some(t) = self.types.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(t);
+        }
+        self.count();
+        // The name is bound into a literal by quoting: a type name written in the program, not
+        // data, and quoted as SQL quotes a literal.
+        let literal = name.replace('\'', "''");
+        let rows = self
+            .client
+            .simple_query(&format!(
+                "SELECT oid::text, typarray::text FROM pg_type WHERE oid = '{literal}'::regtype"
+            ))
+            .await?;
+        let found = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get(0).and_then(|v| v.parse::<u32>().ok())?,
+                r.get(1).and_then(|v| v.parse::<u32>().ok())?,
+            )),
+            _ => None,
+        });
+        let Some((oid, array)) = found else {
+            return Err(Error::InvalidInput(format!("no type named {name}")));
+        };
+        let element = Type::new(name.to_owned(), oid, Kind::Simple, String::new());
+        let t = Type::new(
+            format!("_{name}"),
+            array,
+            Kind::Array(element),
+            String::new(),
+        );
+        if let Ok(mut m) = self.types.lock() {
+            m.insert(name.to_owned(), t.clone());
+        }
+        Ok(t)
+    }
+
     /// Forgets cached statements (after `DISCARD ALL`, which deallocates them on the server).
     pub fn clear_statement_cache(&self) {
         if let Ok(mut cache) = self.cache.lock() {
@@ -437,10 +481,17 @@ impl Connection {
                 Ok(self.client.query(&stmt, &params).await?)
             }
             StatementMode::Unnamed => {
-                let typed: Vec<(&(dyn ToSql + Sync), tokio_postgres::types::Type)> = binds
-                    .iter()
-                    .map(|b| (b as &(dyn ToSql + Sync), crate::bind::param_type(b.value())))
-                    .collect();
+                let mut typed: Vec<(&(dyn ToSql + Sync), tokio_postgres::types::Type)> =
+                    Vec::with_capacity(binds.len());
+                for b in &binds {
+                    let mut ty = crate::bind::param_type(b.value());
+                    if let (0, tokio_postgres::types::Kind::Array(element)) = (ty.oid(), ty.kind())
+                    {
+                        // An array's encoding names its element type's OID: ask the server.
+                        ty = self.array_of(element.name()).await?;
+                    }
+                    typed.push((b as &(dyn ToSql + Sync), ty));
+                }
                 self.note_sql(sql);
                 self.count();
                 Ok(self.client.query_typed(sql, &typed).await?)

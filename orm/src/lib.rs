@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used)]
 
 mod bind;
+mod builtin;
 mod cancel;
 mod connection;
 mod connector;
@@ -19,6 +20,7 @@ mod flight;
 mod identity;
 mod lock;
 mod model;
+mod pg_type;
 mod query;
 mod session;
 pub mod types;
@@ -61,6 +63,9 @@ mod tests {
     }
 }
 
+pub use builtin::{
+    Cidr, Inet, Interval, IpNet, JsonText, MacAddr, Money, PgRange, RangeElement, TsVector, Xml,
+};
 pub use cancel::{CancelStream, CancelTarget};
 pub use connection::{Connection, SQL_LOG, StatementMode};
 pub use connector::{ConnectFuture, Connector, Driver, PlainConnector};
@@ -69,16 +74,17 @@ pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now}
 pub use identity::IdentityMap;
 pub use lock::Lock;
 pub use model::{
-    Column, ColumnMeta, IntoKey, Key, KeyValues, Model, ModelMeta, TextLike, ValueFor,
+    Column, ColumnMeta, IntoKey, Key, KeyValues, Model, ModelMeta, SearchVector, TextLike, ValueFor,
 };
+pub use pg_type::PgType;
 pub use query::{
-    Aggregate, DeleteWhere, Filter, OnConflict, Ordering, Project, Select, SelectPair, Selection,
-    UpdateWhere, count_all,
+    Aggregate, DeleteWhere, Filter, NoAverage, OnConflict, Ordering, Project, Select, SelectPair,
+    Selection, Summable, UpdateWhere, count_all,
 };
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use tokio_postgres;
-pub use types::{ColumnValue, DbEnum, SqlType, pg_type_name, rust_type_name};
+pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};
 pub use unit_of_work::UnitOfWork;
 
 /// Whether one SQL statement cannot change the connection's transaction state: it starts with

@@ -517,6 +517,48 @@ impl<M: Model, T: ColumnValue + TextLike> Column<M, T> {
     }
 }
 
+/// Full-text search on a `tsvector` column: a plain read (no transaction is opened for it).
+impl<M: Model, T: ColumnValue + SearchVector> Column<M, T> {
+    /// `column @@ websearch_to_tsquery($query)`: the query as people type it into a search box
+    /// (`"fat rat" or cat -dog`), parsed with the server's default text search configuration.
+    pub fn matches(self, query: &str) -> Filter {
+        Filter::typed(Expr::cust_with_exprs(
+            "$1 @@ websearch_to_tsquery($2)",
+            [self.expr(), Expr::val(query)],
+        ))
+    }
+    /// [`matches`](Self::matches) with a text search configuration (`english`, `simple`), bound
+    /// as a value.
+    pub fn matches_in(self, config: &str, query: &str) -> Filter {
+        Filter::typed(Expr::cust_with_exprs(
+            "$1 @@ websearch_to_tsquery(CAST(CAST($2 AS text) AS regconfig), $3)",
+            [self.expr(), Expr::val(config), Expr::val(query)],
+        ))
+    }
+}
+
+/// Full-text search on a text column, through `to_tsvector` (an expression index on
+/// `to_tsvector(config, column)` serves it).
+impl<M: Model, T: ColumnValue + TextLike> Column<M, T> {
+    /// `to_tsvector($config, column) @@ websearch_to_tsquery($config, $query)`.
+    pub fn text_matches(self, config: &str, query: &str) -> Filter {
+        Filter::typed(Expr::cust_with_exprs(
+            "to_tsvector(CAST(CAST($1 AS text) AS regconfig), $2) @@ websearch_to_tsquery(CAST(CAST($3 AS text) AS regconfig), $4)",
+            [
+                Expr::val(config),
+                self.expr(),
+                Expr::val(config),
+                Expr::val(query),
+            ],
+        ))
+    }
+}
+
+/// `tsvector` columns, for [`Column::matches`].
+pub trait SearchVector {}
+impl SearchVector for crate::TsVector {}
+impl SearchVector for Option<crate::TsVector> {}
+
 /// Types stored as text, for LIKE and ILIKE.
 pub trait TextLike {}
 impl TextLike for String {}

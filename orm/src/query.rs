@@ -422,13 +422,82 @@ impl<M: Model, T: ColumnValue> Column<M, T> {
             "sum",
         )
     }
-    /// `AVG(column)` as double precision, NULL over no rows.
-    pub fn avg(self) -> Aggregate<Option<f64>> {
+    /// `AVG(column)` cast to double precision, NULL over no rows.
+    pub fn avg_f64(self) -> Aggregate<Option<f64>> {
         Aggregate::new(
             cast(Func::avg(self.expr()).into(), "double precision"),
             "avg",
         )
     }
+}
+
+impl<M: Model, T: ColumnValue + Summable> Column<M, T> {
+    /// `SUM(column)`, typed as PostgreSQL types it: `bigint` (`i64`) over `smallint` and
+    /// `integer`, `numeric` (`Decimal`) over `bigint` and `numeric`, `real` and `double
+    /// precision` over themselves, `interval` and `money` over themselves. NULL over no rows.
+    pub fn sum(self) -> Aggregate<Option<T::Sum>>
+    where
+        Option<T::Sum>: ColumnValue,
+    {
+        Aggregate::new(Func::sum(self.expr()).into(), "sum")
+    }
+    /// `AVG(column)`, typed as PostgreSQL types it: `numeric` (`Decimal`) over integers and
+    /// `numeric`, `double precision` (`f64`) over floats, `interval` over `interval`. NULL over
+    /// no rows.
+    pub fn avg(self) -> Aggregate<Option<T::Avg>>
+    where
+        Option<T::Avg>: ColumnValue,
+    {
+        Aggregate::new(Func::avg(self.expr()).into(), "avg")
+    }
+}
+
+/// Column types with `SUM` and `AVG`, and the Rust types of their results (what PostgreSQL
+/// returns: the sum of `integer`s is a `bigint`, their average a `numeric`).
+pub trait Summable {
+    /// The type of `SUM`.
+    type Sum;
+    /// The type of `AVG`.
+    type Avg;
+}
+
+macro_rules! summable {
+    ($t:ty, $sum:ty, $avg:ty) => {
+        impl Summable for $t {
+            type Sum = $sum;
+            type Avg = $avg;
+        }
+    };
+}
+#[cfg(feature = "decimal")]
+summable!(i16, i64, rust_decimal::Decimal);
+#[cfg(feature = "decimal")]
+summable!(i32, i64, rust_decimal::Decimal);
+#[cfg(feature = "decimal")]
+summable!(i64, rust_decimal::Decimal, rust_decimal::Decimal);
+#[cfg(feature = "decimal")]
+summable!(
+    rust_decimal::Decimal,
+    rust_decimal::Decimal,
+    rust_decimal::Decimal
+);
+summable!(f32, f32, f64);
+summable!(f64, f64, f64);
+summable!(crate::Interval, crate::Interval, crate::Interval);
+
+/// `money` has `SUM` but no `AVG`.
+impl Summable for crate::Money {
+    type Sum = crate::Money;
+    type Avg = NoAverage;
+}
+
+/// The `AVG` type of a type PostgreSQL cannot average (`money`): `avg()` does not compile.
+#[derive(Debug)]
+pub enum NoAverage {}
+
+impl<T: Summable> Summable for Option<T> {
+    type Sum = T::Sum;
+    type Avg = T::Avg;
 }
 
 macro_rules! tuple_selection {

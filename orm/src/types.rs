@@ -64,6 +64,18 @@ pub enum SqlType {
     Enum(&'static str),
     /// An array of the element type.
     Array(&'static SqlType),
+    /// A type the ORM knows by name only: a [`PgType`](crate::PgType), mapped by the user or
+    /// built in (`interval`, `inet`, `hstore`, ranges, …).
+    Named(&'static NamedType),
+}
+
+/// A PostgreSQL type known by name (see [`SqlType::Named`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamedType {
+    /// The name, as in `pg_type` and in DDL.
+    pub name: &'static str,
+    /// Whether PostgreSQL has an equality operator for it.
+    pub equality: bool,
 }
 
 impl SqlType {
@@ -87,6 +99,7 @@ impl SqlType {
             SqlType::Numeric => "numeric".into(),
             SqlType::Enum(name) => crate::quote_ident(name),
             SqlType::Array(inner) => format!("{}[]", inner.ddl()),
+            SqlType::Named(t) => t.name.to_owned(),
         }
     }
 
@@ -95,6 +108,7 @@ impl SqlType {
     pub fn has_equality(&self) -> bool {
         match self {
             SqlType::Array(element) => element.has_equality(),
+            SqlType::Named(t) => t.equality,
             SqlType::Bool
             | SqlType::SmallInt
             | SqlType::Integer
@@ -194,7 +208,8 @@ pub(crate) fn check_text(s: &str, column: &str) -> Result<()> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be stored in a column",
     label = "unsupported field type",
-    note = "supported: bool, i16, i32, i64, f32, f64, String, Vec<u8>, Vec<T>, Option<T>, uuid::Uuid, chrono dates and times, serde_json::Value, rust_decimal::Decimal, enums with #[derive(DbEnum)], or any serde type with #[orm(json)]"
+    note = "supported: bool, i16, i32, i64, f32, f64, String, Vec<u8>, Vec<T>, Option<T>, uuid::Uuid, chrono dates and times, serde_json::Value, rust_decimal::Decimal, Interval, Inet, Cidr, IpAddr, MacAddr, Money, PgRange<T>, HashMap<String, Option<String>> (hstore), TsVector, Xml, JsonText, u32 (oid), enums with #[derive(DbEnum)], any serde type with #[orm(json)], or a type of your own that implements PgType",
+    note = "multi-dimensional arrays (Vec<Vec<T>>) are not supported: store them with #[orm(json)], or map a type of your own with PgType"
 )]
 pub trait ColumnValue: Sized + Send + Sync + 'static {
     /// The column type this Rust type maps to.

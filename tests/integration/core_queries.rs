@@ -215,7 +215,7 @@ async fn aggregates_projections_and_joins() {
                 User::AGE.max(),
                 User::AGE.min(),
                 User::AGE.sum_i64(),
-                User::AGE.avg(),
+                User::AGE.avg_f64(),
             )),
         )
         .await
