@@ -72,9 +72,9 @@ pub use actor_orm_core::{
     PlainConnector, PoolTimeout,
 };
 pub use actor_orm_core::{
-    Cidr, Inet, Interval, IpNet, JsonText, MacAddr, Money, NamedType, NoAverage, PgRange, PgType,
-    RangeElement, SQL_LOG, SearchVector, Summable, TextLike, TsVector, ValueFor, Xml, pg_type_name,
-    rust_type_name,
+    Cidr, Inet, Interval, IpNet, JsonText, Keyed, MacAddr, Money, NamedType, NoAverage, PgRange,
+    PgType, RangeElement, SQL_LOG, SearchVector, SingleKey, Summable, TextLike, TsVector, ValueFor,
+    Writable, Xml, pg_type_name, rust_type_name,
 };
 pub use actor_orm_derive::{DbEnum, Model};
 

@@ -172,7 +172,10 @@ impl Session {
 
     /// The row of `M` with this key: from the session's identity map when already loaded,
     /// else one SELECT.
-    pub async fn get<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
+    pub async fn get<M: Model + actor_orm_core::Keyed>(
+        &self,
+        key: impl IntoKey<M>,
+    ) -> Result<Option<M>> {
         let key = KeyValues(key.into_key_values());
         self.read(move |s, c| Box::pin(s.get::<M>(c, key.clone())))
             .await
@@ -182,13 +185,16 @@ impl Session {
     /// sessions that lock or write it wait for this one's COMMIT or ROLLBACK. Opens the
     /// transaction, always asks the server, and refreshes the session's copy of the row (so a
     /// `save` of it checks against what was locked).
-    pub async fn get_for_update<M: Model>(&self, key: impl IntoKey<M>) -> Result<Option<M>> {
+    pub async fn get_for_update<M: Model + actor_orm_core::Keyed>(
+        &self,
+        key: impl IntoKey<M>,
+    ) -> Result<Option<M>> {
         self.get_locked(key, Lock::update()).await
     }
 
     /// [`get_for_update`](Self::get_for_update) with any [`Lock`]: `Lock::share()`,
     /// `Lock::update().nowait()` (a held row fails at once with SQLSTATE 55P03), ….
-    pub async fn get_locked<M: Model>(
+    pub async fn get_locked<M: Model + actor_orm_core::Keyed>(
         &self,
         key: impl IntoKey<M>,
         lock: Lock,
@@ -201,7 +207,7 @@ impl Session {
     }
 
     /// The rows of `M` with these keys, in one statement for those not loaded yet.
-    pub async fn get_many<M: Model, K: IntoKey<M>>(
+    pub async fn get_many<M: Model + actor_orm_core::Keyed, K: IntoKey<M>>(
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<M>> {
@@ -269,13 +275,16 @@ impl Session {
     // ----- writes -----
 
     /// Queues `model` for INSERT at the next flush. Bad values are refused now.
-    pub async fn add<M: Model>(&self, model: M) -> Result<()> {
+    pub async fn add<M: Model + actor_orm_core::Writable>(&self, model: M) -> Result<()> {
         self.local(move |s| s.add(model)).await
     }
 
     /// Queues many models for INSERT at the next flush, in one message. All are checked first;
     /// if one is refused, none is queued.
-    pub async fn add_all<M: Model>(&self, models: impl IntoIterator<Item = M>) -> Result<()> {
+    pub async fn add_all<M: Model + actor_orm_core::Writable>(
+        &self,
+        models: impl IntoIterator<Item = M>,
+    ) -> Result<()> {
         let models: Vec<M> = models.into_iter().collect();
         self.local(move |s| s.add_all(models)).await
     }
@@ -283,7 +292,7 @@ impl Session {
     /// Queues models for INSERT at the next flush with nothing read back (no `RETURNING`): for
     /// rows this session will not use again, such as log or history rows. They do not enter the
     /// identity map. All are checked first; if one is refused, none is queued.
-    pub async fn add_without_returning<M: Model>(
+    pub async fn add_without_returning<M: Model + actor_orm_core::Writable>(
         &self,
         models: impl IntoIterator<Item = M>,
     ) -> Result<()> {
@@ -292,13 +301,47 @@ impl Session {
     }
 
     /// Inserts `model` now and returns it as stored (generated key and defaults filled in).
-    pub async fn insert<M: Model>(&self, model: M) -> Result<M> {
+    pub async fn insert<M: Model + actor_orm_core::Writable>(&self, model: M) -> Result<M> {
         self.call(Mode::Complete, move |s, c| Box::pin(s.insert(c, model)))
             .await
     }
 
+    /// Inserts every model now, one statement per batch, and returns the stored rows in the
+    /// order given (generated keys, defaults and generated columns filled in), matched to their
+    /// inputs by key or by an ordinal sent with the batch, never by the order of `RETURNING`.
+    ///
+    /// ```no_run
+    /// # use actor_orm::{Model, Pool};
+    /// # #[derive(Model, Clone)] struct Film { #[orm(primary_key, auto_increment)] film_id: i32, title: String }
+    /// # async fn f(pool: Pool) -> actor_orm::Result<()> {
+    /// let s = pool.session().await?;
+    /// let films = s
+    ///     .insert_all(vec![
+    ///         Film { film_id: 0, title: "Academy Dinosaur".into() },
+    ///         Film { film_id: 0, title: "Ace Goldfinger".into() },
+    ///     ])
+    ///     .await?;
+    /// assert!(films[0].film_id != 0 && films[0].title == "Academy Dinosaur");
+    /// s.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert_all<M: Model + actor_orm_core::Writable>(
+        &self,
+        models: impl IntoIterator<Item = M>,
+    ) -> Result<Vec<M>> {
+        let models: Vec<M> = models.into_iter().collect();
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(s.insert_all(c, models))
+        })
+        .await
+    }
+
     /// INSERT … ON CONFLICT: the stored row, or `None` when the conflict did nothing.
-    pub async fn upsert<M: Model>(&self, model: M, on_conflict: OnConflict) -> Result<Option<M>> {
+    pub async fn upsert<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
+        &self,
+        model: M,
+        on_conflict: OnConflict,
+    ) -> Result<Option<M>> {
         self.call(Mode::Complete, move |s, c| {
             Box::pin(s.upsert(c, model, on_conflict))
         })
@@ -312,12 +355,18 @@ impl Session {
     /// A row changed by someone else in between fails the flush with [`Error::Stale`] instead of
     /// being overwritten (see [`SessionState::save`] for the cost and how to turn it off);
     /// [`Pool::transaction`](crate::Pool::transaction) runs the work again on it.
-    pub async fn save<M: Model>(&self, model: M) -> Result<()> {
+    pub async fn save<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
+        &self,
+        model: M,
+    ) -> Result<()> {
         self.local(move |s| s.save(model)).await
     }
 
     /// Queues `model`'s row for DELETE at the next flush.
-    pub async fn delete<M: Model>(&self, model: M) -> Result<()> {
+    pub async fn delete<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
+        &self,
+        model: M,
+    ) -> Result<()> {
         self.local(move |s| s.delete(&model)).await
     }
 
@@ -329,7 +378,10 @@ impl Session {
     /// UPDATE … WHERE for many rows at once, with no `RETURNING`; returns how many changed.
     /// New values may be expressions over the row (`Account::BALANCE.add(delta)`), computed by
     /// the server from the row as it is when the UPDATE runs, so no concurrent change is lost.
-    pub async fn update_where<M: Model>(&self, update: UpdateWhere<M>) -> Result<u64> {
+    pub async fn update_where<M: Model + actor_orm_core::Writable>(
+        &self,
+        update: UpdateWhere<M>,
+    ) -> Result<u64> {
         self.call(Mode::Cancellable, move |s, c| {
             Box::pin(s.update_where(c, update))
         })
@@ -338,7 +390,10 @@ impl Session {
 
     /// [`update_where`](Self::update_where) that reads the updated rows back (`RETURNING`),
     /// e.g. one row by key: `UpdateWhere::<Account>::key(7).set(..)`.
-    pub async fn update_returning<M: Model>(&self, update: UpdateWhere<M>) -> Result<Vec<M>> {
+    pub async fn update_returning<M: Model + actor_orm_core::Writable>(
+        &self,
+        update: UpdateWhere<M>,
+    ) -> Result<Vec<M>> {
         self.call(Mode::Cancellable, move |s, c| {
             Box::pin(s.update_returning(c, update))
         })
@@ -346,7 +401,10 @@ impl Session {
     }
 
     /// DELETE … WHERE for many rows at once; returns how many went.
-    pub async fn delete_where<M: Model>(&self, delete: DeleteWhere<M>) -> Result<u64> {
+    pub async fn delete_where<M: Model + actor_orm_core::Writable>(
+        &self,
+        delete: DeleteWhere<M>,
+    ) -> Result<u64> {
         self.call(Mode::Cancellable, move |s, c| {
             Box::pin(s.delete_where(c, delete))
         })

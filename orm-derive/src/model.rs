@@ -11,6 +11,8 @@ const STRUCT_KEYS: &[(&str, &str)] = &[
     ("table_name", "table_name = \"users\""),
     ("schema", "schema = \"app\""),
     ("dirty_check", "dirty_check = false"),
+    ("read_only", "read_only"),
+    ("no_key", "no_key"),
 ];
 
 const FIELD_KEYS: &[(&str, &str)] = &[
@@ -68,11 +70,15 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
     let mut table = snake_case(&name.to_string());
     let mut schema: Option<String> = None;
     let mut dirty_check = true;
+    let mut read_only = false;
+    let mut no_key = false;
     for e in entries(&input.attrs, STRUCT_KEYS, "a struct")? {
         match e.key.to_string().as_str() {
             "table_name" => table = e.string("table_name = \"users\"")?.value(),
             "schema" => schema = Some(e.string("schema = \"app\"")?.value()),
             "dirty_check" => dirty_check = e.bool("dirty_check = false")?,
+            "read_only" => read_only = true,
+            "no_key" => no_key = true,
             _ => {}
         }
     }
@@ -163,12 +169,19 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         }
         fields.push(field);
     }
-    if !fields.iter().any(|f| f.primary_key) {
+    let has_key = fields.iter().any(|f| f.primary_key);
+    if !has_key && !read_only && !no_key {
         return Err(Error::new(
             name.span(),
             format!(
-                "model `{name}` has no primary key; mark one or more fields with #[orm(primary_key)]"
+                "model `{name}` has no primary key; mark one or more fields with #[orm(primary_key)], or the struct with #[orm(read_only)] (a view) or #[orm(no_key)] (a table without a key: queried and inserted into, never saved or deleted)"
             ),
+        ));
+    }
+    if has_key && no_key {
+        return Err(Error::new(
+            name.span(),
+            "#[orm(no_key)] is for a table without a primary key, but a field is marked #[orm(primary_key)]",
         ));
     }
     if fields.iter().filter(|f| f.version).count() > 1 {
@@ -335,6 +348,21 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         quote!(.without_dirty_check())
     };
 
+    let keys = fields.iter().filter(|f| f.primary_key).count();
+    let keyed = match keys {
+        0 => quote!(),
+        1 => quote! {
+            #[automatically_derived] impl #krate::Keyed for #name {}
+            #[automatically_derived] impl #krate::SingleKey for #name {}
+        },
+        _ => quote!(#[automatically_derived] impl #krate::Keyed for #name {}),
+    };
+    let writable = if read_only {
+        quote!()
+    } else {
+        quote!(#[automatically_derived] impl #krate::Writable for #name {})
+    };
+
     Ok(quote_spanned! {span=>
         #(#type_checks)*
         #(#reference_checks)*
@@ -376,6 +404,9 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 })
             }
         }
+
+        #keyed
+        #writable
 
         #[automatically_derived]
         impl #name {

@@ -129,6 +129,10 @@ impl IdentityMap {
 
     /// Records the row of `M` with this key, replacing an older snapshot.
     pub fn insert<M: Model>(&mut self, key: Key, model: M) {
+        if !M::meta().has_key() {
+            // A view or a key-less table: rows have no identity to keep them by.
+            return;
+        }
         self.tables
             .entry(M::meta().identity())
             .or_default()
@@ -141,7 +145,7 @@ impl IdentityMap {
     /// are indexed when a row of `M` is next looked up.
     pub fn insert_rows<M: Model>(&mut self, keys: Vec<Key>, rows: Vec<Row>) {
         debug_assert_eq!(keys.len(), rows.len());
-        if rows.is_empty() {
+        if rows.is_empty() || !M::meta().has_key() {
             return;
         }
         self.tables

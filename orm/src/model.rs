@@ -141,6 +141,11 @@ impl ModelMeta {
         self
     }
 
+    /// Whether the model has a primary key (views and key-less tables do not).
+    pub fn has_key(&self) -> bool {
+        self.columns.iter().any(|c| c.primary_key)
+    }
+
     /// Positions of the primary-key columns.
     pub fn key_columns(&self) -> impl Iterator<Item = (usize, &ColumnMeta)> {
         self.columns
@@ -213,6 +218,25 @@ pub trait Model: Clone + Send + Sync + 'static {
         ))
     }
 }
+
+/// A model with a primary key: it can be read by key ([`get`](crate::SessionState::get)), saved
+/// and deleted, and its rows are kept in the identity map. `#[derive(Model)]` implements it for
+/// every model with a `#[orm(primary_key)]` field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no primary key",
+    label = "a model without a primary key",
+    note = "reading by key, save and delete need a key: mark one or more fields with #[orm(primary_key)]; views and key-less tables are queried with Select"
+)]
+pub trait Keyed: Model {}
+
+/// A model whose rows the ORM may write: every model but one marked `#[orm(read_only)]` (a
+/// view or a materialized view).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is read-only",
+    label = "a view (#[orm(read_only)])",
+    note = "a model marked #[orm(read_only)] maps a view or a materialized view: it is queried, never written"
+)]
+pub trait Writable: Model {}
 
 /// A primary-key value: one part per key column.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -320,13 +344,22 @@ pub trait IntoKey<M: Model> {
     fn into_key_values(self) -> Vec<Value>;
 }
 
-impl<M: Model, T: ColumnValue> IntoKey<M> for T {
+/// A model whose primary key is one column, so that a plain value names a row (a composite key
+/// takes a tuple: giving one value for it does not compile).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no one-column primary key: a single value cannot name a row",
+    label = "a model with a composite key",
+    note = "give the key as a tuple, one value per key column in key order, e.g. `(payment_id, paid_on)`"
+)]
+pub trait SingleKey: Keyed {}
+
+impl<M: Model + SingleKey, T: ColumnValue> IntoKey<M> for T {
     fn into_key_values(self) -> Vec<Value> {
         vec![self.to_value()]
     }
 }
 
-impl<M: Model> IntoKey<M> for &str {
+impl<M: Model + SingleKey> IntoKey<M> for &str {
     fn into_key_values(self) -> Vec<Value> {
         vec![Value::String(Some(self.to_owned()))]
     }

@@ -1,6 +1,7 @@
 //! Everything a session does over one connection: the identity map, the unit of work and the
 //! transaction, with no actors. The session actor owns one [`SessionState`] and drives it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::task::Poll;
 
@@ -496,7 +497,7 @@ impl SessionState {
     // ----- reads -----
 
     /// The row of `M` with this key: from the identity map when loaded, else one SELECT.
-    pub async fn get<M: Model>(
+    pub async fn get<M: Model + crate::Keyed>(
         &mut self,
         conn: &Connection,
         key: impl IntoKey<M>,
@@ -526,7 +527,7 @@ impl SessionState {
 
     /// The rows of `M` with these keys, in the keys' order, skipping missing ones: identity-map
     /// hits cost nothing, the rest come in one SELECT … IN.
-    pub async fn get_many<M: Model, K: IntoKey<M>>(
+    pub async fn get_many<M: Model + crate::Keyed, K: IntoKey<M>>(
         &mut self,
         conn: &Connection,
         keys: impl IntoIterator<Item = K>,
@@ -550,7 +551,7 @@ impl SessionState {
     /// The row of `M` with this key, read with a row lock ([`Lock`]) that holds until the
     /// transaction ends. Always asks the server (the identity map cannot know about locks),
     /// opens the transaction, and refreshes the session's copy of the row.
-    pub async fn get_locked<M: Model>(
+    pub async fn get_locked<M: Model + crate::Keyed>(
         &mut self,
         conn: &Connection,
         key: impl IntoKey<M>,
@@ -680,7 +681,7 @@ impl SessionState {
     // ----- writes -----
 
     /// Queues an INSERT, sent at the next flush (or query, or commit).
-    pub fn add<M: Model>(&mut self, model: M) -> Result<()> {
+    pub fn add<M: Model + crate::Writable>(&mut self, model: M) -> Result<()> {
         // Refuse bad values now, while the caller can still fix them, not at flush time.
         let values = model.values()?;
         for (col, v) in M::meta().columns.iter().zip(values) {
@@ -695,14 +696,17 @@ impl SessionState {
 
     /// [`SessionState::add`] for many models: all are checked first; if one is refused, none is
     /// queued.
-    pub fn add_all<M: Model>(&mut self, models: Vec<M>) -> Result<()> {
+    pub fn add_all<M: Model + crate::Writable>(&mut self, models: Vec<M>) -> Result<()> {
         self.queue_inserts(models, true)
     }
 
     /// Queues INSERTs that read nothing back (no `RETURNING`): for rows the session will not
     /// use again, such as log or history rows. They do not enter the identity map. All are
     /// checked first; if one is refused, none is queued.
-    pub fn add_without_returning<M: Model>(&mut self, models: Vec<M>) -> Result<()> {
+    pub fn add_without_returning<M: Model + crate::Writable>(
+        &mut self,
+        models: Vec<M>,
+    ) -> Result<()> {
         self.queue_inserts(models, false)
     }
 
@@ -720,8 +724,94 @@ impl SessionState {
         Ok(())
     }
 
+    /// Inserts every model now, one statement per batch, and returns the stored rows in the
+    /// order given, with generated keys, defaults and generated columns filled in. Returned rows
+    /// are matched to their inputs by key, or — when the database generates the key — by an
+    /// ordinal sent with the batch (`unnest … WITH ORDINALITY`): PostgreSQL does not promise the
+    /// order of `RETURNING` rows. Rows that cannot be matched either way — a key from another
+    /// kind of default (`gen_random_uuid()`), a composite key with a generated part, a table
+    /// without a key — are inserted one statement each.
+    pub async fn insert_all<M: Model + crate::Writable>(
+        &mut self,
+        conn: &Connection,
+        models: Vec<M>,
+    ) -> Result<Vec<M>> {
+        self.flush(conn).await?;
+        let meta = M::meta();
+        let mut stored: Vec<Option<M>> = (0..models.len()).map(|_| None).collect();
+        let pending: Vec<&dyn Pending> = models.iter().map(|m| m as &dyn Pending).collect();
+        let mut start = 0;
+        for batch in batches(&pending) {
+            let range = start..start + batch.len();
+            start = range.end;
+            let included = unit_of_work::included_columns(meta, batch[0]);
+            let keys_given =
+                meta.has_key() && meta.key_columns().all(|(i, _)| included.contains(&i));
+            let numbered = !keys_given
+                && batch.len() > 1
+                && conn.mode() == crate::StatementMode::Prepared
+                && unit_of_work::generated_key(meta).is_some();
+            if batch.len() == 1 || (!keys_given && !numbered) {
+                for (at, model) in range.clone().zip(models[range.clone()].iter()) {
+                    let row = self.write_one(conn, model.clone(), None).await?;
+                    stored[at] = row;
+                }
+                continue;
+            }
+            if numbered {
+                let types = conn
+                    .param_types(&unit_of_work::insert_probe(meta, &included))
+                    .await?;
+                let built = unit_of_work::build_insert_numbered(meta, &batch, &included, &types)?;
+                let rows = self
+                    .run_query(conn, &built.sql, &built.values, Some(&built.columns))
+                    .await?;
+                let positions: Vec<usize> = (1..=meta.columns.len()).collect();
+                for row in &rows {
+                    let n: i64 = row.try_get(0).map_err(Error::from)?;
+                    let at = usize::try_from(n - 1)
+                        .ok()
+                        .filter(|i| *i < batch.len())
+                        .ok_or_else(|| Error::InvalidInput(format!("ordinal {n} out of range")))?;
+                    let model = M::from_row(row, &positions)?;
+                    self.identity.insert(model.key()?, model.clone());
+                    stored[range.start + at] = Some(model);
+                }
+                continue;
+            }
+            // Keys given: each returned row is matched to its input by key.
+            let built = batch_insert(conn, &batch, true).await?;
+            let rows = self
+                .run_query(conn, &built.sql, &built.values, Some(&built.columns))
+                .await?;
+            let mut by_key: HashMap<Key, usize> = HashMap::with_capacity(batch.len());
+            for (at, model) in range.clone().zip(models[range.clone()].iter()) {
+                by_key.insert(model.key()?, at);
+            }
+            for row in &rows {
+                let model = self.remember::<M>(row)?;
+                if let Some(at) = by_key.get(&model.key()?) {
+                    stored[*at] = Some(model);
+                }
+            }
+        }
+        stored
+            .into_iter()
+            .map(|m| {
+                m.ok_or_else(|| Error::NotFound {
+                    table: meta.table.into(),
+                    key: "(an inserted row: no row came back for it)".into(),
+                })
+            })
+            .collect()
+    }
+
     /// Inserts now and returns the stored row, with generated keys and defaults filled in.
-    pub async fn insert<M: Model>(&mut self, conn: &Connection, model: M) -> Result<M> {
+    pub async fn insert<M: Model + crate::Writable>(
+        &mut self,
+        conn: &Connection,
+        model: M,
+    ) -> Result<M> {
         self.flush(conn).await?;
         let table = M::meta().table;
         self.write_one(conn, model, None)
@@ -734,7 +824,7 @@ impl SessionState {
 
     /// INSERT … ON CONFLICT (key) DO UPDATE / DO NOTHING; returns the stored row (`None` when
     /// DO NOTHING kept an existing row).
-    pub async fn upsert<M: Model>(
+    pub async fn upsert<M: Model + crate::Keyed + crate::Writable>(
         &mut self,
         conn: &Connection,
         model: M,
@@ -771,7 +861,7 @@ impl SessionState {
     /// (`json`, `xml`, `point`) are not compared. It can be turned off per model
     /// (`#[orm(dirty_check = false)]`), per session ([`set_dirty_check`](Self::set_dirty_check))
     /// or per pool; a model not loaded in this session has nothing to compare with.
-    pub fn save<M: Model>(&mut self, model: M) -> Result<()> {
+    pub fn save<M: Model + crate::Keyed + crate::Writable>(&mut self, model: M) -> Result<()> {
         let meta = M::meta();
         let key = model.key()?;
         let values = model.values()?;
@@ -829,7 +919,7 @@ impl SessionState {
     }
 
     /// Queues a DELETE of this row (checking its version, if the model has one).
-    pub fn delete<M: Model>(&mut self, model: &M) -> Result<()> {
+    pub fn delete<M: Model + crate::Keyed + crate::Writable>(&mut self, model: &M) -> Result<()> {
         let meta = M::meta();
         let values = model.values()?;
         let key_values: Vec<Value> = meta.key_columns().map(|(i, _)| values[i].clone()).collect();
@@ -951,7 +1041,7 @@ impl SessionState {
 
     /// UPDATE every row matching a filter; returns how many. `M`'s rows are forgotten by the
     /// identity map.
-    pub async fn update_where<M: Model>(
+    pub async fn update_where<M: Model + crate::Writable>(
         &mut self,
         conn: &Connection,
         update: UpdateWhere<M>,
@@ -964,7 +1054,7 @@ impl SessionState {
 
     /// UPDATE every row matching a filter and read the updated rows back (`RETURNING`): the
     /// session's copies of them are refreshed, and the rest of `M`'s rows forgotten.
-    pub async fn update_returning<M: Model>(
+    pub async fn update_returning<M: Model + crate::Writable>(
         &mut self,
         conn: &Connection,
         update: UpdateWhere<M>,
@@ -977,7 +1067,7 @@ impl SessionState {
     }
 
     /// DELETE every row matching a filter; returns how many.
-    pub async fn delete_where<M: Model>(
+    pub async fn delete_where<M: Model + crate::Writable>(
         &mut self,
         conn: &Connection,
         delete: DeleteWhere<M>,
@@ -1162,6 +1252,8 @@ mod tests {
 
     #[derive(Clone)]
     struct Probe;
+
+    impl crate::Writable for Probe {}
 
     impl Model for Probe {
         fn meta() -> &'static crate::ModelMeta {

@@ -430,6 +430,84 @@ pub(crate) fn build_insert_unnest(
     })
 }
 
+/// The key column the database generates from a sequence (an identity or serial key), if the
+/// model has exactly one key column and it is one.
+pub(crate) fn generated_key(meta: &ModelMeta) -> Option<usize> {
+    let mut keys = meta.key_columns();
+    match (keys.next(), keys.next()) {
+        (Some((i, col)), None) if col.auto_increment => Some(i),
+        _ => None,
+    }
+}
+
+/// A batch whose key the database generates, numbered so that each returned row names its
+/// input: keys are drawn from the key's sequence beside each input row's ordinal, inserted, and
+/// joined back.
+///
+/// `WITH input AS (SELECT u.*, nextval(pg_get_serial_sequence($t, $c)) AS "__key" FROM
+/// unnest(…) WITH ORDINALITY AS u(…, "__n")), ins AS (INSERT … OVERRIDING SYSTEM VALUE SELECT
+/// "__key", … FROM input ORDER BY "__n" RETURNING …) SELECT input."__n", ins.* FROM ins JOIN
+/// input ON ins.key = input."__key"`.
+pub(crate) fn build_insert_numbered(
+    meta: &'static ModelMeta,
+    rows: &[&dyn Pending],
+    included: &[usize],
+    types: &[tokio_postgres::types::Type],
+) -> Result<Built> {
+    let key = generated_key(meta)
+        .ok_or_else(|| Error::InvalidInput("no generated key to number the rows by".into()))?;
+    let plain = build_insert_unnest(meta, rows, included, types, false)?;
+    let n = included.len();
+    let casts: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "${}::{}.{}[]",
+                i + 1,
+                crate::quote_ident(t.schema()),
+                crate::quote_ident(t.name())
+            )
+        })
+        .collect();
+    let names: Vec<String> = included
+        .iter()
+        .map(|&i| crate::quote_ident(meta.columns[i].name))
+        .collect();
+    let key_name = crate::quote_ident(meta.columns[key].name);
+    let returning: Vec<String> = meta
+        .columns
+        .iter()
+        .map(|c| crate::quote_ident(c.name))
+        .collect();
+    let sql = format!(
+        "WITH input AS (SELECT u.*, nextval(pg_get_serial_sequence(${t}, ${c})) AS \"__key\" \
+         FROM unnest({arrays}) WITH ORDINALITY AS u({names}, \"__n\")), \
+         ins AS (INSERT INTO {table} ({key_name}, {names}) OVERRIDING SYSTEM VALUE \
+         SELECT \"__key\", {names} FROM input ORDER BY \"__n\" RETURNING {returning}) \
+         SELECT input.\"__n\", ins.* FROM ins JOIN input ON ins.{key_name} = input.\"__key\"",
+        t = n + 1,
+        c = n + 2,
+        arrays = casts.join(", "),
+        names = names.join(", "),
+        table = meta.qualified_name(),
+        returning = returning.join(", "),
+    );
+    let mut values = plain.values;
+    values.0.push(Value::String(Some(meta.qualified_name())));
+    values
+        .0
+        .push(Value::String(Some(meta.columns[key].name.to_owned())));
+    let mut columns = plain.columns;
+    columns.push("(the table)");
+    columns.push("(the key column)");
+    Ok(Built {
+        sql,
+        values,
+        columns,
+    })
+}
+
 /// Whether `next` can join `batch` in one multi-row INSERT: same table, same columns left to
 /// the database, and within the parameter limit.
 pub(crate) fn same_batch(batch: &[&dyn Pending], next: &dyn Pending) -> bool {

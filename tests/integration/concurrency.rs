@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use actor_orm::prelude::*;
-use actor_orm::{Connection, PoolBuilder, ddl, testing};
+use actor_orm::{Connection, PoolBuilder, SingleKey, Writable, ddl, testing};
 
 use crate::models::{User, create_schema};
 
@@ -542,7 +542,7 @@ struct Race {
 }
 
 impl Race {
-    async fn run<A: Model, B: Model>(
+    async fn run<A: Model + SingleKey + Writable, B: Model + SingleKey + Writable>(
         &mut self,
         id: i64,
         change_b: impl FnOnce(&mut B),

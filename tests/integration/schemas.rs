@@ -566,3 +566,238 @@ async fn a_mapped_value_in_the_wrong_place_names_both_types() {
         .expect_err("a float as text");
     insta::assert_snapshot!(err.to_string(), @"type mismatch for parameter $1: expected text, found a float (1.5)");
 }
+
+/// `insert_all` returns the stored rows in the order given, one statement per batch, whether the
+/// database generates the key (matched by an ordinal sent with the batch) or the caller gives it
+/// (matched by key).
+#[tokio::test]
+async fn insert_all_returns_every_stored_row_in_the_order_given() {
+    let (_db, pool) = schema("schema_insert_all").await;
+    let (log, _guard) = crate::capture::capture();
+    let s = pool.session().await.expect("session");
+    let titles: Vec<String> = (0..50).map(|i| format!("Film {i:02}")).collect();
+    let films = s
+        .insert_all(titles.iter().map(|t| film(t, Some(2000))))
+        .await
+        .expect("insert_all");
+    assert_eq!(films.len(), 50);
+    for (f, t) in films.iter().zip(&titles) {
+        assert_eq!(&f.title, t, "matched to its own input");
+        assert_eq!(f.title_length, t.len() as i32, "generated column read back");
+        assert!(f.film_id > 0);
+    }
+    let mut keys: Vec<i32> = films.iter().map(|f| f.film_id).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 50, "every row its own key");
+    assert_eq!(
+        log.matching(Level::DEBUG, "sql=WITH input").len(),
+        1,
+        "one statement for the batch"
+    );
+    // Keys given by the caller, in an order the server would not choose.
+    let given: Vec<Film> = [907, 903, 905, 901]
+        .into_iter()
+        .map(|k| Film {
+            film_id: k,
+            ..film(&format!("Given {k}"), None)
+        })
+        .collect();
+    let stored = s.insert_all(given.clone()).await.expect("insert_all");
+    let ids: Vec<i32> = stored.iter().map(|f| f.film_id).collect();
+    assert_eq!(ids, vec![907, 903, 905, 901]);
+    assert!(
+        stored
+            .iter()
+            .all(|f| f.title == format!("Given {}", f.film_id))
+    );
+    s.commit().await.expect("commit");
+    assert_eq!(s.count(Film::query()).await.expect("count"), 54);
+}
+
+mod shapes {
+    use actor_orm::Model;
+    use chrono::{DateTime, NaiveDate, Utc};
+    use rust_decimal::Decimal;
+
+    /// An append-only table without a primary key.
+    #[derive(Model, Clone, Debug, PartialEq)]
+    #[orm(table_name = "rental_history", no_key)]
+    pub struct History {
+        pub film_id: i32,
+        pub event: String,
+        #[orm(default)]
+        pub at: DateTime<Utc>,
+    }
+
+    /// A view.
+    #[derive(Model, Clone, Debug, PartialEq)]
+    #[orm(table_name = "film_list", read_only)]
+    pub struct FilmListRow {
+        pub film_id: i32,
+        pub title: String,
+        pub release_year: Option<i32>,
+    }
+
+    /// A materialized view.
+    #[derive(Model, Clone, Debug, PartialEq)]
+    #[orm(table_name = "film_years", read_only)]
+    pub struct FilmYear {
+        pub release_year: Option<i32>,
+        pub films: i64,
+    }
+
+    /// A table partitioned by date: its key includes the partition column.
+    #[derive(Model, Clone, Debug, PartialEq)]
+    #[orm(table_name = "payment")]
+    pub struct Payment {
+        #[orm(primary_key, auto_increment)]
+        pub payment_id: i32,
+        #[orm(primary_key)]
+        pub paid_on: NaiveDate,
+        pub amount: Decimal,
+    }
+
+    pub const SCHEMA: &str = "
+        CREATE TABLE rental_history (
+            film_id integer NOT NULL,
+            event text NOT NULL,
+            at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE VIEW film_list AS SELECT film_id, title, release_year FROM film;
+        CREATE MATERIALIZED VIEW film_years AS
+            SELECT release_year, count(*) AS films FROM film GROUP BY release_year;
+        CREATE TABLE payment (
+            payment_id serial,
+            paid_on date NOT NULL,
+            amount numeric(7, 2) NOT NULL,
+            PRIMARY KEY (payment_id, paid_on)
+        ) PARTITION BY RANGE (paid_on);
+        CREATE TABLE payment_2024 PARTITION OF payment
+            FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+        CREATE TABLE payment_2025 PARTITION OF payment
+            FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+    ";
+}
+
+#[tokio::test]
+async fn views_are_read_key_less_tables_inserted_into_and_partitions_written_by_full_key() {
+    use chrono::NaiveDate;
+    use rust_decimal::Decimal;
+    use shapes::*;
+    let (db, pool) = schema("schema_shapes").await;
+    let client = db.connect().await.expect("connect");
+    let s = pool.session().await.expect("session");
+    s.insert_all([
+        film("Academy Dinosaur", Some(2006)),
+        film("Ace Goldfinger", Some(2006)),
+    ])
+    .await
+    .expect("films");
+    s.commit().await.expect("commit");
+    client.batch_execute(shapes::SCHEMA).await.expect("schema");
+
+    // A view and a materialized view: queried like any model, never in the identity map.
+    let listed = s
+        .all(FilmListRow::query().order_by(FilmListRow::FILM_ID.asc()))
+        .await
+        .expect("view");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].title, "Academy Dinosaur");
+    let years = s.all(FilmYear::query()).await.expect("materialized view");
+    assert_eq!(
+        years,
+        vec![FilmYear {
+            release_year: Some(2006),
+            films: 2
+        }]
+    );
+
+    // A table without a key: inserted into (one by one and in a batch) and queried.
+    let at = DateTime::<Utc>::UNIX_EPOCH;
+    let one = s
+        .insert(History {
+            film_id: 1,
+            event: "rented".into(),
+            at,
+        })
+        .await
+        .expect("insert");
+    assert!(one.at > at, "the default came back");
+    s.add_all((0..3).map(|i| History {
+        film_id: 2,
+        event: format!("event {i}"),
+        at,
+    }))
+    .await
+    .expect("add_all");
+    s.commit().await.expect("commit");
+    assert_eq!(
+        s.count(History::query().filter(History::FILM_ID.eq(2)))
+            .await
+            .expect("count"),
+        3
+    );
+    // The same row twice is two rows: nothing is merged by a key it does not have.
+    let twice = s
+        .insert_all([
+            History {
+                film_id: 3,
+                event: "same".into(),
+                at,
+            },
+            History {
+                film_id: 3,
+                event: "same".into(),
+                at,
+            },
+        ])
+        .await
+        .expect("insert_all");
+    assert_eq!(twice.len(), 2);
+    s.commit().await.expect("commit");
+    assert_eq!(s.count(History::query()).await.expect("count"), 6);
+
+    // A partitioned table: rows land in their partitions, and are read, saved and deleted by
+    // their full key.
+    let paid = s
+        .insert_all([
+            Payment {
+                payment_id: 0,
+                paid_on: NaiveDate::from_ymd_opt(2024, 5, 1).expect("d"),
+                amount: Decimal::new(499, 2),
+            },
+            Payment {
+                payment_id: 0,
+                paid_on: NaiveDate::from_ymd_opt(2025, 2, 1).expect("d"),
+                amount: Decimal::new(299, 2),
+            },
+        ])
+        .await
+        .expect("payments");
+    s.commit().await.expect("commit");
+    let in_2025: i64 = client
+        .query_one("SELECT count(*) FROM payment_2025", &[])
+        .await
+        .expect("partition")
+        .get(0);
+    assert_eq!(in_2025, 1);
+    let fresh = pool.session().await.expect("session");
+    let mut p = fresh
+        .get::<Payment>((paid[1].payment_id, paid[1].paid_on))
+        .await
+        .expect("get")
+        .expect("row");
+    p.amount = Decimal::new(399, 2);
+    fresh.save(p.clone()).await.expect("save");
+    fresh.delete(paid[0].clone()).await.expect("delete");
+    fresh.commit().await.expect("commit");
+    let left: Vec<(i32, Decimal)> = client
+        .query("SELECT payment_id, amount FROM payment", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(left, vec![(p.payment_id, Decimal::new(399, 2))]);
+}
