@@ -59,6 +59,7 @@ pub use actor_orm_actors::{
     BoxFuture, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session, SslMode,
     TransactionOptions,
 };
+pub use actor_orm_core::raw_type;
 pub use actor_orm_core::sea_query::Value;
 pub use actor_orm_core::{
     Aggregate, Column, ColumnMeta, ColumnValue, Connection, CurrentTime, DbEnum, DbError,

@@ -67,6 +67,65 @@ pub trait PgType: ToSql + for<'a> FromSql<'a> + Clone + Send + Sync + 'static {
     const EQUALITY: bool = true;
 }
 
+/// Declares a column type for a PostgreSQL type the ORM has no mapping for, keeping the value's
+/// binary encoding as it is (`Vec<u8>`): what `actor-orm generate` writes for such a column, so
+/// that the model compiles and round-trips its rows until a real mapping replaces it.
+///
+/// ```
+/// actor_orm_core::raw_type! {
+///     /// PostgreSQL's `tsquery`, kept as its binary encoding.
+///     pub struct TsQuery = "tsquery";
+/// }
+/// let q = TsQuery(vec![0, 0, 0, 0]);
+/// assert_eq!(<TsQuery as actor_orm_core::PgType>::TYPE_NAME, "tsquery");
+/// # let _ = q;
+/// ```
+#[macro_export]
+macro_rules! raw_type {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident = $pg:literal;) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        $vis struct $name(pub ::std::vec::Vec<u8>);
+
+        impl $crate::tokio_postgres::types::ToSql for $name {
+            fn to_sql(
+                &self,
+                _: &$crate::tokio_postgres::types::Type,
+                out: &mut $crate::tokio_postgres::types::private::BytesMut,
+            ) -> ::std::result::Result<
+                $crate::tokio_postgres::types::IsNull,
+                ::std::boxed::Box<dyn ::std::error::Error + ::std::marker::Sync + ::std::marker::Send>,
+            > {
+                out.extend_from_slice(&self.0);
+                ::std::result::Result::Ok($crate::tokio_postgres::types::IsNull::No)
+            }
+            fn accepts(ty: &$crate::tokio_postgres::types::Type) -> bool {
+                ty.name() == $pg
+            }
+            $crate::tokio_postgres::types::to_sql_checked!();
+        }
+
+        impl<'a> $crate::tokio_postgres::types::FromSql<'a> for $name {
+            fn from_sql(
+                _: &$crate::tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> ::std::result::Result<
+                Self,
+                ::std::boxed::Box<dyn ::std::error::Error + ::std::marker::Sync + ::std::marker::Send>,
+            > {
+                ::std::result::Result::Ok($name(raw.to_vec()))
+            }
+            fn accepts(ty: &$crate::tokio_postgres::types::Type) -> bool {
+                ty.name() == $pg
+            }
+        }
+
+        impl $crate::PgType for $name {
+            const TYPE_NAME: &'static str = $pg;
+        }
+    };
+}
+
 /// What `SqlType::Named` holds for a [`PgType`].
 struct Named<T>(std::marker::PhantomData<T>);
 

@@ -751,6 +751,17 @@ impl SessionState {
                 && batch.len() > 1
                 && conn.mode() == crate::StatementMode::Prepared
                 && unit_of_work::generated_key(meta).is_some();
+            // Numbering needs one array per column: a column that is an array itself cannot.
+            let types = if numbered {
+                conn.param_types(&unit_of_work::insert_probe(meta, &included))
+                    .await?
+            } else {
+                Vec::new()
+            };
+            let numbered = numbered
+                && types
+                    .iter()
+                    .all(|t| !matches!(t.kind(), tokio_postgres::types::Kind::Array(_)));
             if batch.len() == 1 || (!keys_given && !numbered) {
                 for (at, model) in range.clone().zip(models[range.clone()].iter()) {
                     let row = self.write_one(conn, model.clone(), None).await?;
@@ -759,9 +770,6 @@ impl SessionState {
                 continue;
             }
             if numbered {
-                let types = conn
-                    .param_types(&unit_of_work::insert_probe(meta, &included))
-                    .await?;
                 let built = unit_of_work::build_insert_numbered(meta, &batch, &included, &types)?;
                 let rows = self
                     .run_query(conn, &built.sql, &built.values, Some(&built.columns))

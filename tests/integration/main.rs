@@ -12,6 +12,7 @@ mod core_queries;
 mod core_types;
 mod core_work;
 mod faults;
+mod generated;
 mod hangs;
 mod models;
 mod pool;
