@@ -801,3 +801,59 @@ async fn views_are_read_key_less_tables_inserted_into_and_partitions_written_by_
         .collect();
     assert_eq!(left, vec![(p.payment_id, Decimal::new(399, 2))]);
 }
+
+/// Error texts name types as a user writes them: Rust's (`String`, not `alloc::string::String`;
+/// `i32`, not an internal wrapper) and PostgreSQL's (`integer`, not `int4`).
+#[tokio::test]
+async fn error_texts_name_rust_and_postgresql_types_as_written() {
+    /// The film table read with the wrong type for `release_year`.
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "film")]
+    struct Misread {
+        #[orm(primary_key)]
+        film_id: i32,
+        release_year: Option<String>,
+    }
+    /// And a field narrower than its column.
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "film")]
+    struct Narrow {
+        #[orm(primary_key)]
+        film_id: i16,
+        title: i32,
+    }
+    let (_db, pool) = schema("schema_error_texts").await;
+    let s = pool.session().await.expect("session");
+    s.insert(film("Academy Dinosaur", Some(2006)))
+        .await
+        .expect("insert");
+    s.commit().await.expect("commit");
+    let err = s.all(Misread::query()).await.expect_err("wrong type");
+    insta::assert_snapshot!(err.to_string(), @"type mismatch for release_year: expected String, found integer");
+    let err = s.all(Narrow::query()).await.expect_err("wrong type");
+    insta::assert_snapshot!(err.to_string(), @"type mismatch for film_id: expected i16, found integer");
+}
+
+/// Full-text filters are plain reads: no transaction is opened for them.
+#[tokio::test]
+async fn a_full_text_filter_is_a_plain_read() {
+    let (db, pool) = schema("schema_fts_read").await;
+    let client = db.connect().await.expect("connect");
+    client
+        .batch_execute("INSERT INTO film (title) VALUES ('Academy Dinosaur'), ('Ace Goldfinger')")
+        .await
+        .expect("rows");
+    let (log, _guard) = crate::capture::capture();
+    let s = pool.session().await.expect("session");
+    let n = s
+        .count(Film::query().filter(Film::TITLE.text_matches("english", "dinosaurs")))
+        .await
+        .expect("search");
+    assert_eq!(n, 1, "stemmed: dinosaurs finds Dinosaur");
+    s.close().await.expect("close");
+    assert!(
+        log.matching(Level::DEBUG, "sql=BEGIN").is_empty(),
+        "{:#?}",
+        log.all()
+    );
+}
