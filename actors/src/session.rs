@@ -311,17 +311,14 @@ impl Session {
     /// inputs by key or by an ordinal sent with the batch, never by the order of `RETURNING`.
     ///
     /// ```no_run
-    /// # use actor_orm::{Model, Pool};
-    /// # #[derive(Model, Clone)] struct Film { #[orm(primary_key, auto_increment)] film_id: i32, title: String }
-    /// # async fn f(pool: Pool) -> actor_orm::Result<()> {
+    /// # use actor_orm_actors::Pool;
+    /// # use actor_orm_core::{Model, Writable};
+    /// # async fn demo<Film: Model + Writable>(pool: Pool, new: fn(&str) -> Film) -> actor_orm_core::Result<()> {
     /// let s = pool.session().await?;
     /// let films = s
-    ///     .insert_all(vec![
-    ///         Film { film_id: 0, title: "Academy Dinosaur".into() },
-    ///         Film { film_id: 0, title: "Ace Goldfinger".into() },
-    ///     ])
-    ///     .await?;
-    /// assert!(films[0].film_id != 0 && films[0].title == "Academy Dinosaur");
+    ///     .insert_all(vec![new("Academy Dinosaur"), new("Ace Goldfinger")])
+    ///     .await?; // each with its generated key, in the order given
+    /// assert_eq!(films.len(), 2);
     /// s.commit().await?;
     /// # Ok(()) }
     /// ```

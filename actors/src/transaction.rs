@@ -92,8 +92,8 @@ impl Pool {
     ///
     /// ```no_run
     /// # use actor_orm_actors::Pool;
-    /// # use actor_orm_core::{Model, Column};
-    /// # async fn demo<Account: Model>(pool: Pool, balance_of: fn(&mut Account) -> &mut i64) -> actor_orm_core::Result<()> {
+    /// # use actor_orm_core::{Model, SingleKey, Writable};
+    /// # async fn demo<Account: Model + SingleKey + Writable>(pool: Pool, balance_of: fn(&mut Account) -> &mut i64) -> actor_orm_core::Result<()> {
     /// pool.transaction(|s| async move {
     ///     let mut account = s.get::<Account>(7_i64).await?.expect("exists");
     ///     *balance_of(&mut account) += 25;
