@@ -69,6 +69,9 @@ pub use actor_orm_core::{
     ddl, now, sea_query, tokio_postgres, types,
 };
 pub use actor_orm_core::{
+    BelongsTo, HasMany, HasOne, Loader, ManyToMany, NPlusOne, Nested, Relation, Tree, With,
+};
+pub use actor_orm_core::{
     CancelStream, CancelTarget, Cause, ConnectFuture, Connector, Driver, Holder, KeyValues,
     PlainConnector, PoolTimeout,
 };

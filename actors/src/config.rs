@@ -52,6 +52,7 @@ pub struct PoolConfig {
     pub(crate) autocommit_reads: bool,
     pub(crate) dirty_check: bool,
     pub(crate) log_values: bool,
+    pub(crate) n_plus_one: actor_orm_core::NPlusOne,
     pub(crate) close_timeout: Duration,
     pub(crate) spare_sessions: usize,
     /// How connections reach the server (and cancel requests with them), from the `sslmode`.
@@ -80,6 +81,7 @@ impl fmt::Debug for PoolConfig {
             .field("autocommit_reads", &self.autocommit_reads)
             .field("dirty_check", &self.dirty_check)
             .field("log_values", &self.log_values)
+            .field("n_plus_one", &self.n_plus_one)
             .field("spare_sessions", &self.spare_sessions)
             .field("connector", &self.connector.describe())
             .finish_non_exhaustive()
@@ -130,6 +132,7 @@ impl PoolConfig {
             autocommit_reads: true,
             dirty_check: true,
             log_values: false,
+            n_plus_one: actor_orm_core::NPlusOne::default(),
             close_timeout: Duration::from_secs(5),
             spare_sessions: 256,
             connector: Arc::new(PlainConnector),

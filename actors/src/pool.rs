@@ -311,6 +311,15 @@ impl PoolBuilder {
         dirty_check: bool
     );
     setter!(
+        /// What a session does when it runs the same single-key read (a `get` that reaches the
+        /// server) more than a threshold of times — the shape of an N+1 query that
+        /// [`Session::load`](crate::Session::load) replaces with one statement per relation.
+        /// Default [`NPlusOne::Warn(20)`](actor_orm_core::NPlusOne): one `tracing` warning per
+        /// statement and session, naming the session, where it was created, the statement and
+        /// the count. `NPlusOne::Error(n)` makes it a typed error (for tests); `Off` turns it off.
+        n_plus_one: actor_orm_core::NPlusOne
+    );
+    setter!(
         /// Whether the statement log shows the values bound to each statement. Default `false`:
         /// values are data, and may be secret. The log itself is a `tracing` event per statement
         /// at DEBUG on target `actor_orm::sql` (SQL text, microseconds, rows, inside the

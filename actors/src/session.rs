@@ -306,6 +306,91 @@ impl Session {
             .await
     }
 
+    /// The models `select` returns, each with what `loader` loads for it — a relation
+    /// (`Film::ACTORS`), a nested one (`Category::FILMS.with(Film::ACTORS)`) or a tuple of them —
+    /// in one statement for the models and one per relation, whatever their number. Loaded rows
+    /// enter the identity map; a to-one relation already there costs no statement.
+    ///
+    /// ```no_run
+    /// # use actor_orm_actors::Pool;
+    /// # use actor_orm_core::{Loader, Model, Select, With};
+    /// # async fn demo<Film: Model, L: Loader<Film>>(pool: Pool, films: Select<Film>, actors: L) -> actor_orm_core::Result<()> {
+    /// let s = pool.session().await?;
+    /// let loaded: Vec<With<Film, L::Output>> = s.load(films, actors).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn load<M: Model, L: actor_orm_core::Loader<M>>(
+        &self,
+        select: Select<M>,
+        loader: L,
+    ) -> Result<Vec<actor_orm_core::With<M, L::Output>>> {
+        self.call(read_mode(select.reads_only()), move |s, c| {
+            Box::pin(async move { s.load(c, select, &loader).await })
+        })
+        .await
+    }
+
+    /// Inserts `parent` and its new `children` in one call: the parent first, then the children
+    /// with their foreign key filled in from the parent's stored (generated) key. Returns both as
+    /// stored.
+    pub async fn insert_with<P, C>(
+        &self,
+        parent: P,
+        relation: actor_orm_core::HasMany<P, C>,
+        children: impl IntoIterator<Item = C>,
+    ) -> Result<actor_orm_core::With<P, Vec<C>>>
+    where
+        P: Model + actor_orm_core::Writable,
+        C: Model + actor_orm_core::Writable,
+    {
+        let children: Vec<C> = children.into_iter().collect();
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(async move { s.insert_with(c, parent, &relation, children).await })
+        })
+        .await
+    }
+
+    /// Links two rows through a many-to-many relation's join model (nothing if already linked).
+    pub async fn link<P: Model, C: Model, J: Model + actor_orm_core::Writable>(
+        &self,
+        relation: actor_orm_core::ManyToMany<P, C, J>,
+        parent: &P,
+        child: &C,
+    ) -> Result<()> {
+        let (parent, child) = (parent.clone(), child.clone());
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(async move { s.link(c, &relation, &parent, &child).await })
+        })
+        .await
+    }
+
+    /// Removes the link between two rows of a many-to-many relation; whether there was one.
+    pub async fn unlink<P: Model, C: Model, J: Model + actor_orm_core::Writable>(
+        &self,
+        relation: actor_orm_core::ManyToMany<P, C, J>,
+        parent: &P,
+        child: &C,
+    ) -> Result<bool> {
+        let (parent, child) = (parent.clone(), child.clone());
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(async move { s.unlink(c, &relation, &parent, &child).await })
+        })
+        .await
+    }
+
+    /// The models `roots` returns with their descendants through a self-referential relation
+    /// (`Category::CHILDREN`): one statement per level of the tree.
+    pub async fn load_tree<M: Model>(
+        &self,
+        roots: Select<M>,
+        children: actor_orm_core::HasMany<M, M>,
+    ) -> Result<Vec<actor_orm_core::Tree<M>>> {
+        self.call(read_mode(roots.reads_only()), move |s, c| {
+            Box::pin(async move { s.load_tree(c, roots, &children).await })
+        })
+        .await
+    }
+
     /// Inserts every model now, one statement per batch, and returns the stored rows in the
     /// order given (generated keys, defaults and generated columns filled in), matched to their
     /// inputs by key or by an ordinal sent with the batch, never by the order of `RETURNING`.

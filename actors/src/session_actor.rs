@@ -40,6 +40,7 @@ pub(crate) struct SessionArgs {
     pool: PoolLink,
     label: Label,
     dirty_check: bool,
+    n_plus_one: actor_orm_core::NPlusOne,
     reset_timeout: std::time::Duration,
 }
 
@@ -56,6 +57,8 @@ pub(crate) struct SessionCtx {
     next: Arc<NextLabel>,
     /// The pool's `dirty_check` setting, for every session this actor serves.
     dirty_check: bool,
+    /// The pool's `n_plus_one` setting, likewise.
+    n_plus_one: actor_orm_core::NPlusOne,
     /// The pool's `reset_timeout`: how long a cancel request may take.
     reset_timeout: std::time::Duration,
 }
@@ -73,6 +76,7 @@ impl Actor for SessionActor {
         let _ = args.label.0.id.set(myself.get_id());
         let mut core = SessionState::new();
         core.set_dirty_check(args.dirty_check);
+        core.set_n_plus_one(args.n_plus_one);
         Ok(SessionCtx {
             core,
             lease: None,
@@ -82,6 +86,7 @@ impl Actor for SessionActor {
             condemned: false,
             next: Arc::default(),
             dirty_check: args.dirty_check,
+            n_plus_one: args.n_plus_one,
             reset_timeout: args.reset_timeout,
         })
     }
@@ -273,6 +278,7 @@ impl SessionCtx {
         debug_assert!(self.lease.is_none());
         self.core = SessionState::new();
         self.core.set_dirty_check(self.dirty_check);
+        self.core.set_n_plus_one(self.n_plus_one);
     }
 
     async fn commit(&mut self, me: ractor::ActorCell) -> Result<()> {
@@ -370,6 +376,7 @@ pub(crate) async fn spawn(
         pool: link,
         label: label.clone(),
         dirty_check: pool.config().dirty_check,
+        n_plus_one: pool.config().n_plus_one,
         reset_timeout: pool.config().reset_timeout,
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)

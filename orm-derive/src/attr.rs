@@ -7,6 +7,8 @@ use syn::{Attribute, Error, Expr, Lit, LitStr, Path, Result};
 pub(crate) struct Entry {
     pub(crate) key: syn::Ident,
     pub(crate) value: Option<Expr>,
+    /// `key(a = 1, b = 2)`: the entries inside the parentheses.
+    pub(crate) list: Vec<Entry>,
 }
 
 /// Parses every `#[orm(...)]` attribute, checking keys against `allowed` (key, example).
@@ -34,8 +36,26 @@ pub(crate) fn entries(
                     ),
                 ));
             };
-            if out.iter().any(|e| e.key == name) {
+            let repeatable = example.starts_with(&format!("{name}("));
+            if !repeatable && out.iter().any(|e| e.key == name) {
                 return Err(Error::new(key.span(), format!("`{name}` is given twice")));
+            }
+            if meta.input.peek(syn::token::Paren) {
+                if !repeatable {
+                    return Err(Error::new(key.span(), format!("`{name}` takes no list; the correct format looks like #[orm({example})]")));
+                }
+                let mut list = Vec::new();
+                meta.parse_nested_meta(|inner| {
+                    let k = inner.path.get_ident().cloned().ok_or_else(|| inner.error("expected a key"))?;
+                    let v = inner.value()?.parse::<Expr>()?;
+                    list.push(Entry { key: k, value: Some(v), list: Vec::new() });
+                    Ok(())
+                })?;
+                out.push(Entry { key, value: None, list });
+                return Ok(());
+            }
+            if repeatable {
+                return Err(Error::new(key.span(), format!("`{name}` needs its parts in parentheses; the correct format looks like #[orm({example})]")));
             }
             let value = if meta.input.peek(syn::Token![=]) {
                 Some(meta.value()?.parse::<Expr>()?)
@@ -50,7 +70,11 @@ pub(crate) fn entries(
             if value.is_some() && !takes_value && !optional_value {
                 return Err(Error::new(key.span(), format!("`{name}` takes no value; the correct format looks like #[orm({example})]")));
             }
-            out.push(Entry { key, value });
+            out.push(Entry {
+                key,
+                value,
+                list: Vec::new(),
+            });
             Ok(())
         })?;
     }
@@ -80,6 +104,24 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 impl Entry {
+    /// The entry named `key` inside this entry's list.
+    pub(crate) fn part(&self, key: &str) -> Option<&Entry> {
+        self.list.iter().find(|e| e.key == key)
+    }
+
+    /// The required part `key` of a list entry.
+    pub(crate) fn required(&self, key: &str, example: &str) -> Result<&Entry> {
+        self.part(key).ok_or_else(|| {
+            Error::new(
+                self.key.span(),
+                format!(
+                    "`{}` needs `{key}`; the correct format looks like #[orm({example})]",
+                    self.key
+                ),
+            )
+        })
+    }
+
     pub(crate) fn string(&self, example: &str) -> Result<LitStr> {
         match &self.value {
             Some(Expr::Lit(l)) => match &l.lit {

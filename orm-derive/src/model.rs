@@ -13,7 +13,77 @@ const STRUCT_KEYS: &[(&str, &str)] = &[
     ("dirty_check", "dirty_check = false"),
     ("read_only", "read_only"),
     ("no_key", "no_key"),
+    (
+        "has_many",
+        "has_many(name = \"films\", model = Film, by = \"language_id\")",
+    ),
+    (
+        "has_one",
+        "has_one(name = \"details\", model = FilmDetails, by = \"film_id\")",
+    ),
+    (
+        "belongs_to",
+        "belongs_to(name = \"order\", model = Order, by = \"order_id, order_day\")",
+    ),
+    (
+        "many_to_many",
+        "many_to_many(name = \"actors\", model = Actor, through = FilmActor, from = \"film_id\", to = \"actor_id\")",
+    ),
 ];
+
+/// A relation declared on the struct.
+struct Declared {
+    kind: String,
+    name: String,
+    model: syn::Path,
+    by: Vec<String>,
+    through: Option<(syn::Path, String, String)>,
+}
+
+fn declared(e: &crate::attr::Entry, example: &str) -> Result<Declared> {
+    let kind = e.key.to_string();
+    let name = e.required("name", example)?.string(example)?.value();
+    let model = e.required("model", example)?.path(example)?;
+    let mut out = Declared {
+        kind: kind.clone(),
+        name,
+        model,
+        by: Vec::new(),
+        through: None,
+    };
+    if kind == "many_to_many" {
+        let through = e.required("through", example)?.path(example)?;
+        let from = e.required("from", example)?.string(example)?.value();
+        let to = e.required("to", example)?.string(example)?.value();
+        out.through = Some((through, from, to));
+    } else {
+        out.by = e
+            .required("by", example)?
+            .string(example)?
+            .value()
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+    }
+    for part in &e.list {
+        let k = part.key.to_string();
+        let allowed: &[&str] = if kind == "many_to_many" {
+            &["name", "model", "through", "from", "to"]
+        } else {
+            &["name", "model", "by"]
+        };
+        if !allowed.contains(&k.as_str()) {
+            return Err(Error::new(
+                part.key.span(),
+                format!(
+                    "unknown part `{k}` of {kind}; the correct format looks like #[orm({example})]"
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
 
 const FIELD_KEYS: &[(&str, &str)] = &[
     ("primary_key", "primary_key"),
@@ -72,8 +142,17 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
     let mut dirty_check = true;
     let mut read_only = false;
     let mut no_key = false;
+    let mut relations: Vec<Declared> = Vec::new();
     for e in entries(&input.attrs, STRUCT_KEYS, "a struct")? {
-        match e.key.to_string().as_str() {
+        let key = e.key.to_string();
+        if let Some((_, example)) = STRUCT_KEYS
+            .iter()
+            .find(|(k, ex)| *k == key && ex.starts_with(&format!("{key}(")))
+        {
+            relations.push(declared(&e, example)?);
+            continue;
+        }
+        match key.as_str() {
             "table_name" => table = e.string("table_name = \"users\"")?.value(),
             "schema" => schema = Some(e.string("schema = \"app\"")?.value()),
             "dirty_check" => dirty_check = e.bool("dirty_check = false")?,
@@ -339,6 +418,62 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 pub const #konst: #krate::Column<#name, #ty> = #krate::Column::new(#i);
             }
         });
+    // Relation handles: one belongs-to per `references` field, and the declared ones.
+    let mut relation_consts = Vec::new();
+    for f in &fields {
+        let Some(parent) = &f.references else {
+            continue;
+        };
+        let field = f.ident.to_string().trim_start_matches("r#").to_owned();
+        let base = field.strip_suffix("_id").filter(|b| !b.is_empty());
+        let konst = match base {
+            Some(b) => b.to_uppercase(),
+            None => format!("{}_REF", field.to_uppercase()),
+        };
+        let konst = format_ident!("{}", konst, span = f.ident.span());
+        let column = &f.column;
+        let doc = format!(
+            "The row of `{}` that `{column}` references.",
+            quote!(#parent)
+        );
+        relation_consts.push(quote! {
+            #[doc = #doc]
+            pub const #konst: #krate::BelongsTo<#name, #parent> =
+                #krate::BelongsTo::new(#column, &[#column]);
+        });
+    }
+    for r in &relations {
+        let konst = format_ident!("{}", r.name.to_uppercase());
+        let rel_name = &r.name;
+        let model = &r.model;
+        let by = &r.by;
+        let doc = format!("The `{rel_name}` relation ({}).", r.kind.replace('_', "-"));
+        relation_consts.push(match r.kind.as_str() {
+            "has_many" => quote! {
+                #[doc = #doc]
+                pub const #konst: #krate::HasMany<#name, #model> = #krate::HasMany::new(#rel_name, &[#(#by),*]);
+            },
+            "has_one" => quote! {
+                #[doc = #doc]
+                pub const #konst: #krate::HasOne<#name, #model> = #krate::HasOne::new(#rel_name, &[#(#by),*]);
+            },
+            "belongs_to" => quote! {
+                #[doc = #doc]
+                pub const #konst: #krate::BelongsTo<#name, #model> = #krate::BelongsTo::new(#rel_name, &[#(#by),*]);
+            },
+            _ => {
+                let (through, from, to) = r
+                    .through
+                    .as_ref()
+                    .ok_or_else(|| Error::new(name.span(), "many_to_many needs `through`"))?;
+                quote! {
+                    #[doc = #doc]
+                    pub const #konst: #krate::ManyToMany<#name, #model, #through> = #krate::ManyToMany::new(#rel_name, #from, #to);
+                }
+            }
+        });
+    }
+
     let n_columns = fields.len();
     let span = Span::call_site();
     // Only written when turned off, so the usual expansion stays as it was.
@@ -411,6 +546,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         #[automatically_derived]
         impl #name {
             #(#handles)*
+            #(#relation_consts)*
 
             /// A query over every row of this model's table.
             pub fn query() -> #krate::Select<#name> {

@@ -58,6 +58,17 @@ pub enum Error {
         /// The columns whose loaded values were checked, for a model without one.
         columns: Vec<String>,
     },
+    /// The session ran the same single-key read more times than the pool's N+1 threshold, with
+    /// `NPlusOne::Error` (for tests): load the relation eagerly instead.
+    #[display(
+        "N+1: this session ran the same single-key read {count} times ({statement}); load the relation eagerly with Session::load"
+    )]
+    NPlusOne {
+        /// The statement.
+        statement: String,
+        /// How many times it ran.
+        count: u32,
+    },
     /// A value or a column does not have the type the other side needs.
     #[display("type mismatch for {column}: expected {expected}, found {found}")]
     TypeMismatch {

@@ -22,6 +22,7 @@ mod lock;
 mod model;
 mod pg_type;
 mod query;
+mod relation;
 mod session;
 pub mod types;
 mod unit_of_work;
@@ -81,6 +82,10 @@ pub use pg_type::PgType;
 pub use query::{
     Aggregate, DeleteWhere, Filter, NoAverage, OnConflict, Ordering, Project, Select, SelectPair,
     Selection, Summable, UpdateWhere, count_all,
+};
+pub use relation::{
+    BelongsTo, HasMany, HasOne, LoadFuture, Loader, ManyToMany, NPlusOne, Nested, Refine, Relation,
+    Shape, Tree, With,
 };
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};

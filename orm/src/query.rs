@@ -91,6 +91,18 @@ impl Ordering {
     pub(crate) fn new(expr: Expr, order: sea_query::Order) -> Self {
         Ordering { expr, order }
     }
+
+    /// The term as SQL (`"film"."title" DESC`), for a window's ORDER BY. Orderings are built
+    /// from columns: they hold no values.
+    pub(crate) fn to_sql(&self) -> String {
+        let mut q = Query::select();
+        q.expr(Expr::cust("1"))
+            .order_by_expr(self.expr.clone(), self.order.clone());
+        let sql = q.to_string(sea_query::PostgresQueryBuilder);
+        sql.split_once(" ORDER BY ")
+            .map(|(_, o)| o.to_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// A SELECT of whole models of type `M`. Start with `M::query()` (or [`Select::new`]).

@@ -2,6 +2,8 @@
 //! transaction, with no actors. The session actor owns one [`SessionState`] and drives it.
 
 use std::collections::HashMap;
+
+use crate::relation::NPlusOne;
 use std::future::Future;
 use std::task::Poll;
 
@@ -119,6 +121,9 @@ impl Isolation {
 #[derive(Debug, Default)]
 pub struct SessionState {
     identity: IdentityMap,
+    /// Single-key reads sent to the server, by statement (the N+1 detector).
+    key_reads: HashMap<&'static str, u32>,
+    n_plus_one: NPlusOne,
     /// Rows loaded before a REPEATABLE READ or SERIALIZABLE transaction began: never served to
     /// reads in it (they would escape its snapshot), only compared with by the dirty-column
     /// check of a later save.
@@ -518,6 +523,7 @@ impl SessionState {
                 M::meta().sql.get.get_or_init(|| sql)
             }
         };
+        self.note_key_read(sql)?;
         let rows = self.run_read(conn, sql, &Values(values), true).await?;
         match rows.first() {
             Some(row) => Ok(Some(self.remember::<M>(row)?)),
@@ -567,6 +573,87 @@ impl SessionState {
     fn remember<M: Model>(&mut self, row: &Row) -> Result<M> {
         let positions = crate::model::in_order(M::meta().columns.len());
         let model = M::from_row(row, &positions)?;
+        self.identity.insert(model.key()?, model.clone());
+        Ok(model)
+    }
+
+    /// What the session does when it sees the same single-key read run over and over.
+    pub fn set_n_plus_one(&mut self, policy: NPlusOne) {
+        self.n_plus_one = policy;
+    }
+
+    /// Counts a single-key read that went to the server; past the threshold, warns once per
+    /// statement (or fails, with [`NPlusOne::Error`]).
+    fn note_key_read(&mut self, sql: &'static str) -> Result<()> {
+        let (threshold, fail) = match self.n_plus_one {
+            NPlusOne::Off => return Ok(()),
+            NPlusOne::Warn(n) => (n, false),
+            NPlusOne::Error(n) => (n, true),
+        };
+        let count = self.key_reads.entry(sql).or_insert(0);
+        *count += 1;
+        let count = *count;
+        if count <= threshold {
+            return Ok(());
+        }
+        if fail {
+            return Err(Error::NPlusOne {
+                statement: sql.to_owned(),
+                count,
+            });
+        }
+        if count == threshold + 1 {
+            tracing::warn!(
+                statement = sql,
+                count,
+                "N+1: this session ran the same single-key read more than {threshold} times; load the relation eagerly with Session::load (one statement per relation)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The identity map, to look rows up and record them (relations).
+    pub(crate) fn identity_mut(&mut self) -> &mut IdentityMap {
+        &mut self.identity
+    }
+
+    /// Runs a read built by the ORM (pending changes flushed first) and returns its rows.
+    pub(crate) async fn rows(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        values: Values,
+    ) -> Result<Vec<Row>> {
+        self.flush(conn).await?;
+        self.run_read(conn, sql, &values, true).await
+    }
+
+    /// Runs a write built by the ORM inside the transaction (pending changes flushed first);
+    /// returns how many rows it affected.
+    pub(crate) async fn execute_built(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        values: Values,
+    ) -> Result<u64> {
+        self.flush(conn).await?;
+        self.run_execute(conn, sql, &values).await
+    }
+
+    /// Runs a read of whole models of `M` and records them in the identity map.
+    pub(crate) async fn load_rows<M: Model>(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        values: Values,
+    ) -> Result<Vec<M>> {
+        let rows = self.rows(conn, sql, values).await?;
+        self.remember_all(rows)
+    }
+
+    /// Decodes one row of `M` (its columns at `positions`) and records it.
+    pub(crate) fn remember_row<M: Model>(&mut self, row: &Row, positions: &[usize]) -> Result<M> {
+        let model = M::from_row(row, positions)?;
         self.identity.insert(model.key()?, model.clone());
         Ok(model)
     }
@@ -737,11 +824,27 @@ impl SessionState {
         models: Vec<M>,
     ) -> Result<Vec<M>> {
         self.flush(conn).await?;
-        let meta = M::meta();
-        let mut stored: Vec<Option<M>> = (0..models.len()).map(|_| None).collect();
         let pending: Vec<&dyn Pending> = models.iter().map(|m| m as &dyn Pending).collect();
+        self.insert_pending::<M>(conn, &pending).await
+    }
+
+    /// [`insert_all`](Self::insert_all) of rows of `M` given as their values (a model whose
+    /// foreign key was filled in from its parent's generated key, say).
+    pub(crate) async fn insert_pending<M: Model>(
+        &mut self,
+        conn: &Connection,
+        pending: &[&dyn Pending],
+    ) -> Result<Vec<M>> {
+        let meta = M::meta();
+        let key_of = |p: &dyn Pending| -> Result<Key> {
+            let values = p.values()?;
+            Ok(Key::new(
+                meta.key_columns().map(|(i, _)| values[i].clone()).collect(),
+            ))
+        };
+        let mut stored: Vec<Option<M>> = (0..pending.len()).map(|_| None).collect();
         let mut start = 0;
-        for batch in batches(&pending) {
+        for batch in batches(pending) {
             let range = start..start + batch.len();
             start = range.end;
             let included = unit_of_work::included_columns(meta, batch[0]);
@@ -763,9 +866,15 @@ impl SessionState {
                     .iter()
                     .all(|t| !matches!(t.kind(), tokio_postgres::types::Kind::Array(_)));
             if batch.len() == 1 || (!keys_given && !numbered) {
-                for (at, model) in range.clone().zip(models[range.clone()].iter()) {
-                    let row = self.write_one(conn, model.clone(), None).await?;
-                    stored[at] = row;
+                for (at, p) in range.clone().zip(batch.iter()) {
+                    let built = unit_of_work::build_insert(meta, &[*p], None, true)?;
+                    let rows = self
+                        .run_query(conn, &built.sql, &built.values, Some(&built.columns))
+                        .await?;
+                    stored[at] = rows
+                        .first()
+                        .map(|row| self.remember::<M>(row))
+                        .transpose()?;
                 }
                 continue;
             }
@@ -793,8 +902,8 @@ impl SessionState {
                 .run_query(conn, &built.sql, &built.values, Some(&built.columns))
                 .await?;
             let mut by_key: HashMap<Key, usize> = HashMap::with_capacity(batch.len());
-            for (at, model) in range.clone().zip(models[range.clone()].iter()) {
-                by_key.insert(model.key()?, at);
+            for (at, p) in range.clone().zip(batch.iter()) {
+                by_key.insert(key_of(*p)?, at);
             }
             for row in &rows {
                 let model = self.remember::<M>(row)?;

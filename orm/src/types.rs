@@ -603,3 +603,24 @@ pub mod json {
             .map_err(|e| Error::mismatch(column, rust_type_name::<T>(), e.to_string()))
     }
 }
+
+/// Column `idx` of `row` as a key value, whatever its integer width or text type: for grouping
+/// rows by a column that holds another table's key.
+pub(crate) fn decode_key_part(row: &Row, idx: usize) -> Result<Value> {
+    let Some(col) = row.columns().get(idx) else {
+        return Err(Error::mismatch(
+            "a key column",
+            "a column in the result",
+            "no such column",
+        ));
+    };
+    let ty = col.type_().clone();
+    Ok(match ty {
+        Type::INT2 | Type::INT4 | Type::INT8 => {
+            Value::BigInt(decode_optional::<Widened<i64>>(row, idx, col.name())?.map(|w| w.0))
+        }
+        #[cfg(feature = "uuid")]
+        Type::UUID => Value::Uuid(decode_optional::<uuid::Uuid>(row, idx, col.name())?),
+        _ => Value::String(decode_optional::<String>(row, idx, col.name())?),
+    })
+}

@@ -17,6 +17,7 @@ mod hangs;
 mod models;
 mod pool;
 mod reclaim;
+mod relations;
 mod schemas;
 mod sessions;
 mod soak;
