@@ -24,6 +24,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 mod pgbench;
+mod relations;
 mod tls;
 
 // ----- allocation counting, for peak memory and bytes per session -----
@@ -227,7 +228,7 @@ const MANY: i64 = 100_000;
 const POOL: usize = 16;
 const N: usize = 2_000;
 
-struct Systems {
+pub(crate) struct Systems {
     raw: tokio_postgres::Client,
     deadpool: deadpool_postgres::Pool,
     bb8: bb8::Pool<bb8_postgres::PostgresConnectionManager<NoTls>>,
@@ -964,6 +965,7 @@ async fn run() -> Res<()> {
         ))
         .await?;
     setup.batch_execute("VACUUM ANALYZE").await?;
+    relations::set_up(&setup).await?;
     let version: String = setup.query_one("SHOW server_version", &[]).await?.get(0);
 
     let main = Arc::new(systems(&pg, &url, POOL).await?);
@@ -1008,6 +1010,9 @@ async fn run() -> Res<()> {
         }
         if on("8") {
             idle_sessions(&main, &mut r).await?;
+        }
+        if on("11") {
+            relations::round(&main, &mut r).await?;
         }
         if let Some(bench) = &bench {
             bench.round(round, &mut r).await?;
@@ -1168,6 +1173,7 @@ async fn run() -> Res<()> {
         "0",
     ));
     rows.extend(tls::ratios(&r));
+    rows.extend(relations::ratios(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {

@@ -520,6 +520,10 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 ::core::result::Result::Ok(#key)
             }
 
+            fn key_values(&self) -> #krate::Result<::std::vec::Vec<#krate::__private::Value>> {
+                ::core::result::Result::Ok(::std::vec![#(#key_values),*])
+            }
+
             fn is_unset(&self, index: usize) -> bool {
                 match index {
                     #(#unset_arms)*

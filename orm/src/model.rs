@@ -207,6 +207,15 @@ pub trait Model: Clone + Send + Sync + 'static {
     /// Builds the model from a row; `positions[i]` is where column `i` is in the row.
     fn from_row(row: &Row, positions: &[usize]) -> Result<Self>;
 
+    /// The primary key's values, in key order (the derive reads only the key fields).
+    fn key_values(&self) -> Result<Vec<Value>> {
+        let values = self.values()?;
+        Ok(Self::meta()
+            .key_columns()
+            .map(|(i, _)| values[i].clone())
+            .collect())
+    }
+
     /// The primary key.
     fn key(&self) -> Result<Key> {
         let values = self.values()?;

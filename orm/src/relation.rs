@@ -512,8 +512,8 @@ async fn children_of<P: Model, C: Model>(
                 cols = names.join(", "),
             );
             ranked = true;
-            let rows = s.load_rows::<C>(conn, &sql, values).await?;
-            group_into(&mut grouped, rows, &parent_keys, fk)?;
+            let rows = s.rows(conn, &sql, values).await?;
+            group_rows(s, &mut grouped, rows, &parent_keys, fk)?;
         } else {
             for o in &r.order {
                 select = select.order_by(o.clone());
@@ -522,29 +522,67 @@ async fn children_of<P: Model, C: Model>(
     }
     if !ranked {
         let (sql, values) = select.build();
-        let rows = s.load_rows::<C>(conn, &sql, values).await?;
-        group_into(&mut grouped, rows, &parent_keys, fk)?;
+        let rows = s.rows(conn, &sql, values).await?;
+        group_rows(s, &mut grouped, rows, &parent_keys, fk)?;
     }
     Ok(grouped)
 }
 
-/// Puts each child under every parent whose key its `fk` holds.
-fn group_into<C: Model>(
+/// Decodes the children's rows (recording them in the identity map) and puts each under every
+/// parent whose key its `fk` columns hold, read straight from the row.
+fn group_rows<C: Model>(
+    s: &mut SessionState,
     grouped: &mut [Vec<C>],
-    children: Vec<C>,
+    rows: Vec<tokio_postgres::Row>,
     parent_keys: &[Vec<Value>],
     fk: &[&str],
 ) -> Result<()> {
-    let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
+    let meta = C::meta();
+    let fk_at: Vec<usize> = fk
+        .iter()
+        .map(|c| {
+            meta.columns
+                .iter()
+                .position(|m| m.name == *c)
+                .ok_or_else(|| Error::InvalidInput(format!("{} has no column {c}", meta.table)))
+        })
+        .collect::<Result<_>>()?;
+    let mut by_key: HashMap<Key, Vec<usize>> = HashMap::with_capacity(parent_keys.len());
     for (i, k) in parent_keys.iter().enumerate() {
         by_key.entry(Key::of(k)).or_default().push(i);
     }
-    for child in children {
-        let k = Key::of(&values_of(&child, fk)?);
-        if let Some(parents) = by_key.get(&k) {
-            for &p in parents {
-                grouped[p].push(child.clone());
+    // Integer, text and uuid keys are read from the row; any other type from the model.
+    let mut fks: Option<Vec<Key>> = Some(Vec::with_capacity(rows.len()));
+    for row in &rows {
+        let parts: Result<Vec<Value>> = fk_at
+            .iter()
+            .map(|&i| crate::types::decode_key_part(row, i))
+            .collect();
+        match (parts, fks.as_mut()) {
+            (Ok(parts), Some(keys)) => keys.push(Key::new(parts)),
+            _ => {
+                fks = None;
+                break;
             }
+        }
+    }
+    let children: Vec<C> = s.remember_rows(rows)?;
+    let fks = match fks {
+        Some(keys) => keys,
+        None => children
+            .iter()
+            .map(|c| values_of(c, fk).map(Key::new))
+            .collect::<Result<_>>()?,
+    };
+    for (child, key) in children.into_iter().zip(fks) {
+        match by_key.get(&key).map(Vec::as_slice) {
+            Some([only]) => grouped[*only].push(child),
+            Some(many) => {
+                for &p in many {
+                    grouped[p].push(child.clone());
+                }
+            }
+            None => {}
         }
     }
     Ok(())

@@ -651,6 +651,11 @@ impl SessionState {
         self.remember_all(rows)
     }
 
+    /// Decodes rows of `M` (its columns in order) and records them in the identity map.
+    pub(crate) fn remember_rows<M: Model>(&mut self, rows: Vec<Row>) -> Result<Vec<M>> {
+        self.remember_all(rows)
+    }
+
     /// Decodes one row of `M` (its columns at `positions`) and records it.
     pub(crate) fn remember_row<M: Model>(&mut self, row: &Row, positions: &[usize]) -> Result<M> {
         let model = M::from_row(row, positions)?;

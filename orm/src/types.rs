@@ -275,11 +275,11 @@ pub fn decode_required<T>(row: &Row, idx: usize, column: &str) -> Result<T>
 where
     T: for<'a> FromSql<'a>,
 {
-    decode_named(row, idx, column, &rust_type_name::<T>())
+    decode_named(row, idx, column, rust_type_name::<T>)
 }
 
 /// [`decode_required`], naming the Rust type `rust` in errors.
-fn decode_named<T>(row: &Row, idx: usize, column: &str, rust: &str) -> Result<T>
+fn decode_named<T>(row: &Row, idx: usize, column: &str, rust: impl Fn() -> String) -> Result<T>
 where
     T: for<'a> FromSql<'a>,
 {
@@ -298,10 +298,16 @@ pub fn decode_optional<T>(row: &Row, idx: usize, column: &str) -> Result<Option<
 where
     T: for<'a> FromSql<'a>,
 {
-    decode_optional_named(row, idx, column, &rust_type_name::<T>())
+    decode_optional_named(row, idx, column, rust_type_name::<T>)
 }
 
-fn decode_optional_named<T>(row: &Row, idx: usize, column: &str, rust: &str) -> Result<Option<T>>
+/// The Rust type's name (`rust`) is only worked out for an error.
+fn decode_optional_named<T>(
+    row: &Row,
+    idx: usize,
+    column: &str,
+    rust: impl Fn() -> String,
+) -> Result<Option<T>>
 where
     T: for<'a> FromSql<'a>,
 {
@@ -313,10 +319,10 @@ where
         ));
     };
     if !<T as FromSql>::accepts(col.type_()) {
-        return Err(Error::mismatch(column, rust, pg_type_name(col.type_())));
+        return Err(Error::mismatch(column, rust(), pg_type_name(col.type_())));
     }
     row.try_get::<_, Option<T>>(idx)
-        .map_err(|e| Error::mismatch(column, rust, e.to_string()))
+        .map_err(|e| Error::mismatch(column, rust(), e.to_string()))
 }
 
 macro_rules! plain {
@@ -370,7 +376,8 @@ macro_rules! integer {
                 Value::$variant(None)
             }
             fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
-                decode_named::<Widened<$t>>(row, idx, column, stringify!($t)).map(|w| w.0)
+                decode_named::<Widened<$t>>(row, idx, column, || stringify!($t).to_owned())
+                    .map(|w| w.0)
             }
             fn is_unset_key(&self) -> bool {
                 *self == 0
@@ -621,6 +628,15 @@ pub(crate) fn decode_key_part(row: &Row, idx: usize) -> Result<Value> {
         }
         #[cfg(feature = "uuid")]
         Type::UUID => Value::Uuid(decode_optional::<uuid::Uuid>(row, idx, col.name())?),
-        _ => Value::String(decode_optional::<String>(row, idx, col.name())?),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+            Value::String(decode_optional::<String>(row, idx, col.name())?)
+        }
+        _ => {
+            return Err(Error::mismatch(
+                col.name(),
+                "an integer, text or uuid key",
+                pg_type_name(&ty),
+            ));
+        }
     })
 }
