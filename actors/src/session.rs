@@ -378,6 +378,19 @@ impl Session {
         .await
     }
 
+    /// The models `select` returns, each with its to-one `relation` read in the same statement
+    /// (a LEFT JOIN): the joined strategy — one statement in all.
+    pub async fn load_joined<C: Model, P: Model>(
+        &self,
+        select: Select<C>,
+        relation: actor_orm_core::BelongsTo<C, P>,
+    ) -> Result<Vec<actor_orm_core::With<C, Option<P>>>> {
+        self.call(read_mode(select.reads_only()), move |s, c| {
+            Box::pin(async move { s.load_joined(c, select, &relation).await })
+        })
+        .await
+    }
+
     /// The models `roots` returns with their descendants through a self-referential relation
     /// (`Category::CHILDREN`): one statement per level of the tree.
     pub async fn load_tree<M: Model>(

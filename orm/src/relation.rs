@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use sea_query::{ArrayType, Expr, ExprTrait as _, Value};
+use sea_query::{ArrayType, Expr, ExprTrait, Value};
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -973,6 +973,65 @@ impl SessionState {
             .zip(related)
             .map(|(model, related)| With { model, related })
             .collect())
+    }
+
+    /// The models `select` returns, each with its to-one `relation` read in the same statement
+    /// (a LEFT JOIN): the joined strategy, one statement in all. Both models enter the identity
+    /// map.
+    pub async fn load_joined<C: Model, P: Model>(
+        &mut self,
+        conn: &Connection,
+        select: Select<C>,
+        relation: &BelongsTo<C, P>,
+    ) -> Result<Vec<With<C, Option<P>>>> {
+        /// The joined table's alias: a self-referential relation joins a table to itself.
+        const REL: &str = "__related";
+        let p_meta = P::meta();
+        let mut select = select;
+        for c in p_meta.columns {
+            select.stmt.expr(Expr::col((
+                sea_query::Alias::new(REL),
+                sea_query::Alias::new(c.name),
+            )));
+        }
+        let on = relation
+            .fk
+            .iter()
+            .zip(p_meta.key_columns())
+            .map(|(fk, (_, key))| {
+                qualified::<C>(fk).eq(Expr::col((
+                    sea_query::Alias::new(REL),
+                    sea_query::Alias::new(key.name),
+                )))
+            })
+            .reduce(ExprTrait::and)
+            .ok_or_else(|| Error::InvalidInput(format!("{} has no key", p_meta.table)))?;
+        select.stmt.join_as(
+            sea_query::JoinType::LeftJoin,
+            p_meta.table_ref(),
+            sea_query::Alias::new(REL),
+            on,
+        );
+        let (sql, values) = select.build();
+        let rows = self.rows(conn, &sql, values).await?;
+        let n = C::meta().columns.len();
+        let c_at: Vec<usize> = (0..n).collect();
+        let p_at: Vec<usize> = (n..n + p_meta.columns.len()).collect();
+        let key_at = n + p_meta.key_columns().next().map_or(0, |(i, _)| i);
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let model = self.remember_row::<C>(row, &c_at)?;
+            let missing = row
+                .try_get::<_, crate::types::RawNull>(key_at)
+                .is_ok_and(|n| n.0);
+            let related = if missing {
+                None
+            } else {
+                Some(self.remember_row::<P>(row, &p_at)?)
+            };
+            out.push(With { model, related });
+        }
+        Ok(out)
     }
 
     /// The models `roots` returns, each with its descendants through the self-referential

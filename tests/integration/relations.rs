@@ -511,3 +511,45 @@ async fn a_parent_with_new_children_and_many_to_many_links_are_written() {
     assert_eq!(esperanto[0].related.len(), 3);
     assert_eq!(esperanto[0].related[0].related.len(), 1);
 }
+
+#[tokio::test]
+async fn a_to_one_relation_can_be_joined_into_one_statement() {
+    let (_db, pool) = pool_with("rel_joined", NPlusOne::default()).await;
+    let (log, _guard) = crate::capture::capture();
+    let s = pool.session().await.expect("session");
+    let films = s
+        .load_joined(Film::query().order_by(Film::FILM_ID.asc()), Film::LANGUAGE)
+        .await
+        .expect("joined");
+    assert_eq!(statements(&log).len(), 1, "{:#?}", statements(&log));
+    insta::assert_debug_snapshot!("joined", statements(&log));
+    let names: Vec<&str> = films
+        .iter()
+        .map(|w| w.related.as_ref().map_or("-", |l| l.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec!["English", "English", "French", "English", "French"]
+    );
+    // A self-referential one: the table joined to itself.
+    let categories = s
+        .load_joined(
+            Category::query().order_by(Category::CATEGORY_ID.asc()),
+            Category::PARENT,
+        )
+        .await
+        .expect("self join");
+    let parents: Vec<Option<&str>> = categories
+        .iter()
+        .map(|w| w.related.as_ref().map(|p| p.name.as_str()))
+        .collect();
+    assert_eq!(parents, vec![None, None, Some("Drama"), Some("Family")]);
+    // The joined rows are in the identity map: loading them again costs nothing.
+    let before = statements(&log).len();
+    let again = s
+        .load(Film::query().order_by(Film::FILM_ID.asc()), Film::LANGUAGE)
+        .await
+        .expect("load");
+    assert_eq!(statements(&log).len(), before + 1);
+    assert_eq!(again.len(), 5);
+}
