@@ -431,6 +431,27 @@ impl Session {
         .await
     }
 
+    /// `NOTIFY` inside the session's transaction: delivered to listeners when it commits.
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        let (channel, payload) = (channel.to_owned(), payload.to_owned());
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(async move { s.notify(c, &channel, &payload).await })
+        })
+        .await
+    }
+
+    /// Loads many rows with `COPY … FROM STDIN BINARY` inside the session's transaction (see
+    /// [`SessionState::copy_in`](actor_orm_core::SessionState::copy_in)): a bad value is a typed
+    /// error naming its column and nothing of the COPY is written. Returns the rows copied.
+    pub async fn copy_in<M: Model + actor_orm_core::Writable>(
+        &self,
+        models: impl IntoIterator<Item = M>,
+    ) -> Result<u64> {
+        let models: Vec<M> = models.into_iter().collect();
+        self.call(Mode::Complete, move |s, c| Box::pin(s.copy_in(c, models)))
+            .await
+    }
+
     /// INSERT … ON CONFLICT: the stored row, or `None` when the conflict did nothing.
     pub async fn upsert<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
         &self,

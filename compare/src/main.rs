@@ -717,6 +717,14 @@ async fn insert_once(s: &Systems, system: usize) -> Res<f64> {
             }
             writer.finish().await?;
         }
+        5 => {
+            let session = s.orm.session().await?;
+            session.copy_in(new_rows(1000)).await?;
+            session.commit().await?;
+            let took = t.elapsed();
+            session.close().await?;
+            return Ok(took.as_secs_f64() * 1e3);
+        }
         4 => {
             // Every stored row back, in input order (matched by an ordinal sent with the batch).
             let session = s.orm.session().await?;
@@ -751,6 +759,7 @@ async fn writes(s: &Systems, r: &mut Results) -> Res<()> {
         "raw: COPY BINARY",
         "SeaORM",
         "actor-orm insert_all (rows back in order)",
+        "actor-orm copy_in",
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(INSERT_TRIALS); systems.len()];
     let mut order: Vec<usize> = (0..systems.len()).collect();
@@ -1140,6 +1149,11 @@ async fn run() -> Res<()> {
             "insert 1,000: speed-up over 1,000 single-row round trips".into(),
             r.get(w5, "ms", "raw: 1,000 single-row INSERTs") / r.get(w5, "ms", "actor-orm"),
             "≥ 10×",
+        ),
+        (
+            "copy_in 1,000: time vs raw COPY BINARY (lower is better)".into(),
+            r.get(w5, "ms", "actor-orm copy_in") / r.get(w5, "ms", "raw: COPY BINARY"),
+            "≤ 1.2×",
         ),
         (
             "insert_all 1,000 (every row back, in order): time vs add_all (lower is better)".into(),

@@ -223,6 +223,12 @@ impl Connection {
         &self.client
     }
 
+    /// The client, for what the ORM itself does with it (COPY): unlike
+    /// [`client`](Self::client), this keeps autocommit reads on.
+    pub(crate) fn raw_client(&self) -> &Client {
+        &self.client
+    }
+
     /// A token to cancel whatever this connection is running, from anywhere.
     pub fn cancel_token(&self) -> tokio_postgres::CancelToken {
         self.client.cancel_token()

@@ -13,6 +13,7 @@ mod builtin;
 mod cancel;
 mod connection;
 mod connector;
+mod copy;
 pub mod ddl;
 mod error;
 mod expression;

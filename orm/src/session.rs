@@ -628,6 +628,18 @@ impl SessionState {
         self.run_read(conn, sql, &values, true).await
     }
 
+    /// `NOTIFY channel, payload` inside the session's transaction (opened if needed), as
+    /// `pg_notify($1, $2)` with both bound: PostgreSQL delivers it to listeners when the
+    /// transaction commits, and not at all if it rolls back.
+    pub async fn notify(&mut self, conn: &Connection, channel: &str, payload: &str) -> Result<()> {
+        self.flush(conn).await?;
+        self.begin(conn).await?;
+        let values = Values(vec![Value::from(channel), Value::from(payload)]);
+        self.run_query(conn, "SELECT pg_notify($1, $2)", &values, None)
+            .await
+            .map(drop)
+    }
+
     /// Runs a write built by the ORM inside the transaction (pending changes flushed first);
     /// returns how many rows it affected.
     pub(crate) async fn execute_built(
@@ -1241,6 +1253,7 @@ impl SessionState {
         sql: &str,
         params: Vec<Value>,
     ) -> Result<Vec<Row>> {
+        refuse_listen(sql)?;
         self.flush(conn).await?;
         self.run_query(conn, sql, &Values(params), None).await
     }
@@ -1273,6 +1286,7 @@ impl SessionState {
         sql: &str,
         params: Vec<Value>,
     ) -> Result<u64> {
+        refuse_listen(sql)?;
         self.flush(conn).await?;
         self.identity.clear();
         self.run_execute(conn, sql, &Values(params)).await
@@ -1346,6 +1360,23 @@ fn missing_row(
             .map(|(i, _)| meta.columns[*i].name.to_owned())
             .collect(),
     }
+}
+
+/// A `LISTEN` on a pooled session would be accepted and then receive nothing (the pool's
+/// connections drop notifications, and the connection goes back to the pool): refused with the
+/// way to listen instead.
+fn refuse_listen(sql: &str) -> Result<()> {
+    let head = sql.trim_start();
+    let is_listen = head
+        .get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("listen"))
+        && head[6..].starts_with(|c: char| c.is_whitespace());
+    if is_listen {
+        return Err(Error::InvalidInput(
+            "LISTEN on a pooled session would receive nothing (notifications are not delivered to pooled connections); send with Session::notify, and listen on a connection of its own".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

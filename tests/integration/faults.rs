@@ -427,12 +427,23 @@ async fn discard_all_leaves_nothing_and_rollback_documents_what_survives() {
         for sql in [
             "SET statement_timeout = '123s'",
             "CREATE TEMP TABLE scratch (x int)",
-            "LISTEN wakeup",
             "SELECT pg_advisory_lock(42)",
             "PREPARE leftover AS SELECT 1",
         ] {
             s.raw_rows(sql, vec![]).await.expect(sql);
         }
+        // The ORM refuses a raw LISTEN on a pooled session; user code with the client can
+        // still issue one, and the reset policy decides whether it survives.
+        s.run(|_, conn| {
+            Box::pin(async move {
+                conn.client()
+                    .batch_execute("LISTEN wakeup")
+                    .await
+                    .map_err(actor_orm::Error::from)
+            })
+        })
+        .await
+        .expect("LISTEN through the client");
         s.commit().await.expect("commit");
         s.close().await.expect("close");
 

@@ -8,6 +8,7 @@ mod bad_input;
 mod capture;
 mod cluster;
 mod concurrency;
+mod copy;
 mod core_queries;
 mod core_types;
 mod core_work;
