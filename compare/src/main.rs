@@ -1023,6 +1023,9 @@ async fn run() -> Res<()> {
         if on("11") {
             relations::round(&main, &mut r).await?;
         }
+        if on("12") {
+            relations::copy_round(&main, &mut r).await?;
+        }
         if let Some(bench) = &bench {
             bench.round(round, &mut r).await?;
         }
@@ -1157,7 +1160,8 @@ async fn run() -> Res<()> {
         ),
         (
             "insert_all 1,000 (every row back, in order): time vs add_all (lower is better)".into(),
-            r.get(w5, "ms", "actor-orm insert_all (rows back in order)") / r.get(w5, "ms", "actor-orm"),
+            r.get(w5, "ms", "actor-orm insert_all (rows back in order)")
+                / r.get(w5, "ms", "actor-orm"),
             "(measured)",
         ),
         (
@@ -1188,6 +1192,7 @@ async fn run() -> Res<()> {
     ));
     rows.extend(tls::ratios(&r));
     rows.extend(relations::ratios(&r));
+    rows.push(relations::copy_ratio(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {

@@ -215,3 +215,61 @@ pub(crate) fn ratios(r: &Results) -> Vec<(String, f64, &'static str)> {
         ),
     ]
 }
+
+/// Workload 12: `copy_in` of 100,000 rows against raw tokio-postgres's COPY BINARY, both into an
+/// empty table, trials interleaved.
+pub(crate) async fn copy_round(s: &Systems, r: &mut Results) -> Res<()> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    const W12: &str = "12. COPY 100,000 rows in";
+    const ROWS: usize = 100_000;
+    let systems = ["actor-orm copy_in", "raw: COPY BINARY"];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
+    let mut order: Vec<usize> = (0..systems.len()).collect();
+    let mut seed = SEED ^ 12;
+    for _ in 0..3 {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
+            s.raw.batch_execute("TRUNCATE bench_writes").await?;
+            let rows = crate::new_rows(ROWS);
+            let t = Instant::now();
+            if i == 0 {
+                let session = s.orm.session().await?;
+                session.copy_in(rows).await?;
+                session.commit().await?;
+                times[i].push(t.elapsed().as_secs_f64() * 1e3);
+                session.close().await?;
+            } else {
+                let sink = s
+                    .raw
+                    .copy_in("COPY bench_writes (name, email, age) FROM STDIN BINARY")
+                    .await?;
+                let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT4]);
+                let mut writer = std::pin::pin!(writer);
+                for row in rows {
+                    writer
+                        .as_mut()
+                        .write(&[&row.name, &row.email, &row.age])
+                        .await?;
+                }
+                writer.finish().await?;
+                times[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    for (system, mut v) in systems.into_iter().zip(times) {
+        v.sort_by(f64::total_cmp);
+        r.add(W12, "ms", system, v[v.len() / 2]);
+    }
+    Ok(())
+}
+
+/// Workload 12's ratio.
+pub(crate) fn copy_ratio(r: &Results) -> (String, f64, &'static str) {
+    let w = "12. COPY 100,000 rows in";
+    (
+        "copy_in 100,000: time vs raw COPY BINARY (lower is better)".into(),
+        r.get(w, "ms", "actor-orm copy_in") / r.get(w, "ms", "raw: COPY BINARY"),
+        "≤ 1.2×",
+    )
+}

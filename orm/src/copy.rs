@@ -1,8 +1,10 @@
 //! Bulk loading with `COPY … FROM STDIN BINARY`, the fastest path into PostgreSQL, inside the
 //! session's transaction and with the same typed value errors as inserts.
 
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::ToSql;
+use bytes::{BufMut as _, BytesMut};
+use futures_sink::Sink;
+use tokio_postgres::CopyInSink;
+use tokio_postgres::types::{IsNull, ToSql};
 
 use crate::bind::{Bind, BindError};
 use crate::connection::Connection;
@@ -46,9 +48,19 @@ impl SessionState {
             columns.join(", ")
         );
         let result = async {
-            let sink = conn.raw_client().copy_in(&sql).await?;
-            let writer = BinaryCopyInWriter::new(sink, &types);
-            let mut writer = std::pin::pin!(writer);
+            let sink = conn
+                .raw_client()
+                .copy_in::<_, bytes::Bytes>(&sql)
+                .await?;
+            let mut sink = std::pin::pin!(sink);
+            // The binary COPY format, written straight into one buffer: a header, per row a
+            // field count and each field's length and bytes, and a trailer.
+            let mut buf = BytesMut::with_capacity(FLUSH_AT + 4096);
+            buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+            buf.put_i32(0);
+            buf.put_i32(0);
+            let fields = i16::try_from(included.len())
+                .map_err(|_| Error::InvalidInput("too many columns for COPY".into()))?;
             for model in models {
                 if (0..meta.columns.len()).any(|i| model.is_unset(i) != unset[i]) {
                     return Err(Error::InvalidInput(format!(
@@ -57,22 +69,34 @@ impl SessionState {
                     )));
                 }
                 let mut values = model.values()?;
-                let mut coerced = Vec::with_capacity(included.len());
-                for &i in &included {
+                buf.put_i16(fields);
+                for (k, &i) in included.iter().enumerate() {
                     let col = &meta.columns[i];
                     let v = std::mem::replace(&mut values[i], sea_query::Value::Bool(None));
-                    coerced.push(col.sql_type.coerce(v, col.name)?);
+                    let v = col.sql_type.coerce(v, col.name)?;
+                    let at = buf.len();
+                    buf.put_i32(0);
+                    let written = Bind::new(&v, i + 1, Some(col.name))
+                        .to_sql(&types[k], &mut buf)
+                        .map_err(|e| match e.downcast::<BindError>() {
+                            Ok(b) => b.into_error(),
+                            Err(other) => Error::InvalidInput(format!("{}: {other}", col.name)),
+                        })?;
+                    let len = match written {
+                        IsNull::Yes => -1,
+                        IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| {
+                            Error::InvalidInput(format!("{}: a value over 2 GiB", col.name))
+                        })?,
+                    };
+                    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
                 }
-                let binds: Vec<Bind<'_>> = coerced
-                    .iter()
-                    .zip(&included)
-                    .map(|(v, &i)| Bind::new(v, i + 1, Some(meta.columns[i].name)))
-                    .collect();
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-                writer.as_mut().write(&refs).await.map_err(bind_error)?;
+                if buf.len() >= FLUSH_AT {
+                    send(sink.as_mut(), buf.split().freeze()).await?;
+                }
             }
-            Ok(writer.finish().await?)
+            buf.put_i16(-1);
+            send(sink.as_mut(), buf.split().freeze()).await?;
+            Ok(sink.as_mut().finish().await?)
         }
         .await;
         if result.is_err() {
@@ -83,15 +107,15 @@ impl SessionState {
     }
 }
 
-/// A value refused while encoding is our typed error (naming its column); anything else is the
-/// driver's.
-fn bind_error(e: tokio_postgres::Error) -> Error {
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<BindError>() {
-            return b.clone().into_error();
-        }
-        source = s.source();
-    }
-    Error::from(e)
+/// How much COPY data is buffered before it is handed to the connection.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Hands one chunk of COPY data to the connection, waiting while it is busy.
+async fn send(
+    mut sink: std::pin::Pin<&mut CopyInSink<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+) -> Result<()> {
+    std::future::poll_fn(|cx| sink.as_mut().poll_ready(cx)).await?;
+    sink.as_mut().start_send(chunk)?;
+    Ok(())
 }
