@@ -23,6 +23,7 @@ mod fork;
 mod job;
 mod label;
 mod link;
+mod listener;
 mod pool;
 mod session;
 mod session_actor;
@@ -33,6 +34,7 @@ mod transaction;
 
 pub use config::{IntoConfig, PoolConfig, ResetPolicy};
 pub use job::BoxFuture;
+pub use listener::{Event, Subscription};
 pub use pool::{Pool, PoolBuilder};
 pub use session::Session;
 pub use stats::PoolStats;

@@ -89,6 +89,17 @@ impl PoolLink {
         }
     }
 
+    /// Keeps a task of the pool's (a listener) to stop when the pool shuts down.
+    pub(crate) fn keep_task(&self, task: tokio::task::AbortHandle) {
+        let mut state = lock(&self.shared);
+        if state.stopped {
+            task.abort();
+            return;
+        }
+        state.timers.retain(|t| !t.is_finished());
+        state.timers.push(task);
+    }
+
     /// Keeps the actor of a session that ended with its last handle for a later session.
     /// Returns `false` (the actor should stop) when the pool has stopped or is closing, or has
     /// `spare_sessions` spares already.

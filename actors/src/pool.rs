@@ -124,6 +124,37 @@ impl Pool {
         &self.inner.config
     }
 
+    /// Subscribes to LISTEN `channels` on a connection of the listener's own, outside the
+    /// pool's leases: notifications arrive as [`Event`](crate::Event)s, with
+    /// [`Event::Reconnected`](crate::Event::Reconnected) after a lost connection comes back
+    /// (LISTENs issued again) and [`Event::Lagged`](crate::Event::Lagged) when the subscriber
+    /// fell behind its buffer (4,096 events). Returns once the LISTENs are in place; the
+    /// subscription ends when dropped or when the pool closes. Send with
+    /// [`Session::notify`](crate::Session::notify).
+    pub async fn listen<S: Into<String>>(
+        &self,
+        channels: impl IntoIterator<Item = S>,
+    ) -> Result<crate::listener::Subscription> {
+        self.listen_with_capacity(channels, crate::listener::CAPACITY)
+            .await
+    }
+
+    /// [`listen`](Self::listen) with a buffer of `capacity` events.
+    pub async fn listen_with_capacity<S: Into<String>>(
+        &self,
+        channels: impl IntoIterator<Item = S>,
+        capacity: usize,
+    ) -> Result<crate::listener::Subscription> {
+        if !self.is_running() {
+            return Err(closed());
+        }
+        let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
+        let (subscription, task) =
+            crate::listener::start(self.inner.config.clone(), channels, capacity).await?;
+        self.link().keep_task(task);
+        Ok(subscription)
+    }
+
     /// A snapshot of the pool's numbers.
     pub async fn stats(&self) -> Result<PoolStats> {
         self.ask(PoolMsg::Stats).await

@@ -282,6 +282,25 @@ mod rustls_connector {
             Box::pin(async move { token.cancel_query(make).await })
         }
 
+        fn connect_listening<'a>(
+            &'a self,
+            config: &'a Config,
+            notices: actor_orm_core::Notices,
+        ) -> actor_orm_core::ListenFuture<'a> {
+            Box::pin(async move {
+                let mut config = config.clone();
+                config.ssl_mode(match self.mode {
+                    SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                    _ => tokio_postgres::config::SslMode::Require,
+                });
+                let (client, connection) = config
+                    .connect(self.make.clone())
+                    .await
+                    .map_err(crate::connect::connect_error)?;
+                Ok((client, actor_orm_core::forwarding(connection, notices)))
+            })
+        }
+
         fn cancel_over(
             &self,
             token: CancelToken,

@@ -51,8 +51,52 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
         self.cancel(token)
     }
 
+    /// Opens a connection whose notifications (`LISTEN`/`NOTIFY`) are handed to `notices` as
+    /// its driver reads them: for a listener on a connection of its own. The default refuses:
+    /// a connector that cannot deliver them must not pretend to.
+    fn connect_listening<'a>(&'a self, config: &'a Config, notices: Notices) -> ListenFuture<'a> {
+        let _ = (config, notices);
+        let what = self.describe();
+        Box::pin(async move {
+            Err(crate::Error::Config(format!(
+                "the connector ({what}) cannot deliver notifications"
+            )))
+        })
+    }
+
     /// A few words for logs and errors: `plaintext`, `TLS (verify-full)`, ….
     fn describe(&self) -> String;
+}
+
+/// Where a listening connection's driver hands its notifications.
+pub type Notices = tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>;
+
+/// What [`Connector::connect_listening`] returns.
+pub type ListenFuture<'a> =
+    Pin<Box<dyn Future<Output = crate::Result<(Client, Driver)>> + Send + 'a>>;
+
+/// A driver for `connection` that hands every notification to `notices` (tokio-postgres's own
+/// driver drops them).
+pub fn forwarding<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notices: Notices,
+) -> Driver
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = notices.send(n);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    })
 }
 
 /// Plain TCP or Unix sockets, no TLS (`sslmode=disable`).
@@ -70,6 +114,13 @@ impl Connector for PlainConnector {
 
     fn cancel(&self, token: CancelToken) -> ConnectFuture<'static, ()> {
         Box::pin(async move { token.cancel_query(NoTls).await })
+    }
+
+    fn connect_listening<'a>(&'a self, config: &'a Config, notices: Notices) -> ListenFuture<'a> {
+        Box::pin(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            Ok((client, forwarding(connection, notices)))
+        })
     }
 
     fn cancel_over(

@@ -70,7 +70,9 @@ pub use builtin::{
 };
 pub use cancel::{CancelStream, CancelTarget};
 pub use connection::{Connection, SQL_LOG, StatementMode};
-pub use connector::{ConnectFuture, Connector, Driver, PlainConnector};
+pub use connector::{
+    ConnectFuture, Connector, Driver, ListenFuture, Notices, PlainConnector, forwarding,
+};
 pub use error::{Cause, DbError, Error, Holder, PoolTimeout, Result};
 pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now};
 pub use identity::IdentityMap;

@@ -15,6 +15,7 @@ mod core_work;
 mod faults;
 mod generated;
 mod hangs;
+mod listen;
 mod models;
 mod pool;
 mod reclaim;
