@@ -263,14 +263,23 @@ mod rustls_connector {
         }
     }
 
+    impl RustlsConnector {
+        /// `config` with tokio-postgres's sslmode for this connector's: `prefer` may fall back
+        /// to plaintext, every other mode requires TLS.
+        fn with_mode(&self, config: &Config) -> Config {
+            let mut config = config.clone();
+            config.ssl_mode(match self.mode {
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+            config
+        }
+    }
+
     impl Connector for RustlsConnector {
         fn connect<'a>(&'a self, config: &'a Config) -> ConnectFuture<'a, (Client, Driver)> {
             Box::pin(async move {
-                let mut config = config.clone();
-                config.ssl_mode(match self.mode {
-                    SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                    _ => tokio_postgres::config::SslMode::Require,
-                });
+                let config = self.with_mode(config);
                 let (client, connection) = config.connect(self.make.clone()).await?;
                 let driver: Driver = Box::pin(connection);
                 Ok((client, driver))
@@ -288,11 +297,7 @@ mod rustls_connector {
             notices: actor_orm_core::Notices,
         ) -> actor_orm_core::ListenFuture<'a> {
             Box::pin(async move {
-                let mut config = config.clone();
-                config.ssl_mode(match self.mode {
-                    SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                    _ => tokio_postgres::config::SslMode::Require,
-                });
+                let config = self.with_mode(config);
                 let (client, connection) = config
                     .connect(self.make.clone())
                     .await

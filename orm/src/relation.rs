@@ -341,7 +341,7 @@ fn values_of<M: Model>(model: &M, columns: &[&str]) -> Result<Vec<Value>> {
 
 /// A model's one-column key (many-to-many links are by one-column keys).
 fn single_key<M: Model>(model: &M) -> Result<Value> {
-    let mut k = key_values(model)?;
+    let mut k = model.key_values()?;
     match (k.pop(), k.is_empty()) {
         (Some(v), true) => Ok(v),
         _ => Err(Error::InvalidInput(format!(
@@ -349,15 +349,6 @@ fn single_key<M: Model>(model: &M) -> Result<Value> {
             M::meta().table
         ))),
     }
-}
-
-/// The key values of a model.
-fn key_values<M: Model>(model: &M) -> Result<Vec<Value>> {
-    let all = model.values()?;
-    Ok(M::meta()
-        .key_columns()
-        .map(|(i, _)| all[i].clone())
-        .collect())
 }
 
 fn is_null(v: &Value) -> bool {
@@ -429,16 +420,7 @@ fn any_of(columns: &[Expr], keys: &[Vec<Value>]) -> Expr {
         format!("(SELECT * FROM unnest({}))", placeholders.join(", ")),
         arrays,
     );
-    Expr::tuple(columns.iter().cloned()).in_subquery_expr(unnest)
-}
-
-trait InSubqueryExpr {
-    fn in_subquery_expr(self, sub: Expr) -> Expr;
-}
-impl InSubqueryExpr for Expr {
-    fn in_subquery_expr(self, sub: Expr) -> Expr {
-        Expr::cust_with_exprs("$1 IN $2", [self, sub])
-    }
+    Expr::cust_with_exprs("$1 IN $2", [Expr::tuple(columns.iter().cloned()), unnest])
 }
 
 /// Distinct non-NULL keys, in first-seen order.
@@ -466,7 +448,10 @@ async fn children_of<P: Model, C: Model>(
     fk: &[&str],
     refine: Option<&Refine>,
 ) -> Result<Vec<Vec<C>>> {
-    let parent_keys: Vec<Vec<Value>> = parents.iter().map(key_values).collect::<Result<_>>()?;
+    let parent_keys: Vec<Vec<Value>> = parents
+        .iter()
+        .map(Model::key_values)
+        .collect::<Result<_>>()?;
     let wanted = distinct(parent_keys.iter().cloned());
     let mut grouped: Vec<Vec<C>> = (0..parents.len()).map(|_| Vec::new()).collect();
     if wanted.is_empty() {
@@ -474,33 +459,36 @@ async fn children_of<P: Model, C: Model>(
     }
     let fk_exprs: Vec<Expr> = fk.iter().map(|c| qualified::<C>(c)).collect();
     let mut select = Select::<C>::new().filter(Filter::typed(any_of(&fk_exprs, &wanted)));
-    let mut ranked = false;
-    if let Some(r) = refine {
-        for f in &r.filters {
-            select = select.filter(f.clone());
+    let refine = refine.cloned().unwrap_or_default();
+    for f in refine.filters {
+        select = select.filter(f);
+    }
+    let (sql, values) = match refine.limit_each {
+        None => {
+            for o in refine.order {
+                select = select.order_by(o);
+            }
+            select.build()
         }
-        if let Some(n) = r.limit_each {
+        Some(n) => {
             // row_number() per parent, in the relation's order: still one statement.
-            let order: Vec<String> = r.order.iter().map(Ordering::to_sql).collect();
-            let over = format!(
-                "row_number() OVER (PARTITION BY {}{})",
-                fk.iter()
-                    .map(|c| crate::quote_ident(c))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if order.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ORDER BY {}", order.join(", "))
-                }
-            );
+            let order: Vec<String> = refine.order.iter().map(Ordering::to_sql).collect();
+            let partition: Vec<String> = fk.iter().map(|c| crate::quote_ident(c)).collect();
+            let over = if order.is_empty() {
+                format!("row_number() OVER (PARTITION BY {})", partition.join(", "))
+            } else {
+                format!(
+                    "row_number() OVER (PARTITION BY {} ORDER BY {})",
+                    partition.join(", "),
+                    order.join(", ")
+                )
+            };
             select.stmt.expr(Expr::cust(over));
             let (inner, mut values) = select.build();
             // The limit is a bound value too.
             values
                 .0
                 .push(Value::BigInt(Some(i64::try_from(n).unwrap_or(i64::MAX))));
-            let limit = values.0.len();
             let names: Vec<String> = C::meta()
                 .columns
                 .iter()
@@ -510,21 +498,13 @@ async fn children_of<P: Model, C: Model>(
                 "SELECT {cols} FROM ({inner}) AS ranked({cols}, \"__rank\") \
                  WHERE \"__rank\" <= ${limit} ORDER BY \"__rank\"",
                 cols = names.join(", "),
+                limit = values.0.len(),
             );
-            ranked = true;
-            let rows = s.rows(conn, &sql, values).await?;
-            group_rows(s, &mut grouped, rows, &parent_keys, fk)?;
-        } else {
-            for o in &r.order {
-                select = select.order_by(o.clone());
-            }
+            (sql, values)
         }
-    }
-    if !ranked {
-        let (sql, values) = select.build();
-        let rows = s.rows(conn, &sql, values).await?;
-        group_rows(s, &mut grouped, rows, &parent_keys, fk)?;
-    }
+    };
+    let rows = s.rows(conn, &sql, values).await?;
+    group_rows(s, &mut grouped, rows, &parent_keys, fk)?;
     Ok(grouped)
 }
 
@@ -566,7 +546,7 @@ fn group_rows<C: Model>(
             }
         }
     }
-    let children: Vec<C> = s.remember_rows(rows)?;
+    let children: Vec<C> = s.remember_all(rows)?;
     let fks = match fks {
         Some(keys) => keys,
         None => children
@@ -672,8 +652,10 @@ impl<P: Model, C: Model, J: Model> Relation<P> for ManyToMany<P, C, J> {
         parents: &'a [P],
     ) -> LoadFuture<'a, Result<Vec<Vec<C>>>> {
         Box::pin(async move {
-            let parent_keys: Vec<Vec<Value>> =
-                parents.iter().map(key_values).collect::<Result<_>>()?;
+            let parent_keys: Vec<Vec<Value>> = parents
+                .iter()
+                .map(Model::key_values)
+                .collect::<Result<_>>()?;
             let wanted = distinct(parent_keys.iter().cloned());
             let mut grouped: Vec<Vec<C>> = (0..parents.len()).map(|_| Vec::new()).collect();
             if wanted.is_empty() {
@@ -890,7 +872,7 @@ impl SessionState {
         children: Vec<C>,
     ) -> Result<With<P, Vec<C>>> {
         let parent = self.insert(conn, parent).await?;
-        let key = key_values(&parent)?;
+        let key = parent.key_values()?;
         let meta = C::meta();
         let columns: Vec<usize> = relation
             .fk

@@ -663,11 +663,6 @@ impl SessionState {
         self.remember_all(rows)
     }
 
-    /// Decodes rows of `M` (its columns in order) and records them in the identity map.
-    pub(crate) fn remember_rows<M: Model>(&mut self, rows: Vec<Row>) -> Result<Vec<M>> {
-        self.remember_all(rows)
-    }
-
     /// Decodes one row of `M` (its columns at `positions`) and records it.
     pub(crate) fn remember_row<M: Model>(&mut self, row: &Row, positions: &[usize]) -> Result<M> {
         let model = M::from_row(row, positions)?;
@@ -678,7 +673,7 @@ impl SessionState {
     /// Decodes rows into models and records each in the identity map. A large result is kept as
     /// its rows (no copy of each model, indexed on the next lookup); a small one as copies, so
     /// that a few rows do not hold on to a whole read buffer.
-    fn remember_all<M: Model>(&mut self, rows: Vec<Row>) -> Result<Vec<M>> {
+    pub(crate) fn remember_all<M: Model>(&mut self, rows: Vec<Row>) -> Result<Vec<M>> {
         const KEEP_ROWS_FROM: usize = 64;
         let positions = crate::model::in_order(M::meta().columns.len());
         let mut models = Vec::with_capacity(rows.len());

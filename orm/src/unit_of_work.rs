@@ -357,6 +357,23 @@ fn column_list(meta: &ModelMeta, included: &[usize]) -> String {
         .join(", ")
 }
 
+/// `$1::schema.type[], $2::…[]`: one array parameter per column, cast to the column's type as
+/// the server reported it.
+fn unnest_casts(types: &[tokio_postgres::types::Type]) -> Vec<String> {
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "${}::{}.{}[]",
+                i + 1,
+                crate::quote_ident(t.schema()),
+                crate::quote_ident(t.name())
+            )
+        })
+        .collect()
+}
+
 /// `INSERT INTO t (a, b) VALUES ($1, $2)`: prepared (never run) to learn the columns' types.
 pub(crate) fn insert_probe(meta: &ModelMeta, included: &[usize]) -> String {
     let params: Vec<String> = (1..=included.len()).map(|n| format!("${n}")).collect();
@@ -380,18 +397,7 @@ pub(crate) fn build_insert_unnest(
     types: &[tokio_postgres::types::Type],
     returning: bool,
 ) -> Result<Built> {
-    let casts: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(n, t)| {
-            format!(
-                "${}::{}.{}[]",
-                n + 1,
-                crate::quote_ident(t.schema()),
-                crate::quote_ident(t.name())
-            )
-        })
-        .collect();
+    let casts = unnest_casts(types);
     let mut sql = format!(
         "INSERT INTO {} ({}) SELECT * FROM unnest({})",
         meta.qualified_name(),
@@ -458,22 +464,8 @@ pub(crate) fn build_insert_numbered(
         .ok_or_else(|| Error::InvalidInput("no generated key to number the rows by".into()))?;
     let plain = build_insert_unnest(meta, rows, included, types, false)?;
     let n = included.len();
-    let casts: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            format!(
-                "${}::{}.{}[]",
-                i + 1,
-                crate::quote_ident(t.schema()),
-                crate::quote_ident(t.name())
-            )
-        })
-        .collect();
-    let names: Vec<String> = included
-        .iter()
-        .map(|&i| crate::quote_ident(meta.columns[i].name))
-        .collect();
+    let casts = unnest_casts(types);
+    let names = column_list(meta, included);
     let key_name = crate::quote_ident(meta.columns[key].name);
     let returning: Vec<String> = meta
         .columns
@@ -489,7 +481,6 @@ pub(crate) fn build_insert_numbered(
         t = n + 1,
         c = n + 2,
         arrays = casts.join(", "),
-        names = names.join(", "),
         table = meta.qualified_name(),
         returning = returning.join(", "),
     );
