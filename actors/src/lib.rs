@@ -28,6 +28,7 @@ mod pool;
 mod session;
 mod session_actor;
 mod stats;
+mod stream_job;
 mod supervisor;
 mod tls;
 mod transaction;

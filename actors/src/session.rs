@@ -272,6 +272,62 @@ impl Session {
             .await
     }
 
+    /// The rows `query` selects, one at a time, with bounded memory: models from a
+    /// [`Select`], pairs from a [`SelectPair`], tuples from a [`Project`]. The server is read no
+    /// faster than the stream is consumed. Streamed models do not enter the identity map (see
+    /// [`stream_with`](Self::stream_with)).
+    ///
+    /// While the stream is open the session's other operations wait behind it, and it uses the
+    /// session's one connection. Dropping it part-way cancels the statement: the session's next
+    /// operation runs at once, and a transaction the stream ran in goes on (the stream runs
+    /// behind a savepoint there). Inside the session's transaction it sees the transaction's
+    /// writes; outside one it is a plain read. An error part-way ends the stream with that
+    /// error. See `actor_orm_core`'s `stream` module for the design.
+    ///
+    /// ```no_run
+    /// # use actor_orm_actors::Pool;
+    /// # use actor_orm_core::{Model, Select};
+    /// # async fn demo<Payment: Model>(pool: Pool, payments: Select<Payment>) -> actor_orm_core::Result<()> {
+    /// let s = pool.session().await?;
+    /// let mut rows = s.stream(payments).await?;
+    /// while let Some(payment) = rows.next().await {
+    ///     let payment = payment?;
+    ///     # let _ = payment;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn stream<Q: actor_orm_core::Streamable>(
+        &self,
+        query: Q,
+    ) -> Result<actor_orm_core::QueryStream<Q::Item>> {
+        self.stream_with(query, actor_orm_core::StreamOptions::new())
+            .await
+    }
+
+    /// [`stream`](Self::stream) with [`StreamOptions`](actor_orm_core::StreamOptions): whether
+    /// streamed models enter the identity map.
+    pub async fn stream_with<Q: actor_orm_core::Streamable>(
+        &self,
+        query: Q,
+        options: actor_orm_core::StreamOptions,
+    ) -> Result<actor_orm_core::QueryStream<Q::Item>> {
+        self.inner.pool.check_process()?;
+        let (out, rows) = actor_orm_core::stream_channel();
+        let (opened, ready) = oneshot::channel();
+        let job = Box::new(crate::stream_job::StreamJob {
+            query,
+            options,
+            out,
+            opened: Some(opened),
+        });
+        self.inner
+            .actor
+            .send_message(SessionMsg::Db(job))
+            .map_err(|_| Error::SessionClosed)?;
+        ready.await.map_err(|_| Error::SessionClosed)??;
+        Ok(rows)
+    }
+
     // ----- writes -----
 
     /// Queues `model` for INSERT at the next flush. Bad values are refused now.

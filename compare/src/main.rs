@@ -25,6 +25,7 @@ use tokio_postgres::types::Type;
 
 mod pgbench;
 mod relations;
+mod streaming;
 mod tls;
 
 // ----- allocation counting, for peak memory and bytes per session -----
@@ -975,6 +976,7 @@ async fn run() -> Res<()> {
         .await?;
     setup.batch_execute("VACUUM ANALYZE").await?;
     relations::set_up(&setup).await?;
+    streaming::set_up(&setup).await?;
     let version: String = setup.query_one("SHOW server_version", &[]).await?.get(0);
 
     let main = Arc::new(systems(&pg, &url, POOL).await?);
@@ -1025,6 +1027,9 @@ async fn run() -> Res<()> {
         }
         if on("12") {
             relations::copy_round(&main, &mut r).await?;
+        }
+        if on("13") {
+            streaming::round(&main, &mut r).await?;
         }
         if let Some(bench) = &bench {
             bench.round(round, &mut r).await?;
@@ -1193,6 +1198,7 @@ async fn run() -> Res<()> {
     rows.extend(tls::ratios(&r));
     rows.extend(relations::ratios(&r));
     rows.push(relations::copy_ratio(&r));
+    rows.extend(streaming::ratios(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {

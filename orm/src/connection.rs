@@ -16,6 +16,7 @@ use crate::cancel::CancelTarget;
 use crate::connector::{Connector, PlainConnector};
 use crate::error::{Error, Result};
 use crate::flight::Flight;
+use crate::stream::RowsInFlight;
 
 /// How statements are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -368,6 +369,11 @@ impl Connection {
         }
     }
 
+    /// Logs a statement started by [`start_rows`](Self::start_rows) that returned `rows` rows.
+    pub(crate) fn log_rows(&self, started: Option<std::time::Instant>, sql: &str, rows: u64) {
+        self.log(started, sql, None, &Ok::<u64, Error>(rows), |n| *n);
+    }
+
     fn count(&self) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
@@ -487,20 +493,66 @@ impl Connection {
                 Ok(self.client.query(&stmt, &params).await?)
             }
             StatementMode::Unnamed => {
-                let mut typed: Vec<(&(dyn ToSql + Sync), tokio_postgres::types::Type)> =
-                    Vec::with_capacity(binds.len());
-                for b in &binds {
-                    let mut ty = crate::bind::param_type(b.value());
-                    if let (0, tokio_postgres::types::Kind::Array(element)) = (ty.oid(), ty.kind())
-                    {
-                        // An array's encoding names its element type's OID: ask the server.
-                        ty = self.array_of(element.name()).await?;
-                    }
-                    typed.push((b as &(dyn ToSql + Sync), ty));
-                }
+                let typed = self.typed(&binds).await?;
                 self.note_sql(sql);
                 self.count();
                 Ok(self.client.query_typed(sql, &typed).await?)
+            }
+        }
+    }
+
+    /// The values with the types an unnamed statement sends them as.
+    async fn typed<'b>(
+        &self,
+        binds: &'b [Bind<'b>],
+    ) -> Result<Vec<(&'b (dyn ToSql + Sync), tokio_postgres::types::Type)>> {
+        let mut typed = Vec::with_capacity(binds.len());
+        for b in binds {
+            let mut ty = crate::bind::param_type(b.value());
+            if let (0, tokio_postgres::types::Kind::Array(element)) = (ty.oid(), ty.kind()) {
+                // An array's encoding names its element type's OID: ask the server.
+                ty = self.array_of(element.name()).await?;
+            }
+            typed.push((b as &(dyn ToSql + Sync), ty));
+        }
+        Ok(typed)
+    }
+
+    /// Starts a statement whose rows are read one at a time, as the caller takes them (see
+    /// [`RowsInFlight`]); returns once the server has begun answering.
+    pub(crate) async fn start_rows(&self, sql: &str, values: &Values) -> Result<RowsInFlight<'_>> {
+        let started = log_start();
+        let mark = self.flight.start();
+        self.record(sql);
+        let binds = binds(&values.0, None);
+        let result = async {
+            match self.mode {
+                StatementMode::Prepared => {
+                    let stmt = self.statement(sql).await?;
+                    self.count();
+                    Ok(self.client.query_raw(&stmt, params(&binds)).await?)
+                }
+                StatementMode::Unnamed => {
+                    let typed = self.typed(&binds).await?;
+                    self.note_sql(sql);
+                    self.count();
+                    Ok(self.client.query_typed_raw(sql, typed).await?)
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(rows) => Ok(RowsInFlight {
+                rows: Box::pin(rows),
+                mark,
+                started,
+                count: 0,
+                lost: false,
+            }),
+            Err(e) => {
+                let failed: Result<RowsInFlight<'_>> = Err(e);
+                self.log(started, sql, Some(values), &failed, |_| 0);
+                mark.done(answered(&failed), failed)
             }
         }
     }

@@ -25,6 +25,7 @@ mod pg_type;
 mod query;
 mod relation;
 mod session;
+mod stream;
 pub mod types;
 mod unit_of_work;
 
@@ -92,6 +93,9 @@ pub use relation::{
 };
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
+pub use stream::{
+    QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender, Streamable, stream_channel,
+};
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};
 pub use unit_of_work::UnitOfWork;

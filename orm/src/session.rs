@@ -22,7 +22,7 @@ use crate::unit_of_work::{self, Op, Pending, UnitOfWork};
 
 /// Polls both futures, `a` first on every turn (so a request `a` sends goes out before `b`'s),
 /// until both are done.
-async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+pub(crate) async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     let mut a = std::pin::pin!(a);
     let mut b = std::pin::pin!(b);
     let (mut ra, mut rb) = (None, None);
@@ -262,6 +262,14 @@ impl SessionState {
         }
     }
 
+    /// Notes a failed statement (see [`note`](Self::note)) and hands its error back.
+    pub(crate) fn note_failure(&mut self, e: Error) -> Error {
+        match self.note::<()>(Err(e)) {
+            Err(e) => e,
+            Ok(()) => Error::TransactionAborted,
+        }
+    }
+
     /// Notes a failed statement: the server has aborted the transaction unless nothing was sent.
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
         if let Err(e) = &result
@@ -275,7 +283,7 @@ impl SessionState {
 
     /// Runs `work` inside the transaction. When none is open, BEGIN is sent in the same round
     /// trip, ahead of the statement: the server runs them in order.
-    async fn in_transaction<T>(
+    pub(crate) async fn in_transaction<T>(
         &mut self,
         conn: &Connection,
         work: impl Future<Output = Result<T>>,
@@ -325,7 +333,12 @@ impl SessionState {
         self.run_query(conn, sql, values, None).await
     }
 
-    async fn run_execute(&mut self, conn: &Connection, sql: &str, values: &Values) -> Result<u64> {
+    pub(crate) async fn run_execute(
+        &mut self,
+        conn: &Connection,
+        sql: &str,
+        values: &Values,
+    ) -> Result<u64> {
         self.in_transaction(conn, conn.execute(sql, values, None))
             .await
     }

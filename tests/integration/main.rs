@@ -24,6 +24,7 @@ mod schemas;
 mod sessions;
 mod soak;
 mod spares;
+mod streaming;
 mod tls;
 
 use std::future::Future;
