@@ -312,7 +312,7 @@ impl Session {
         options: actor_orm_core::StreamOptions,
     ) -> Result<actor_orm_core::QueryStream<Q::Item>> {
         self.inner.pool.check_process()?;
-        let (out, rows) = actor_orm_core::stream_channel();
+        let (out, rows) = actor_orm_core::stream_channel(query.decoder());
         let (opened, ready) = oneshot::channel();
         let job = Box::new(crate::stream_job::StreamJob {
             query,

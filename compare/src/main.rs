@@ -1226,6 +1226,8 @@ async fn run() -> Res<()> {
     for (what, v, target) in rows {
         let unit = if what.contains("KiB") {
             " KiB"
+        } else if what.ends_with(" MB") {
+            " MB"
         } else if what.contains("drift") {
             ""
         } else {

@@ -94,7 +94,8 @@ pub use relation::{
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use stream::{
-    QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender, Streamable, stream_channel,
+    Decoder, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender, Streamable,
+    stream_channel,
 };
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};

@@ -237,10 +237,7 @@ async fn a_consumer_that_panics_mid_stream_is_reclaimed() {
 
     // A session killed mid-stream: the consumer hears of it instead of waiting forever.
     let s = pool.session().await.expect("session");
-    let mut rows = s
-        .stream(Item::query())
-        .await
-        .expect("stream");
+    let mut rows = s.stream(Item::query()).await.expect("stream");
     rows.next().await.expect("row").expect("ok");
     s.kill();
     let mut ended = None;
