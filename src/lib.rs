@@ -80,7 +80,7 @@ pub use actor_orm_core::{
     PgType, RangeElement, SQL_LOG, SearchVector, SingleKey, Summable, TextLike, TsVector, ValueFor,
     Writable, Xml, pg_type_name, rust_type_name,
 };
-pub use actor_orm_core::{QueryStream, StreamOptions, Streamable};
+pub use actor_orm_core::{CopyFormat, QueryStream, StreamOptions, Streamable};
 pub use actor_orm_derive::{DbEnum, Model};
 
 /// The names most programs need.

@@ -311,12 +311,56 @@ impl Session {
         query: Q,
         options: actor_orm_core::StreamOptions,
     ) -> Result<actor_orm_core::QueryStream<Q::Item>> {
-        self.inner.pool.check_process()?;
         let (out, rows) = actor_orm_core::stream_channel(query.decoder());
+        self.start_stream(query, options, out).await?;
+        Ok(rows)
+    }
+
+    /// The result of `query` as COPY data in `format` (`COPY (…) TO STDOUT`): chunks of CSV,
+    /// text or binary COPY data (one row each, as PostgreSQL sends them), read as the stream is
+    /// consumed — for exports, and for loading another database with `COPY … FROM STDIN`. The
+    /// query's values stay bound parameters (see `actor_orm_core`'s `copy_out` module: a query
+    /// with values runs in the session's transaction, opened if none is). Streaming, dropping
+    /// part-way and errors are as for [`stream`](Self::stream); to read models, stream them.
+    ///
+    /// ```no_run
+    /// # use actor_orm_actors::Pool;
+    /// # use actor_orm_core::{CopyFormat, Model, Select};
+    /// # async fn demo<Payment: Model>(pool: Pool, payments: Select<Payment>) -> actor_orm_core::Result<()> {
+    /// let s = pool.session().await?;
+    /// let mut csv = s.copy_out(payments, CopyFormat::csv().with_header()).await?;
+    /// let mut file = Vec::new();
+    /// while let Some(line) = csv.next().await {
+    ///     file.extend_from_slice(&line?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn copy_out<Q: actor_orm_core::Streamable>(
+        &self,
+        query: Q,
+        format: actor_orm_core::CopyFormat,
+    ) -> Result<actor_orm_core::QueryStream<bytes::Bytes>> {
+        let (out, data) = actor_orm_core::item_channel();
+        self.start_stream(query, format, out).await?;
+        Ok(data)
+    }
+
+    /// Sends a stream's job and waits until its statement has begun answering.
+    async fn start_stream<Q, K>(
+        &self,
+        query: Q,
+        kind: K,
+        out: actor_orm_core::StreamSender<K::Item>,
+    ) -> Result<()>
+    where
+        Q: actor_orm_core::Streamable,
+        K: crate::stream_job::StreamKind<Q>,
+    {
+        self.inner.pool.check_process()?;
         let (opened, ready) = oneshot::channel();
         let job = Box::new(crate::stream_job::StreamJob {
             query,
-            options,
+            kind,
             out,
             opened: Some(opened),
         });
@@ -324,8 +368,7 @@ impl Session {
             .actor
             .send_message(SessionMsg::Db(job))
             .map_err(|_| Error::SessionClosed)?;
-        ready.await.map_err(|_| Error::SessionClosed)??;
-        Ok(rows)
+        ready.await.map_err(|_| Error::SessionClosed)?
     }
 
     // ----- writes -----

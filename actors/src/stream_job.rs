@@ -4,21 +4,68 @@
 use std::time::Duration;
 
 use actor_orm_core::{
-    Connection, Error, Result, SessionState, StreamMessage, StreamOptions, StreamSender, Streamable,
+    Connection, CopyFormat, Error, Result, SessionState, StreamEnd, StreamMessage, StreamOptions,
+    StreamSender, Streamable,
 };
 use tokio::sync::oneshot;
 
 use crate::job::{BoxFuture, Job, Outcome};
 
-pub(crate) struct StreamJob<Q: Streamable> {
+/// What a stream sends: the query's rows, or its result as COPY data.
+pub(crate) trait StreamKind<Q: Streamable>: Copy + Send + Sync + 'static {
+    /// What the consumer receives.
+    type Item: Send + 'static;
+    /// Runs the stream (see `SessionState::stream` and `SessionState::copy_out`).
+    fn run<'a>(
+        self,
+        state: &'a mut SessionState,
+        conn: &'a Connection,
+        query: &'a Q,
+        out: &'a StreamSender<Self::Item>,
+        cancel_limit: Duration,
+        opened: Box<dyn FnOnce() + Send + 'a>,
+    ) -> BoxFuture<'a, Result<StreamEnd>>;
+}
+
+impl<Q: Streamable> StreamKind<Q> for StreamOptions {
+    type Item = Q::Item;
+    fn run<'a>(
+        self,
+        state: &'a mut SessionState,
+        conn: &'a Connection,
+        query: &'a Q,
+        out: &'a StreamSender<Q::Item>,
+        cancel_limit: Duration,
+        opened: Box<dyn FnOnce() + Send + 'a>,
+    ) -> BoxFuture<'a, Result<StreamEnd>> {
+        Box::pin(state.stream(conn, query, self, out, cancel_limit, opened))
+    }
+}
+
+impl<Q: Streamable> StreamKind<Q> for CopyFormat {
+    type Item = bytes::Bytes;
+    fn run<'a>(
+        self,
+        state: &'a mut SessionState,
+        conn: &'a Connection,
+        query: &'a Q,
+        out: &'a StreamSender<bytes::Bytes>,
+        cancel_limit: Duration,
+        opened: Box<dyn FnOnce() + Send + 'a>,
+    ) -> BoxFuture<'a, Result<StreamEnd>> {
+        Box::pin(state.copy_out(conn, query, self, out, cancel_limit, opened))
+    }
+}
+
+pub(crate) struct StreamJob<Q: Streamable, K: StreamKind<Q>> {
     pub(crate) query: Q,
-    pub(crate) options: StreamOptions,
-    pub(crate) out: StreamSender<Q::Item>,
-    /// Told once the cursor is open (or why it could not be).
+    pub(crate) kind: K,
+    pub(crate) out: StreamSender<K::Item>,
+    /// Told once the statement has begun answering (or why it could not).
     pub(crate) opened: Option<oneshot::Sender<Result<()>>>,
 }
 
-impl<Q: Streamable> Job for StreamJob<Q> {
+impl<Q: Streamable, K: StreamKind<Q>> Job for StreamJob<Q, K> {
     fn untracked(&self) -> bool {
         false
     }
@@ -49,19 +96,14 @@ impl<Q: Streamable> Job for StreamJob<Q> {
         Box::pin(async move {
             let this = &mut *self;
             let opened = &mut this.opened;
-            let result = state
-                .stream(
-                    conn,
-                    &this.query,
-                    this.options,
-                    &this.out,
-                    cancel_limit,
-                    || {
-                        if let Some(opened) = opened.take() {
-                            let _ = opened.send(Ok(()));
-                        }
-                    },
-                )
+            let on_open = Box::new(move || {
+                if let Some(opened) = opened.take() {
+                    let _ = opened.send(Ok(()));
+                }
+            });
+            let result = this
+                .kind
+                .run(state, conn, &this.query, &this.out, cancel_limit, on_open)
                 .await;
             let Err(e) = result else {
                 return Outcome::Done;

@@ -369,6 +369,32 @@ impl Connection {
         }
     }
 
+    /// Starts a `COPY … TO STDOUT` whose data is read as the caller takes it (prepared, as
+    /// tokio-postgres runs COPY); returns once the server has begun answering.
+    pub(crate) async fn start_copy_out(
+        &self,
+        sql: &str,
+    ) -> Result<RowsInFlight<'_, tokio_postgres::CopyOutStream>> {
+        let started = log_start();
+        let mark = self.flight.start();
+        self.record(sql);
+        self.count();
+        match self.client.copy_out(sql).await {
+            Ok(rows) => Ok(RowsInFlight {
+                rows: Box::pin(rows),
+                mark,
+                started,
+                count: 0,
+                lost: false,
+            }),
+            Err(e) => {
+                let failed: Result<RowsInFlight<'_, tokio_postgres::CopyOutStream>> = Err(e.into());
+                self.log(started, sql, None, &failed, |_| 0);
+                mark.done(answered(&failed), failed)
+            }
+        }
+    }
+
     /// Logs a statement started by [`start_rows`](Self::start_rows) that returned `rows` rows.
     pub(crate) fn log_rows(&self, started: Option<std::time::Instant>, sql: &str, rows: u64) {
         self.log(started, sql, None, &Ok::<u64, Error>(rows), |n| *n);

@@ -14,6 +14,7 @@ mod cancel;
 mod connection;
 mod connector;
 mod copy;
+mod copy_out;
 pub mod ddl;
 mod error;
 mod expression;
@@ -74,6 +75,7 @@ pub use connection::{Connection, SQL_LOG, StatementMode};
 pub use connector::{
     ConnectFuture, Connector, Driver, ListenFuture, Notices, PlainConnector, forwarding,
 };
+pub use copy_out::CopyFormat;
 pub use error::{Cause, DbError, Error, Holder, PoolTimeout, Result};
 pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now};
 pub use identity::IdentityMap;
@@ -95,7 +97,7 @@ pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use stream::{
     Decoder, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender, Streamable,
-    stream_channel,
+    item_channel, stream_channel,
 };
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};

@@ -43,7 +43,6 @@
 //! Streamed models do not enter the identity map unless [`StreamOptions::remember`] asks for it:
 //! the point of a stream is not to keep what it read.
 
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -174,7 +173,7 @@ pub enum StreamMessage<T> {
 pub type StreamSender<T> = mpsc::Sender<StreamMessage<T>>;
 
 /// Rows sent to the consumer at a time.
-const CHUNK: usize = 256;
+pub(crate) const CHUNK: usize = 256;
 
 /// Batches of rows in flight between the session and the consumer.
 const CHANNEL_BATCHES: usize = 2;
@@ -193,6 +192,16 @@ pub fn stream_channel<T>(decoder: Decoder<T>) -> (StreamSender<T>, QueryStream<T
             done: false,
         },
     )
+}
+
+/// A channel for a stream of values the session makes itself (COPY data): the consumer has
+/// nothing to decode.
+pub fn item_channel<T: 'static>() -> (StreamSender<T>, QueryStream<T>) {
+    stream_channel(Arc::new(|_| {
+        Err(Error::InvalidInput(
+            "this stream carries no rows to decode".into(),
+        ))
+    }))
 }
 
 /// How a stream ended, as the session sees it.
@@ -288,8 +297,8 @@ impl<T> Stream for QueryStream<T> {
 /// A statement whose rows are read one at a time: its rows, and the connection's note that it
 /// is owed an answer (dropped before the end, the statement counts as abandoned, and the
 /// connection as interrupted until a later statement is answered).
-pub(crate) struct RowsInFlight<'c> {
-    pub(crate) rows: Pin<Box<RowStream>>,
+pub(crate) struct RowsInFlight<'c, S = RowStream> {
+    pub(crate) rows: Pin<Box<S>>,
     pub(crate) mark: crate::flight::InFlight<'c>,
     pub(crate) started: Option<std::time::Instant>,
     pub(crate) count: u64,
@@ -297,8 +306,19 @@ pub(crate) struct RowsInFlight<'c> {
     pub(crate) lost: bool,
 }
 
-impl RowsInFlight<'_> {
-    fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Row>>> {
+impl<S> RowsInFlight<'_, S> {
+    /// The statement has been read to its end.
+    pub(crate) fn finish(self, conn: &Connection, sql: &str) {
+        conn.log_rows(self.started, sql, self.count);
+        self.mark.done(!self.lost, ());
+    }
+}
+
+impl<S, X> RowsInFlight<'_, S>
+where
+    S: Stream<Item = std::result::Result<X, tokio_postgres::Error>>,
+{
+    pub(crate) fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<X>>> {
         let row = std::task::ready!(self.rows.as_mut().poll_next(cx)).map(|r| {
             r.map_err(|e| {
                 let e = Error::from(e);
@@ -308,19 +328,13 @@ impl RowsInFlight<'_> {
         });
         Poll::Ready(row)
     }
-
-    /// The statement has been read to its end.
-    fn finish(self, conn: &Connection, sql: &str) {
-        conn.log_rows(self.started, sql, self.count);
-        self.mark.done(!self.lost, ());
-    }
 }
 
 /// The savepoint a stream inside a transaction runs behind.
-const SAVEPOINT: &str = "actor_orm_stream";
+pub(crate) const SAVEPOINT: &str = "actor_orm_stream";
 
 /// What one turn of reading rows came to.
-enum Fill {
+pub(crate) enum Fill {
     /// Rows to send (a full chunk, or what was there).
     Chunk,
     /// The statement ended: send what there is, and end.
@@ -331,8 +345,40 @@ enum Fill {
     Gone,
 }
 
+/// Reads every row already here into `chunk`, up to [`CHUNK`]; when none is ready, what there
+/// is goes to the consumer (a slow query's rows are not held back), and with nothing to send,
+/// waits for rows or for the consumer to go away (`gone`).
+pub(crate) async fn next_chunk<S, X>(
+    rows: &mut RowsInFlight<'_, S>,
+    mut gone: Pin<&mut impl std::future::Future<Output = ()>>,
+    chunk: &mut Vec<X>,
+) -> Fill
+where
+    S: Stream<Item = std::result::Result<X, tokio_postgres::Error>>,
+{
+    std::future::poll_fn(|cx| {
+        loop {
+            match rows.poll_row(cx) {
+                Poll::Ready(Some(Ok(row))) => {
+                    chunk.push(row);
+                    if chunk.len() == CHUNK {
+                        return Poll::Ready(Fill::Chunk);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Fill::Failed(e)),
+                Poll::Ready(None) => return Poll::Ready(Fill::End),
+                Poll::Pending if !chunk.is_empty() => return Poll::Ready(Fill::Chunk),
+                Poll::Pending => {
+                    return std::future::Future::poll(gone.as_mut(), cx).map(|()| Fill::Gone);
+                }
+            }
+        }
+    })
+    .await
+}
+
 /// Why the session stopped reading before the end.
-enum Stop {
+pub(crate) enum Stop {
     /// The consumer dropped the stream.
     Dropped,
     /// A row did not decode.
@@ -372,9 +418,28 @@ impl SessionState {
             conn.start_rows(&sql, &values).await?
         };
         opened();
-        let stop = match self.read_rows(query, options, &mut rows, out).await {
+        let read = self.read_rows(query, options, &mut rows, out).await;
+        self.end_streaming(conn, rows, &sql, read, in_transaction, cancel_limit, out)
+            .await
+    }
+
+    /// Ends a stream's statement however its reading ended: read to the end (the savepoint
+    /// released and `End` sent), stopped part-way (cancelled, and the savepoint rolled back to),
+    /// or failed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn end_streaming<S, T>(
+        &mut self,
+        conn: &Connection,
+        rows: RowsInFlight<'_, S>,
+        sql: &str,
+        read: Result<Option<Stop>>,
+        in_transaction: bool,
+        cancel_limit: std::time::Duration,
+        out: &StreamSender<T>,
+    ) -> Result<StreamEnd> {
+        let stop = match read {
             Ok(None) => {
-                rows.finish(conn, &sql);
+                rows.finish(conn, sql);
                 if in_transaction {
                     let release = format!("RELEASE SAVEPOINT {SAVEPOINT}");
                     let released = conn.batch_known(&release).await;
@@ -389,12 +454,12 @@ impl SessionState {
             Ok(Some(stop)) => stop,
             Err(e) => {
                 // The server failed the statement (or the connection went): it is over.
-                rows.finish(conn, &sql);
+                rows.finish(conn, sql);
                 return Err(self.note_failure(e));
             }
         };
-        // Stopped part-way: the statement is abandoned (tokio-postgres discards its remaining
-        // rows as they arrive) and cancelled on the server.
+        // Stopped part-way: the statement is abandoned (tokio-postgres discards what is left of
+        // its answer as it arrives) and cancelled on the server.
         drop(rows);
         conn.cancel_running(cancel_limit).await?;
         if in_transaction {
@@ -422,26 +487,7 @@ impl SessionState {
         let mut gone = std::pin::pin!(out.closed());
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
-            // Every row already here, up to a chunk; when none is ready, what there is goes to
-            // the consumer (a slow query's rows are not held back), and with nothing to send,
-            // the session waits for rows or for the consumer to go away.
-            let fill = std::future::poll_fn(|cx| {
-                loop {
-                    match rows.poll_row(cx) {
-                        Poll::Ready(Some(Ok(row))) => {
-                            chunk.push(row);
-                            if chunk.len() == CHUNK {
-                                return Poll::Ready(Fill::Chunk);
-                            }
-                        }
-                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Fill::Failed(e)),
-                        Poll::Ready(None) => return Poll::Ready(Fill::End),
-                        Poll::Pending if !chunk.is_empty() => return Poll::Ready(Fill::Chunk),
-                        Poll::Pending => return gone.as_mut().poll(cx).map(|()| Fill::Gone),
-                    }
-                }
-            })
-            .await;
+            let fill = next_chunk(rows, gone.as_mut(), &mut chunk).await;
             rows.count += chunk.len() as u64;
             let delivered = self.deliver(query, decoder.as_ref(), chunk, out).await;
             match (fill, delivered) {
