@@ -1,7 +1,8 @@
 //! Workload 13: streaming 1,000,000 rows into models, each dropped once counted: actor-orm's
 //! `stream` (one statement read as the consumer takes rows), SeaORM's `stream`, and raw
-//! tokio-postgres `query_raw` with hand mapping (the floor). Time and peak memory; five trials
-//! interleaved and shuffled, the median trial reported.
+//! tokio-postgres `query_raw` with hand mapping (the floor); and the same rows as binary COPY data,
+//! through actor-orm's `copy_out` and raw tokio-postgres's `copy_out`. Time and peak memory; five
+//! trials interleaved and shuffled, the median trial reported.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -12,13 +13,15 @@ use sea_orm::EntityTrait;
 
 use crate::{Res, Results, SEED, Systems, peak_of, shuffle};
 
-const W: &str = "13. stream 1,000,000 rows into models";
+const W: &str = "13. stream 1,000,000 rows (models, or COPY data)";
 const ROWS: i64 = 1_000_000;
 const TRIALS: usize = 5;
-const SYSTEMS: [&str; 3] = [
+const SYSTEMS: [&str; 5] = [
     "actor-orm stream",
     "SeaORM stream",
     "raw: query_raw, mapped by hand",
+    "actor-orm copy_out (binary)",
+    "raw: COPY TO STDOUT BINARY",
 ];
 
 #[derive(Model, Clone, Debug)]
@@ -81,6 +84,32 @@ async fn one(s: &Systems, system: usize) -> Res<i64> {
                 black_box(row?);
                 n += 1;
             }
+        }
+        3 => {
+            let session = s.orm.session().await?;
+            let mut data = session
+                .copy_out(Streamed::query(), actor_orm::CopyFormat::Binary)
+                .await?;
+            while let Some(chunk) = data.next().await {
+                black_box(chunk?);
+                n += 1;
+            }
+            drop(data);
+            session.close().await?;
+            // The header comes with the first row; the trailer is a message of its own.
+            n -= 1;
+        }
+        4 => {
+            let data = s
+                .raw
+                .copy_out("COPY (SELECT id, name, email, age FROM bench_stream) TO STDOUT (FORMAT binary)")
+                .await?;
+            let mut data = std::pin::pin!(data);
+            while let Some(chunk) = data.next().await {
+                black_box(chunk?);
+                n += 1;
+            }
+            n -= 1;
         }
         _ => {
             let rows = s
@@ -146,6 +175,11 @@ pub(crate) fn ratios(r: &Results) -> Vec<(String, f64, &'static str)> {
         (
             "stream 1,000,000 rows: time vs SeaORM stream (lower is better)".into(),
             r.get(W, "ms", SYSTEMS[0]) / r.get(W, "ms", SYSTEMS[1]),
+            "(measured)",
+        ),
+        (
+            "copy_out 1,000,000 rows (binary): time vs raw COPY TO STDOUT (lower is better)".into(),
+            r.get(W, "ms", SYSTEMS[3]) / r.get(W, "ms", SYSTEMS[4]),
             "(measured)",
         ),
         (
