@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::books::{Lease, PoolState, Requester, Shared, Spare, alive, lock};
 use crate::config::PoolConfig;
 use crate::label::NextLabel;
+use crate::listener::ListenerSpec;
 use crate::session_actor::SessionMsg;
 use crate::supervisor::PoolMsg;
 use ractor::Actor;
@@ -89,15 +90,20 @@ impl PoolLink {
         }
     }
 
-    /// Keeps a task of the pool's (a listener) to stop when the pool shuts down.
-    pub(crate) fn keep_task(&self, task: tokio::task::AbortHandle) {
+    /// The pool's listener actors now.
+    pub(crate) fn listeners(&self) -> Vec<(ractor::ActorCell, ListenerSpec)> {
+        lock(&self.shared).listeners.clone()
+    }
+
+    /// Keeps a listener actor of the pool's, to stop it when the pool shuts down and to start
+    /// another if it dies while its subscriber is still there.
+    pub(crate) fn keep_listener(&self, actor: ractor::ActorCell, spec: ListenerSpec) {
         let mut state = lock(&self.shared);
         if state.stopped {
-            task.abort();
+            actor.stop(Some("the pool has stopped".into()));
             return;
         }
-        state.timers.retain(|t| !t.is_finished());
-        state.timers.push(task);
+        state.listeners.push((actor, spec));
     }
 
     /// Keeps the actor of a session that ended with its last handle for a later session.

@@ -149,10 +149,22 @@ impl Pool {
             return Err(closed());
         }
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
-        let (subscription, task) =
-            crate::listener::start(self.inner.config.clone(), channels, capacity).await?;
-        self.link().keep_task(task);
+        let (subscription, spec, first) =
+            crate::listener::open_subscription(self.inner.config.clone(), channels, capacity)
+                .await?;
+        let supervisor = self.link().actor.get_cell();
+        let actor = crate::listener::spawn(spec.clone(), Some(first), supervisor).await?;
+        self.link().keep_listener(actor.get_cell(), spec);
         Ok(subscription)
+    }
+
+    /// Kills every listener actor of the pool, as a crash would: the pool starts others. For
+    /// fault tests.
+    #[doc(hidden)]
+    pub fn kill_listeners(&self) {
+        for (listener, _) in &self.link().listeners() {
+            listener.kill();
+        }
     }
 
     /// A snapshot of the pool's numbers.

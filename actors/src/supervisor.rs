@@ -108,10 +108,30 @@ impl Actor for Supervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell, Some(format!("failed: {err}"))),
             _ => return Ok(()),
         };
+        let id = cell.get_id();
+        // A listener that died while its subscriber is still there is replaced.
+        let replace = {
+            let mut state = owner.lock();
+            let found = state.listeners.iter().position(|(l, _)| l.get_id() == id);
+            let spec = found.map(|i| state.listeners.swap_remove(i).1);
+            spec.filter(|spec| spec.wanted() && !state.winding_down())
+        };
+        if let Some(spec) = replace {
+            let how = reason.as_deref().unwrap_or("stopped");
+            tracing::warn!(how = %how, "listener: the listener actor ended; starting another");
+            if let Ok(actor) = crate::listener::spawn(spec.clone(), None, myself.get_cell()).await {
+                let mut state = owner.lock();
+                if state.stopped {
+                    actor.stop(Some("the pool has stopped".into()));
+                } else {
+                    state.listeners.push((actor.get_cell(), spec));
+                }
+            }
+            return Ok(());
+        }
         // A session that ended on its own checked its lease in on the way out; one that was
         // stopped, killed or panicked still holds it.
         let mut state = owner.lock();
-        let id = cell.get_id();
         while let Some(i) = state.leased_by_actor(id) {
             state.counters.reclaims += 1;
             if let SlotState::Leased(info) = &state.slots[i].state {

@@ -200,7 +200,10 @@ async fn copy_out_round_trips_with_its_values_bound() {
             .expect("copy out"),
     )
     .await;
-    assert_eq!(s.tx_state().await.expect("state"), actor_orm::TxState::Active);
+    assert_eq!(
+        s.tx_state().await.expect("state"),
+        actor_orm::TxState::Active
+    );
     s.commit().await.expect("commit");
     client
         .batch_execute("CREATE TABLE reading_copy (LIKE reading)")
@@ -248,9 +251,12 @@ async fn copy_out_round_trips_with_its_values_bound() {
 
     // Without values, outside a transaction, it is a plain read: nothing is left open.
     let text = collect(
-        s.copy_out(Reading::query().order_by(Reading::ID.asc()), CopyFormat::Text)
-            .await
-            .expect("text"),
+        s.copy_out(
+            Reading::query().order_by(Reading::ID.asc()),
+            CopyFormat::Text,
+        )
+        .await
+        .expect("text"),
     )
     .await;
     let text = String::from_utf8(text).expect("utf-8");
@@ -271,14 +277,19 @@ async fn a_copy_out_dropped_part_way_leaves_the_transaction_going_on() {
     let s = pool.session().await.expect("session");
     s.insert(reading(1, -1)).await.expect("insert");
     let mut data = s
-        .copy_out(Reading::query().filter(Reading::VALUE.ge(0)), CopyFormat::csv())
+        .copy_out(
+            Reading::query().filter(Reading::VALUE.ge(0)),
+            CopyFormat::csv(),
+        )
         .await
         .expect("copy out");
     for _ in 0..10 {
         data.next().await.expect("line").expect("ok");
     }
     drop(data);
-    s.insert(reading(2, -2)).await.expect("insert after the dropped COPY");
+    s.insert(reading(2, -2))
+        .await
+        .expect("insert after the dropped COPY");
     s.commit().await.expect("commit");
     let kept: i64 = client
         .query_one("SELECT count(*) FROM reading WHERE value < 0", &[])

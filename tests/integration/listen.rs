@@ -123,3 +123,38 @@ async fn a_server_restart_is_survived_and_announced() {
     pool.close(Duration::from_secs(1)).await.expect("close");
     cluster.stop();
 }
+
+/// The listener is an actor the pool supervises: killed (as a crash would), it is replaced by
+/// one that listens again and says so; dropping the subscription stops it and closes its
+/// connection.
+#[tokio::test]
+async fn a_listener_that_dies_is_replaced_and_a_dropped_one_stops() {
+    let (db, pool, monitor) = crate::pool_with_monitor("listen_supervised", |b| b).await;
+    let listening = || async {
+        monitor
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+                &[&db.name()],
+            )
+            .await
+            .expect("activity")
+            .get::<_, i64>(0)
+    };
+    let mut sub = pool.listen(["jobs"]).await.expect("listen");
+    assert_eq!(listening().await, 1);
+    pool.kill_listeners();
+    assert_eq!(next(&mut sub).await, Event::Reconnected);
+    notify(&pool, 1..=3).await;
+    for expected in 1..=3 {
+        assert_eq!(payload(&next(&mut sub).await), expected);
+    }
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async { listening().await == 1 }).await,
+        "the dead listener's connection closed, the new one's is open"
+    );
+    drop(sub);
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async { listening().await == 0 }).await,
+        "a dropped subscription's listener stops and closes its connection"
+    );
+}

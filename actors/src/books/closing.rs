@@ -62,6 +62,9 @@ impl PoolState {
         for timer in self.timers.drain(..) {
             timer.abort();
         }
+        for (listener, _) in self.listeners.drain(..) {
+            listener.stop(Some("the pool has stopped".into()));
+        }
         self.stop_spares(self.spares.len());
         for slot in &self.slots {
             if let SlotState::Leased(info) = &slot.state {

@@ -139,6 +139,8 @@ pub(crate) struct PoolState {
     /// The supervisor's pending timers (tick, waiter expiry, connect retry, close deadline):
     /// stopped when the pool shuts down, so that no task of the pool outlives it.
     pub(crate) timers: Vec<tokio::task::AbortHandle>,
+    /// The pool's listener actors and what it takes to replace one (see `listener`).
+    pub(crate) listeners: Vec<(ActorCell, crate::listener::ListenerSpec)>,
 }
 
 /// An ended session's actor, wiped clean and waiting for a new session.
@@ -193,6 +195,7 @@ impl PoolState {
             spares: Vec::new(),
             counters: Counters::default(),
             timers: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 
