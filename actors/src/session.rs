@@ -551,6 +551,21 @@ impl Session {
             .await
     }
 
+    /// [`copy_in`](Self::copy_in) of the models a stream yields, taken as the COPY goes, so
+    /// memory stays bounded: for example another database's rows, from its session's
+    /// [`stream`](Self::stream) (not this session's: it is busy with the COPY). An error from
+    /// the stream aborts the COPY and nothing of it is written.
+    pub async fn copy_in_stream<M, S>(&self, models: S) -> Result<u64>
+    where
+        M: Model + actor_orm_core::Writable,
+        S: futures_core::Stream<Item = Result<M>> + Send + 'static,
+    {
+        self.call(Mode::Complete, move |s, c| {
+            Box::pin(s.copy_in_stream(c, models))
+        })
+        .await
+    }
+
     /// INSERT … ON CONFLICT: the stored row, or `None` when the conflict did nothing.
     pub async fn upsert<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
         &self,

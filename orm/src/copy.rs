@@ -1,7 +1,11 @@
 //! Bulk loading with `COPY … FROM STDIN BINARY`, the fastest path into PostgreSQL, inside the
 //! session's transaction and with the same typed value errors as inserts.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{BufMut as _, BytesMut};
+use futures_core::Stream;
 use futures_sink::Sink;
 use tokio_postgres::CopyInSink;
 use tokio_postgres::types::{IsNull, ToSql};
@@ -26,12 +30,33 @@ impl SessionState {
         conn: &Connection,
         models: impl IntoIterator<Item = M>,
     ) -> Result<u64> {
+        let mut models = Models(Box::new(models.into_iter()));
+        self.copy_in_from(conn, Pin::new(&mut models)).await
+    }
+
+    /// [`copy_in`](Self::copy_in) of the models a stream yields, taken as the COPY goes (rows
+    /// read from another database, say): memory stays bounded. An error from the stream aborts
+    /// the COPY: nothing of it is written.
+    pub async fn copy_in_stream<M: Model + Writable>(
+        &mut self,
+        conn: &Connection,
+        models: impl Stream<Item = Result<M>> + Send,
+    ) -> Result<u64> {
+        let models = std::pin::pin!(models);
+        self.copy_in_from(conn, models).await
+    }
+
+    /// The COPY itself, of the models `source` yields.
+    async fn copy_in_from<M: Model + Writable>(
+        &mut self,
+        conn: &Connection,
+        mut source: Pin<&mut (impl Stream<Item = Result<M>> + ?Sized)>,
+    ) -> Result<u64> {
         let meta = M::meta();
-        let mut models = models.into_iter().peekable();
-        let Some(first) = models.peek() else {
+        let Some(first) = next_model(&mut source).await? else {
             return Ok(0);
         };
-        let included = unit_of_work::included_columns(meta, first);
+        let included = unit_of_work::included_columns(meta, &first);
         let unset: Vec<bool> = (0..meta.columns.len()).map(|i| first.is_unset(i)).collect();
         self.flush(conn).await?;
         self.begin(conn).await?;
@@ -61,7 +86,8 @@ impl SessionState {
             buf.put_i32(0);
             let fields = i16::try_from(included.len())
                 .map_err(|_| Error::InvalidInput("too many columns for COPY".into()))?;
-            for model in models {
+            let mut next = Some(first);
+            while let Some(model) = next.take() {
                 if (0..meta.columns.len()).any(|i| model.is_unset(i) != unset[i]) {
                     return Err(Error::InvalidInput(format!(
                         "copy_in into {}: every row must leave the same columns to the database (an unset key or default in some rows only)",
@@ -93,6 +119,7 @@ impl SessionState {
                 if buf.len() >= FLUSH_AT {
                     send(sink.as_mut(), buf.split().freeze()).await?;
                 }
+                next = next_model(&mut source).await?;
             }
             buf.put_i16(-1);
             send(sink.as_mut(), buf.split().freeze()).await?;
@@ -105,6 +132,25 @@ impl SessionState {
         }
         result
     }
+}
+
+/// An iterator's models as a stream that is always ready.
+struct Models<I>(Box<I>);
+
+impl<M, I: Iterator<Item = M>> Stream for Models<I> {
+    type Item = Result<M>;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<M>>> {
+        Poll::Ready(self.0.next().map(Ok))
+    }
+}
+
+/// The next model of `source`, `None` at the end.
+async fn next_model<M, S: Stream<Item = Result<M>> + ?Sized>(
+    source: &mut Pin<&mut S>,
+) -> Result<Option<M>> {
+    std::future::poll_fn(|cx| source.as_mut().poll_next(cx))
+        .await
+        .transpose()
 }
 
 /// How much COPY data is buffered before it is handed to the connection.

@@ -298,3 +298,45 @@ async fn a_copy_out_dropped_part_way_leaves_the_transaction_going_on() {
         .get(0);
     assert_eq!(kept, 2);
 }
+
+/// Rows streamed out of one database straight into COPY of another, with bounded memory; an
+/// error from the stream aborts the COPY.
+#[tokio::test]
+async fn copy_in_takes_its_rows_from_a_stream() {
+    let (_a, from, _) = setup("copy_stream_from").await;
+    let (_b, to, client) = setup("copy_stream_to").await;
+    let source = from.session().await.expect("session");
+    source
+        .copy_in((0..50_000).map(|i| reading(i, i % 1000)))
+        .await
+        .expect("fill");
+    source.commit().await.expect("commit");
+    let target = to.session().await.expect("session");
+    let rows = source
+        .stream(Reading::query().order_by(Reading::ID.asc()))
+        .await
+        .expect("stream");
+    let copied = target.copy_in_stream(rows).await.expect("copy");
+    assert_eq!(copied, 50_000);
+    target.commit().await.expect("commit");
+    let (n, sum): (i64, i64) = {
+        let row = client
+            .query_one("SELECT count(*), sum(value)::bigint FROM reading", &[])
+            .await
+            .expect("sum");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(n, 50_000);
+    assert_eq!(sum, (0..50_000i64).map(|i| i % 1000).sum::<i64>());
+
+    // A stream that fails part-way (its session is killed) aborts the COPY: nothing written.
+    let rows = source.stream(Reading::query()).await.expect("stream");
+    source.kill();
+    let err = target.copy_in_stream(rows).await.expect_err("aborted");
+    assert!(matches!(err, Error::SessionClosed), "{err}");
+    assert!(matches!(
+        target.commit().await,
+        Err(Error::TransactionAborted)
+    ));
+    assert_eq!(count(&client).await, 50_000);
+}
