@@ -379,7 +379,20 @@ impl Connection {
         let mark = self.flight.start();
         self.record(sql);
         self.count();
-        match self.client.copy_out(sql).await {
+        let result = self.client.copy_out(sql).await.map_err(Error::from);
+        self.in_flight(started, mark, sql, None, result)
+    }
+
+    /// A statement whose answer has begun ([`RowsInFlight`]), or its failure logged and noted.
+    fn in_flight<'c, S>(
+        &'c self,
+        started: Option<std::time::Instant>,
+        mark: crate::flight::InFlight<'c>,
+        sql: &str,
+        values: Option<&Values>,
+        result: Result<S>,
+    ) -> Result<RowsInFlight<'c, S>> {
+        match result {
             Ok(rows) => Ok(RowsInFlight {
                 rows: Box::pin(rows),
                 mark,
@@ -388,8 +401,8 @@ impl Connection {
                 lost: false,
             }),
             Err(e) => {
-                let failed: Result<RowsInFlight<'_, tokio_postgres::CopyOutStream>> = Err(e.into());
-                self.log(started, sql, None, &failed, |_| 0);
+                let failed: Result<RowsInFlight<'c, S>> = Err(e);
+                self.log(started, sql, values, &failed, |_| 0);
                 mark.done(answered(&failed), failed)
             }
         }
@@ -567,20 +580,7 @@ impl Connection {
             }
         }
         .await;
-        match result {
-            Ok(rows) => Ok(RowsInFlight {
-                rows: Box::pin(rows),
-                mark,
-                started,
-                count: 0,
-                lost: false,
-            }),
-            Err(e) => {
-                let failed: Result<RowsInFlight<'_>> = Err(e);
-                self.log(started, sql, Some(values), &failed, |_| 0);
-                mark.done(answered(&failed), failed)
-            }
-        }
+        self.in_flight(started, mark, sql, Some(values), result)
     }
 
     /// Runs a statement and returns how many rows it affected.

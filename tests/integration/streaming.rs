@@ -305,24 +305,28 @@ async fn projections_and_joins_stream_too() {
     );
 }
 
+/// How many rows arrive before the error that ends the stream, and the error.
+async fn until_error<T>(mut rows: actor_orm::QueryStream<T>) -> (usize, Error) {
+    let mut good = 0;
+    loop {
+        match rows.next().await.expect("an error before the end") {
+            Ok(_) => good += 1,
+            Err(e) => return (good, e),
+        }
+    }
+}
+
 #[tokio::test]
 async fn errors_part_way_end_the_stream_with_a_typed_error() {
     let (_db, pool, _client) = setup("stream_errors").await;
     let s = pool.session().await.expect("session");
     // A value that does not decode: the rows before it arrive, then a typed error naming the
     // column. The read was a plain one: the session is idle and goes on.
-    let mut rows = s
+    let rows = s
         .stream(NarrowItem::query().order_by(NarrowItem::ID.asc()))
         .await
         .expect("stream");
-    let mut good = 0;
-    let err = loop {
-        match rows.next().await.expect("an error before the end") {
-            Ok(_) => good += 1,
-            Err(e) => break e,
-        }
-    };
-    drop(rows);
+    let (good, err) = until_error(rows).await;
     assert_eq!(good, 149_999);
     assert!(err.to_string().contains("note"), "{err}");
     assert_eq!(s.tx_state().await.expect("state"), TxState::Idle);
@@ -330,7 +334,7 @@ async fn errors_part_way_end_the_stream_with_a_typed_error() {
 
     // A database error part-way (division by zero at row 150,000) aborts the transaction the
     // stream ran in, as any failed statement does.
-    let mut rows = s
+    let rows = s
         .stream(
             Item::query()
                 .filter(Filter::from_expr(Expr::cust(
@@ -340,14 +344,7 @@ async fn errors_part_way_end_the_stream_with_a_typed_error() {
         )
         .await
         .expect("stream");
-    let mut good = 0;
-    let err = loop {
-        match rows.next().await.expect("an error before the end") {
-            Ok(_) => good += 1,
-            Err(e) => break e,
-        }
-    };
-    drop(rows);
+    let (good, err) = until_error(rows).await;
     assert_eq!(good, 149_999, "the rows before the error arrive");
     assert_eq!(
         err.as_db_error().map(|d| d.code.as_str()),
