@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Config, NoTls};
 
+mod pgbouncer;
+pub use pgbouncer::{PgBouncer, PgBouncerOptions};
+
 /// The server certificate's file in a TLS cluster's data directory.
 const TLS_CERT: &str = "server.crt";
 /// The server key's file in a TLS cluster's data directory.
@@ -900,9 +903,14 @@ pub fn sweep_stale_clusters() -> Vec<PathBuf> {
         if owner_alive(&record) {
             continue;
         }
-        if let Some(pid) = fs::read_to_string(dir.join("data").join("postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        // A cluster's postmaster, or a PgBouncer's process.
+        for pid in [
+            dir.join("data").join("postmaster.pid"),
+            dir.join("pgbouncer.pid"),
+        ]
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .filter_map(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
         {
             // Only signal it if it is really this cluster's postmaster (pids are reused).
             let ours = fs::read_to_string(format!("/proc/{pid}/cmdline"))

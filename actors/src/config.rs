@@ -48,7 +48,8 @@ pub struct PoolConfig {
     pub(crate) reset_timeout: Duration,
     pub(crate) leak_threshold: Option<Duration>,
     pub(crate) max_session_lifetime: Option<Duration>,
-    pub(crate) statement_mode: StatementMode,
+    /// `None`: chosen per connection — unnamed behind a connection pooler, prepared otherwise.
+    pub(crate) statement_mode: Option<StatementMode>,
     pub(crate) autocommit_reads: bool,
     pub(crate) dirty_check: bool,
     pub(crate) log_values: bool,
@@ -128,7 +129,7 @@ impl PoolConfig {
             reset_timeout: Duration::from_secs(5),
             leak_threshold: Some(Duration::from_secs(60)),
             max_session_lifetime: None,
-            statement_mode: StatementMode::Prepared,
+            statement_mode: None,
             autocommit_reads: true,
             dirty_check: true,
             log_values: false,
@@ -154,8 +155,10 @@ impl PoolConfig {
         &self.reset
     }
 
-    /// The statement mode of the pool's connections.
-    pub fn statement_mode(&self) -> StatementMode {
+    /// The statement mode set for the pool's connections; `None` (the default) chooses per
+    /// connection: [`StatementMode::Unnamed`] behind a connection pooler such as PgBouncer,
+    /// [`StatementMode::Prepared`] otherwise.
+    pub fn statement_mode(&self) -> Option<StatementMode> {
         self.statement_mode
     }
 

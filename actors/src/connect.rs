@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actor_orm_core::{CancelTarget, Cause, Connection, Error, Result};
+use actor_orm_core::{CancelTarget, Cause, Connection, Error, Result, StatementMode};
 use ractor::ActorRef;
 
 use crate::config::PoolConfig;
@@ -40,8 +40,30 @@ pub(crate) async fn connect(
         };
         let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
-    let mut conn =
-        Connection::with_connector(client, config.statement_mode, config.connector.clone());
+    let pooled = match config.statement_mode {
+        Some(_) if config.reset == ResetPolicy::Rollback => false,
+        _ => {
+            let probe = behind_pooler(&client, &config.pg);
+            match tokio::time::timeout(config.connect_timeout, probe).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::ConnectionLost {
+                        reason: "the new connection did not answer within connect_timeout".into(),
+                        cause: None,
+                    });
+                }
+            }
+        }
+    };
+    if pooled {
+        refuse_reset_behind_pooler(&config.reset)?;
+    }
+    let mode = config.statement_mode.unwrap_or(if pooled {
+        StatementMode::Unnamed
+    } else {
+        StatementMode::Prepared
+    });
+    let mut conn = Connection::with_connector(client, mode, config.connector.clone());
     conn.set_cancel_target(CancelTarget::from_config(&config.pg));
     conn.log_values(config.log_values);
     // Closing the connection (a discard, the pool's close) ends the driver and its socket at
@@ -60,6 +82,61 @@ pub(crate) async fn connect(
         }
     }
     Ok(conn)
+}
+
+/// Whether a connection pooler stands between this connection and the server: the server's
+/// port (`inet_server_port()`) is none of the ports dialled, or the server has one while a Unix
+/// socket was dialled. One simple query (no named statement, so a pooler takes it as it is).
+async fn behind_pooler(
+    client: &tokio_postgres::Client,
+    pg: &tokio_postgres::Config,
+) -> Result<bool> {
+    use tokio_postgres::config::Host;
+    let rows = client.simple_query("SELECT inet_server_port()").await?;
+    let server_port = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            Some(r.get(0).and_then(|p| p.parse::<u16>().ok()))
+        }
+        _ => None,
+    });
+    let Some(server_port) = server_port.flatten() else {
+        // A Unix-socket connection straight to the server.
+        return Ok(false);
+    };
+    let dialled_tcp =
+        pg.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_))) || !pg.get_hostaddrs().is_empty();
+    if !dialled_tcp {
+        // A Unix socket was dialled, yet the server sees a TCP connection: a pooler's.
+        return Ok(true);
+    }
+    let ports = pg.get_ports();
+    let dialled = if ports.is_empty() { &[5432][..] } else { ports };
+    let pooled = !dialled.contains(&server_port);
+    if pooled {
+        tracing::info!(
+            server_port,
+            dialled = ?dialled,
+            "connect: a connection pooler stands in front of the server (its port is not the one dialled)"
+        );
+    }
+    Ok(pooled)
+}
+
+/// Behind a transaction pooler, a reset after COMMIT runs on whatever server connection the
+/// pooler picks, not the one the session used: only `Rollback` (harmless anywhere) is allowed.
+fn refuse_reset_behind_pooler(reset: &ResetPolicy) -> Result<()> {
+    let what = match reset {
+        ResetPolicy::Rollback => return Ok(()),
+        ResetPolicy::DiscardAll => "ResetPolicy::DiscardAll",
+        _ => "a ResetPolicy::Custom reset",
+    };
+    Err(Error::Config(format!(
+        "{what} cannot work behind a connection pooler such as PgBouncer: it would run after \
+         COMMIT, on whichever server connection the pooler picks (another client's), and leave \
+         the session's own server connection as it was. Reset server connections in the pooler \
+         (PgBouncer: server_reset_query = DISCARD ALL with server_reset_query_always = 1), keep \
+         session state out of sessions (SET LOCAL, not SET), and use ResetPolicy::Rollback"
+    )))
 }
 
 pub(crate) fn connect_error(e: tokio_postgres::Error) -> Error {
@@ -89,6 +166,8 @@ pub(crate) fn connect_error(e: tokio_postgres::Error) -> Error {
 pub(crate) fn is_fatal_connect_error(e: &Error) -> bool {
     match e {
         Error::Connect { reason, .. } => reason.starts_with("error performing TLS handshake"),
+        // A setting that cannot work with this server (a reset behind a pooler).
+        Error::Config(_) => true,
         _ => e
             .code()
             .is_some_and(|c| c.starts_with("28") || c == "3D000"),
@@ -98,6 +177,7 @@ pub(crate) fn is_fatal_connect_error(e: &Error) -> bool {
 pub(crate) fn copy_error(e: &Error) -> Error {
     match (e, e.as_db_error()) {
         (_, Some(db)) => Error::Database(Box::new(db.clone())),
+        (Error::Config(text), None) => Error::Config(text.clone()),
         (Error::Connect { reason, cause }, None) => Error::Connect {
             reason: reason.clone(),
             cause: cause.clone(),

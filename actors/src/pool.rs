@@ -326,11 +326,20 @@ impl PoolBuilder {
         /// reclaimed. Default `None`.
         max_session_lifetime
     );
-    setter!(
-        /// Prepared statements cached per connection ([`StatementMode::Prepared`], the default) or
-        /// unnamed statements for PgBouncer's transaction mode ([`StatementMode::Unnamed`]).
-        statement_mode: StatementMode
-    );
+    /// Prepared statements cached per connection ([`StatementMode::Prepared`]) or unnamed
+    /// statements ([`StatementMode::Unnamed`]). By default each connection chooses: unnamed when
+    /// it finds a connection pooler between it and the server (the server's port, from
+    /// `inet_server_port()`, is not the one dialled), since behind PgBouncer's transaction
+    /// pooling a prepared statement lives on one server connection and the next transaction
+    /// may run on another — where a statement of the same name may be another process's.
+    /// Setting `Prepared` explicitly is for a pooler that tracks prepared statements itself
+    /// (PgBouncer 1.21 and later with `max_prepared_statements`).
+    pub fn statement_mode(mut self, mode: StatementMode) -> Self {
+        if let Ok(c) = &mut self.config {
+            c.statement_mode = Some(mode);
+        }
+        self
+    }
     setter!(
         /// Whether a session's reads run without BEGIN until it first writes. Default `true`.
         ///

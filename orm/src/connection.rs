@@ -38,6 +38,10 @@ pub struct Connection {
     mode: StatementMode,
     /// Keyed by SQL text, which the program writes (values are bound): a fast hasher serves.
     cache: Mutex<HashMap<String, Statement, rustc_hash::FxBuildHasher>>,
+    /// In [`StatementMode::Unnamed`]: the parameter types of statements asked about (see
+    /// [`param_types`](Self::param_types)), whose statements were closed.
+    param_cache:
+        Mutex<HashMap<String, Vec<tokio_postgres::types::Type>, rustc_hash::FxBuildHasher>>,
     round_trips: AtomicU64,
     log: Mutex<Option<Vec<String>>>,
     /// Whether `log` records (checked before taking its lock).
@@ -94,6 +98,7 @@ impl Connection {
             client,
             mode,
             cache: Mutex::new(HashMap::default()),
+            param_cache: Mutex::new(HashMap::default()),
             round_trips: AtomicU64::new(0),
             log: Mutex::new(None),
             recording: AtomicBool::new(false),
@@ -494,9 +499,36 @@ impl Connection {
         Ok(())
     }
 
-    /// The parameter types the server infers for a statement (prepared and cached, not run).
+    /// The parameter types the server infers for a statement (prepared, not run). In
+    /// [`StatementMode::Prepared`] the statement is cached; in [`StatementMode::Unnamed`] only
+    /// its types are, and the statement is closed at once: behind a transaction pooler a named
+    /// statement left on a server connection would collide with another client's of the same
+    /// name (tokio-postgres names them `s0`, `s1`, … in every process). Call it inside a
+    /// transaction, so that the prepare and the close reach the same server connection.
     pub(crate) async fn param_types(&self, sql: &str) -> Result<Vec<tokio_postgres::types::Type>> {
-        Ok(self.statement(sql).await?.params().to_vec())
+        if self.mode == StatementMode::Prepared {
+            return Ok(self.statement(sql).await?.params().to_vec());
+        }
+        if let Some(types) = self
+            .param_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(sql).cloned())
+        {
+            return Ok(types);
+        }
+        self.count();
+        let stmt = self.client.prepare(sql).await?;
+        let types = stmt.params().to_vec();
+        // Dropping it sends the close now, ahead of anything sent after.
+        drop(stmt);
+        if let Ok(mut cache) = self.param_cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(sql.to_owned(), types.clone());
+        }
+        Ok(types)
     }
 
     /// Runs a statement and returns its rows. `columns[i]`, when given, names the column

@@ -164,6 +164,9 @@ impl SessionState {
         let (sql, values) = query.statement();
         let bound = !values.0.is_empty();
         let (setter, copy) = if bound {
+            // The values live in transaction-local settings: the transaction comes first (and
+            // the types are asked inside it, see `param_types`).
+            self.begin(conn).await?;
             let types = conn.param_types(&sql).await?;
             (
                 setter(&types),

@@ -318,6 +318,24 @@ impl<S, X> RowsInFlight<'_, S>
 where
     S: Stream<Item = std::result::Result<X, tokio_postgres::Error>>,
 {
+    /// Reads, without waiting, what has already arrived (up to a few batches): `None` while
+    /// the statement runs, else whether it failed.
+    pub(crate) fn ended_already(&mut self) -> Option<bool> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..4 * CHUNK {
+            match self.rows.as_mut().poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(_))) => self.count += 1,
+                Poll::Ready(Some(Err(e))) => {
+                    self.lost |= e.as_db_error().is_none();
+                    return Some(true);
+                }
+                Poll::Ready(None) => return Some(false),
+                Poll::Pending => return None,
+            }
+        }
+        None
+    }
+
     pub(crate) fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<X>>> {
         let row = std::task::ready!(self.rows.as_mut().poll_next(cx)).map(|r| {
             r.map_err(|e| {
@@ -427,7 +445,7 @@ impl SessionState {
     /// released and `End` sent), stopped part-way (cancelled, and the savepoint rolled back to),
     /// or failed.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn end_streaming<S, T>(
+    pub(crate) async fn end_streaming<S, X, T>(
         &mut self,
         conn: &Connection,
         rows: RowsInFlight<'_, S>,
@@ -436,7 +454,10 @@ impl SessionState {
         in_transaction: bool,
         cancel_limit: std::time::Duration,
         out: &StreamSender<T>,
-    ) -> Result<StreamEnd> {
+    ) -> Result<StreamEnd>
+    where
+        S: Stream<Item = std::result::Result<X, tokio_postgres::Error>>,
+    {
         let stop = match read {
             Ok(None) => {
                 rows.finish(conn, sql);
@@ -458,11 +479,28 @@ impl SessionState {
                 return Err(self.note_failure(e));
             }
         };
-        // Stopped part-way: the statement is abandoned (tokio-postgres discards what is left of
-        // its answer as it arrives) and cancelled on the server.
-        drop(rows);
-        conn.cancel_running(cancel_limit).await?;
-        if in_transaction {
+        // Stopped part-way. A statement whose whole answer has arrived needs nothing more (and no
+        // cancel request, which a pooler would have no server connection for: PgBouncer 1.18
+        // can crash on such a one, pgbouncer#801).
+        let mut rows = rows;
+        let failed = match rows.ended_already() {
+            Some(failed) => {
+                rows.finish(conn, sql);
+                failed
+            }
+            None => {
+                // Still running: the statement is abandoned (tokio-postgres discards what is
+                // left of its answer as it arrives) and cancelled on the server.
+                drop(rows);
+                conn.cancel_running(cancel_limit).await?;
+                true
+            }
+        };
+        if in_transaction && !failed {
+            let release = format!("RELEASE SAVEPOINT {SAVEPOINT}");
+            let released = conn.batch_known(&release).await;
+            released.map_err(|e| self.note_failure(e))?;
+        } else if in_transaction {
             // The cancel (if it came in time) failed the statement: back to before it.
             let undo = format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}");
             let undone = conn.batch_known(&undo).await;

@@ -17,6 +17,7 @@ mod generated;
 mod hangs;
 mod listen;
 mod models;
+mod pgbouncer;
 mod pool;
 mod reclaim;
 mod relations;
