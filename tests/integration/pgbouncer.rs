@@ -202,7 +202,7 @@ async fn pgbouncer_worker() {
                     chunk?;
                 }
             }
-            let u = s.insert(User::new(&name, (i % 90) as i32)).await?;
+            let u = s.insert(User::new(&name, i % 90)).await?;
             s.commit().await?;
             let again = s.get::<User>(u.id).await?;
             assert_eq!(again.as_ref(), Some(&u));
