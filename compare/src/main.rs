@@ -24,6 +24,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 mod pgbench;
+mod pooler;
 mod relations;
 mod streaming;
 mod tls;
@@ -996,6 +997,17 @@ async fn run() -> Res<()> {
     } else {
         None
     };
+    let pooler_bench = if on("14") {
+        match pooler::PoolerBench::set_up(&pg, db.name(), POOL).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("workload 14 (PgBouncer) skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let bench = if on("9") {
         Some(pgbench::Bench::set_up(&cluster).await?)
     } else {
@@ -1036,6 +1048,9 @@ async fn run() -> Res<()> {
         }
         if let Some(tls) = &tls_bench {
             tls.round(&mut r).await?;
+        }
+        if let Some(pooler) = &pooler_bench {
+            pooler.round(&mut r).await?;
         }
     }
 
@@ -1199,6 +1214,7 @@ async fn run() -> Res<()> {
     rows.extend(relations::ratios(&r));
     rows.push(relations::copy_ratio(&r));
     rows.extend(streaming::ratios(&r));
+    rows.extend(pooler::ratios(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {

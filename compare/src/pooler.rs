@@ -1,0 +1,132 @@
+//! Workload 14: through PgBouncer. The same point read and the same request cycle (session, read,
+//! commit, end) through three actor-orm pools on the benchmark database: straight to the server
+//! with prepared statements (the default there), straight with unnamed statements, and through a
+//! PgBouncer in transaction mode (started here, in front of the same server), where each
+//! connection finds the pooler and sends unnamed statements.
+
+use std::hint::black_box;
+
+use actor_orm::StatementMode;
+use actor_orm::testing::{PgBouncer, PgBouncerOptions};
+
+use crate::{BenchUser, N, Res, Results, interleaved, key, op, percentile, us};
+
+const W_READ: &str = "14. through PgBouncer: point read";
+const W_CYCLE: &str = "14. through PgBouncer: request cycle";
+const DIRECT: &str = "actor-orm direct, prepared";
+const UNNAMED: &str = "actor-orm direct, unnamed";
+const BOUNCED: &str = "actor-orm through PgBouncer (unnamed)";
+
+pub(crate) struct PoolerBench {
+    direct: actor_orm::Pool,
+    unnamed: actor_orm::Pool,
+    bounced: actor_orm::Pool,
+    // Stopped (and removed) when the harness ends.
+    _bouncer: PgBouncer,
+}
+
+impl PoolerBench {
+    /// Pools of `size` on database `dbname` of the server `pg` points at, and a PgBouncer with as
+    /// many server connections in front of it.
+    pub(crate) async fn set_up(
+        pg: &tokio_postgres::Config,
+        dbname: &str,
+        size: usize,
+    ) -> Res<PoolerBench> {
+        let server = pg.clone();
+        let pool_size = u32::try_from(size)?;
+        let bouncer = tokio::task::spawn_blocking(move || {
+            PgBouncer::start(&server, PgBouncerOptions::new().default_pool_size(pool_size))
+        })
+        .await??;
+        let build = |config: tokio_postgres::Config, mode: Option<StatementMode>| async move {
+            let mut builder = actor_orm::Pool::builder(config).max_size(size);
+            if let Some(mode) = mode {
+                builder = builder.statement_mode(mode);
+            }
+            builder.build().await
+        };
+        let mut direct_config = pg.clone();
+        direct_config.dbname(dbname);
+        Ok(PoolerBench {
+            direct: build(direct_config.clone(), None).await?,
+            unnamed: build(direct_config, Some(StatementMode::Unnamed)).await?,
+            bounced: build(bouncer.config_for(dbname), None).await?,
+            _bouncer: bouncer,
+        })
+    }
+
+    pub(crate) async fn round(&self, r: &mut Results) -> Res<()> {
+        let systems = [
+            (DIRECT, &self.direct),
+            (UNNAMED, &self.unnamed),
+            (BOUNCED, &self.bounced),
+        ];
+        // Point reads in one session of each pool.
+        let mut sessions = Vec::new();
+        for (_, pool) in &systems {
+            sessions.push(pool.session().await?);
+        }
+        let ops = systems
+            .iter()
+            .zip(&sessions)
+            .map(|((name, _), session)| {
+                (
+                    *name,
+                    op(move |i| async move {
+                        black_box(session.get::<BenchUser>(key(i)).await?);
+                        Ok(())
+                    }),
+                )
+            })
+            .collect();
+        for (sys, l) in interleaved(N, ops).await? {
+            r.add(W_READ, "p50 µs", sys, us(percentile(&l, 0.5)));
+        }
+        for s in sessions {
+            s.close().await?;
+        }
+        // Request cycles.
+        let ops = systems
+            .iter()
+            .map(|(name, pool)| {
+                (
+                    *name,
+                    op(move |i| async move {
+                        let session = pool.session().await?;
+                        black_box(session.get::<BenchUser>(key(i)).await?);
+                        session.commit().await?;
+                        drop(session);
+                        Ok(())
+                    }),
+                )
+            })
+            .collect();
+        for (sys, l) in interleaved(N, ops).await? {
+            r.add(W_CYCLE, "p50 µs", sys, us(percentile(&l, 0.5)));
+        }
+        Ok(())
+    }
+}
+
+/// Workload 14's ratios.
+pub(crate) fn ratios(r: &Results) -> Vec<(String, f64, &'static str)> {
+    vec![
+        (
+            "point read through PgBouncer (unnamed) vs direct unnamed (lower is better)".into(),
+            r.get(W_READ, "p50 µs", BOUNCED) / r.get(W_READ, "p50 µs", UNNAMED),
+            "≤ 1.05×",
+        ),
+        (
+            "point read through PgBouncer vs direct prepared, the default each way (lower is better)"
+                .into(),
+            r.get(W_READ, "p50 µs", BOUNCED) / r.get(W_READ, "p50 µs", DIRECT),
+            "(measured)",
+        ),
+        (
+            "request cycle through PgBouncer vs direct unnamed (lower is better)".into(),
+            r.get(W_CYCLE, "p50 µs", BOUNCED) / r.get(W_CYCLE, "p50 µs", UNNAMED),
+            "(measured)",
+        ),
+    ]
+}
