@@ -193,6 +193,27 @@ impl ModelMeta {
             None => Expr::col((self.table, name)),
         }
     }
+
+    /// Column `index` as a SELECT list reads it (see [`SqlType::read_as`]).
+    pub fn select_expr(&self, index: usize) -> Expr {
+        read_as(self.column_expr(index), &self.columns[index].sql_type)
+    }
+
+    /// Every column as `RETURNING` reads it back: unqualified, enums as text.
+    pub fn returning_exprs(&self) -> Vec<Expr> {
+        self.columns
+            .iter()
+            .map(|c| read_as(Expr::col(c.name), &c.sql_type))
+            .collect()
+    }
+}
+
+/// `expr`, cast to the type a column of `sql_type` is read as.
+pub(crate) fn read_as(expr: Expr, sql_type: &crate::SqlType) -> Expr {
+    match sql_type.read_as() {
+        Some(t) => expr.cast_as(sea_query::Alias::new(t)),
+        None => expr,
+    }
 }
 
 /// An entity: a struct mapped to a table. Write it with `#[derive(Model)]`.

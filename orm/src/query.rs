@@ -123,7 +123,7 @@ impl<M: Model> Default for Select<M> {
 fn select_columns<M: Model>(stmt: &mut SelectStatement) {
     let meta = M::meta();
     for i in 0..meta.columns.len() {
-        stmt.expr(meta.column_expr(i));
+        stmt.expr(meta.select_expr(i));
     }
 }
 
@@ -330,7 +330,7 @@ pub trait Selection: Send + 'static {
 impl<M: Model, T: ColumnValue> Selection for Column<M, T> {
     type Output = T;
     fn add_to(&self, stmt: &mut SelectStatement) {
-        stmt.expr(self.expr());
+        stmt.expr(crate::model::read_as(self.expr(), &self.meta().sql_type));
     }
     fn width(&self) -> usize {
         1
@@ -671,7 +671,7 @@ impl<M: Model> UpdateWhere<M> {
     /// [`build`](Self::build) with `RETURNING` every column of `M`, to read the rows back.
     pub fn build_returning(&self) -> Result<(String, Values)> {
         let mut stmt = self.statement()?;
-        stmt.returning(Query::returning().columns(M::meta().columns.iter().map(|c| c.name)));
+        stmt.returning(Query::returning().exprs(M::meta().returning_exprs()));
         Ok(stmt.build(PostgresQueryBuilder))
     }
 }

@@ -971,10 +971,8 @@ impl SessionState {
         let p_meta = P::meta();
         let mut select = select;
         for c in p_meta.columns {
-            select.stmt.expr(Expr::col((
-                sea_query::Alias::new(REL),
-                sea_query::Alias::new(c.name),
-            )));
+            let column = Expr::col((sea_query::Alias::new(REL), sea_query::Alias::new(c.name)));
+            select.stmt.expr(crate::model::read_as(column, &c.sql_type));
         }
         let on = relation
             .fk

@@ -103,6 +103,18 @@ impl SqlType {
         }
     }
 
+    /// The type a column of this type is read as, when not as itself: an enum (or an array of
+    /// one) as text. Reading an enum as itself makes tokio-postgres look its type up with a
+    /// named statement of its own, which behind a transaction pooler may be gone by the next
+    /// transaction, or collide with another client's of the same name.
+    pub fn read_as(&self) -> Option<&'static str> {
+        match self {
+            SqlType::Enum(_) => Some("text"),
+            SqlType::Array(SqlType::Enum(_)) => Some("text[]"),
+            _ => None,
+        }
+    }
+
     /// Whether PostgreSQL has an equality operator for this type (`json`, `xml` and `point`
     /// have none), so that a loaded value can be compared with the stored one.
     pub fn has_equality(&self) -> bool {

@@ -217,7 +217,7 @@ fn dependency_rank(metas: &[&'static ModelMeta]) -> HashMap<(&'static str, &'sta
 
 /// The column list every statement returns: all of the model's columns, in order.
 fn returning_all(meta: &ModelMeta) -> sea_query::ReturningClause {
-    Query::returning().columns(meta.columns.iter().map(|c| c.name))
+    Query::returning().exprs(meta.returning_exprs())
 }
 
 /// Where-clause on the key (and version).
@@ -470,7 +470,10 @@ pub(crate) fn build_insert_numbered(
     let returning: Vec<String> = meta
         .columns
         .iter()
-        .map(|c| crate::quote_ident(c.name))
+        .map(|c| match c.sql_type.read_as() {
+            Some(t) => format!("CAST({} AS {t})", crate::quote_ident(c.name)),
+            None => crate::quote_ident(c.name),
+        })
         .collect();
     let sql = format!(
         "WITH input AS (SELECT u.*, nextval(pg_get_serial_sequence(${t}, ${c})) AS \"__key\" \

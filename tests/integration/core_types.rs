@@ -6,7 +6,7 @@ use chrono::{NaiveDate, TimeZone as _, Utc};
 
 use crate::models::*;
 
-fn sample() -> Everything {
+pub fn sample() -> Everything {
     Everything {
         id: uuid::Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0),
         flag: true,
