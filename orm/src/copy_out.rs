@@ -6,8 +6,10 @@
 //! (`SELECT set_config('actor_orm.copy_1', 'v' || CAST($1 AS integer)::text, true)`), and the
 //! COPY reads it back (`CAST(substr(current_setting('actor_orm.copy_1'), 2) AS integer)`): the
 //! value crosses as its own type's text form, which PostgreSQL reads back exactly. A query with
-//! values therefore runs in the session's transaction (opened if none is open); one without
-//! runs on its own when none is. Streaming, back-pressure, dropping part-way and errors are as
+//! values therefore runs in the session's transaction (opened if none is open), and so does any
+//! COPY on a connection with unnamed statements (behind a pooler: tokio-postgres prepares a COPY
+//! as a named statement, which must live and die on one server connection); otherwise a COPY
+//! without values runs on its own when no transaction is open. Streaming, back-pressure, dropping part-way and errors are as
 //! for [`SessionState::stream`].
 
 use bytes::Bytes;
@@ -182,7 +184,13 @@ impl SessionState {
                 format!("COPY ({sql}) TO STDOUT {}", format.options()),
             )
         };
-        let in_transaction = bound || self.tx_state() != TxState::Idle || !query.is_read_only();
+        // tokio-postgres prepares a COPY (a named statement) before running it: with unnamed
+        // statements (behind a pooler) both, and the statement's close, must reach one server
+        // connection, so the COPY runs in a transaction.
+        let in_transaction = bound
+            || conn.mode() == crate::StatementMode::Unnamed
+            || self.tx_state() != TxState::Idle
+            || !query.is_read_only();
         let mut rows = if in_transaction {
             self.in_transaction(conn, async {
                 conn.batch_known(&format!("SAVEPOINT {SAVEPOINT}")).await?;

@@ -202,6 +202,17 @@ async fn pgbouncer_worker() {
                     chunk?;
                 }
             }
+            if i % 200 == 0 {
+                // A COPY out without values, outside any transaction: tokio-postgres prepares
+                // it as a named statement, so behind a pooler it runs in a transaction.
+                let mut data = s
+                    .copy_out(User::query(), actor_orm::CopyFormat::Text)
+                    .await?;
+                while let Some(chunk) = data.next().await {
+                    chunk?;
+                }
+                s.commit().await?;
+            }
             let u = s.insert(User::new(&name, i % 90)).await?;
             s.commit().await?;
             let again = s.get::<User>(u.id).await?;
