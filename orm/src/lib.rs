@@ -19,6 +19,7 @@ pub mod ddl;
 mod error;
 mod expression;
 mod flight;
+mod handover;
 mod identity;
 mod lock;
 mod model;
@@ -96,8 +97,8 @@ pub use relation::{
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use stream::{
-    Decoder, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender, Streamable,
-    item_channel, stream_channel,
+    Decoder, HandedOver, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender,
+    Streamable, item_channel, stream_channel,
 };
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};

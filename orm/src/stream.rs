@@ -9,19 +9,19 @@
 //!
 //! The query runs as one statement (`query_raw`, values bound as parameters) whose rows are
 //! read as they arrive:
-//! - **Back-pressure.** Rows go to the consumer through a bounded channel (two batches of up
-//!   to 256: a full batch, or the rows that had arrived when none was ready, so a slow query's
-//!   rows are not held back). When the consumer stops taking them, the session stops reading
-//!   rows, tokio-postgres stops reading the socket, and the server blocks on its full socket
-//!   buffer: memory stays bounded whatever the size of the result.
-//! - **Decoding.** The consumer decodes each row as it takes it ([`QueryStream`] holds the
-//!   query's [`Decoder`]): the model is made and used while its row is in the cache, and on a
-//!   multi-threaded runtime the session reads the next rows meanwhile. Decoding in the session
-//!   and sending models measured ~1.3× the time of raw `query_raw` for 1,000,000 rows; decoding
-//!   in the consumer, 1.06–1.15×. Models to be remembered are decoded in the session.
-//! - **Dropping part-way.** When the consumer drops the stream (or a row does not decode), the
-//!   session stops reading and sends a cancel request for the statement (over a connection of
-//!   its own, and waits until the server has acted on it); the rows already on their way are
+//! - **Handing over.** Once the statement has begun answering, the session hands its answer —
+//!   tokio-postgres's row stream — to the consumer, which reads and decodes each row itself
+//!   ([`QueryStream`]), and waits, holding the connection, until the consumer lets go of it and
+//!   says how (read to the end, failed, or dropped part-way). No row is copied or batched on the
+//!   way. (Models to be remembered are instead decoded by the session and sent in batches of up
+//!   to 256 through a bounded channel of two.)
+//! - **Back-pressure.** tokio-postgres reads the socket only as fast as the consumer takes rows,
+//!   and the server blocks on its full socket buffer: memory stays bounded whatever the size of
+//!   the result.
+//! - **Dropping part-way.** When the consumer drops the stream (or a row does not decode), it
+//!   first reads what has already arrived: a statement whose whole answer is in needs nothing
+//!   more. Otherwise the session sends a cancel request for the statement (over a connection of
+//!   its own, and waits until the server has acted on it); the rows still on their way are
 //!   discarded as they arrive, behind the scenes. The session's next statement goes out at
 //!   once and is answered as soon as the server has stopped. A stream inside the session's
 //!   transaction runs behind a savepoint, rolled back to when the stream is stopped, so the
@@ -163,10 +163,23 @@ pub enum StreamMessage<T> {
     Rows(Vec<Row>),
     /// Rows the session decoded (to remember them), in order.
     Items(Vec<T>),
+    /// The statement's answer itself, for the consumer to read (and nothing else follows).
+    Handover(HandedOver<T>),
     /// The stream failed; nothing follows.
     Failed(Error),
     /// Every row has been delivered.
     End,
+}
+
+/// A statement's answer handed to the consumer of a stream (see [`StreamMessage::Handover`]).
+pub struct HandedOver<T> {
+    pub(crate) direct: crate::handover::Direct<T>,
+}
+
+impl<T> std::fmt::Debug for HandedOver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandedOver")
+    }
 }
 
 /// The session's end of a stream: where decoded rows go.
@@ -189,6 +202,7 @@ pub fn stream_channel<T>(decoder: Decoder<T>) -> (StreamSender<T>, QueryStream<T
             decoder,
             rows: Vec::new().into_iter(),
             items: Vec::new().into_iter(),
+            direct: None,
             done: false,
         },
     )
@@ -222,6 +236,8 @@ pub struct QueryStream<T> {
     decoder: Decoder<T>,
     rows: std::vec::IntoIter<Row>,
     items: std::vec::IntoIter<T>,
+    /// The statement's answer, when the session handed it over.
+    direct: Option<crate::handover::Direct<T>>,
     done: bool,
 }
 
@@ -241,6 +257,14 @@ impl<T> QueryStream<T> {
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
         loop {
+            if let Some(direct) = self.direct.as_mut() {
+                let item = std::task::ready!(direct.poll_item(cx));
+                if !matches!(item, Some(Ok(_))) {
+                    self.direct = None;
+                    self.done = true;
+                }
+                return Poll::Ready(item);
+            }
             if let Some(row) = self.rows.next() {
                 let item = (self.decoder)(&row);
                 if item.is_err() {
@@ -259,6 +283,7 @@ impl<T> QueryStream<T> {
             match std::task::ready!(self.rx.poll_recv(cx)) {
                 Some(StreamMessage::Rows(rows)) => self.rows = rows.into_iter(),
                 Some(StreamMessage::Items(items)) => self.items = items.into_iter(),
+                Some(StreamMessage::Handover(handed)) => self.direct = Some(handed.direct),
                 Some(StreamMessage::Failed(e)) => {
                     self.done = true;
                     return Poll::Ready(Some(Err(e)));
@@ -277,6 +302,7 @@ impl<T> QueryStream<T> {
 impl<T> QueryStream<T> {
     /// Ends the stream here: nothing more is taken, and the session stops the statement.
     fn stop(&mut self) {
+        self.direct = None;
         self.done = true;
         self.rows = Vec::new().into_iter();
         self.items = Vec::new().into_iter();
@@ -436,9 +462,108 @@ impl SessionState {
             conn.start_rows(&sql, &values).await?
         };
         opened();
+        if !options.remember {
+            // The consumer reads the statement's answer itself; the session waits for its
+            // verdict, holding the connection.
+            let RowsInFlight {
+                rows: raw,
+                mark,
+                started,
+                ..
+            } = rows;
+            let decoder = query.decoder();
+            let (tell, verdict) = tokio::sync::oneshot::channel();
+            let source = crate::handover::Handed {
+                raw,
+                map: Arc::new(move |row: Row| decoder(&row)),
+            };
+            let handed = HandedOver {
+                direct: crate::handover::Direct::new(Box::new(source), tell),
+            };
+            // A consumer already gone drops the message, and with it tells the verdict.
+            drop(out.send(StreamMessage::Handover(handed)).await);
+            let verdict = verdict.await.ok();
+            return self
+                .end_handed(
+                    conn,
+                    verdict,
+                    mark,
+                    started,
+                    &sql,
+                    in_transaction,
+                    cancel_limit,
+                )
+                .await;
+        }
         let read = self.read_rows(query, options, &mut rows, out).await;
         self.end_streaming(conn, rows, &sql, read, in_transaction, cancel_limit, out)
             .await
+    }
+
+    /// Ends a statement whose answer the consumer read, by the consumer's verdict: nothing more
+    /// when the answer had ended (the savepoint released; a failure the consumer saw aborts the
+    /// transaction, as any failed statement does), a cancel when it may still be running (and
+    /// the savepoint rolled back to).
+    #[allow(clippy::too_many_arguments)]
+    async fn end_handed(
+        &mut self,
+        conn: &Connection,
+        verdict: Option<crate::handover::Verdict>,
+        mark: crate::flight::InFlight<'_>,
+        started: Option<std::time::Instant>,
+        sql: &str,
+        in_transaction: bool,
+        cancel_limit: std::time::Duration,
+    ) -> Result<StreamEnd> {
+        use crate::handover::Ending;
+        let (ended, complete, count) =
+            verdict.map_or((None, false, 0), |v| (v.ended, v.complete, v.count));
+        let end = if complete {
+            StreamEnd::Finished
+        } else {
+            StreamEnd::Dropped
+        };
+        let undo = match ended {
+            Some(Ending::Ok) => {
+                conn.log_rows(started, sql, count);
+                mark.done(true, ());
+                false
+            }
+            Some(Ending::Failed) => {
+                mark.done(true, ());
+                if complete {
+                    // The consumer saw the error: the transaction is aborted, as by any failed
+                    // statement.
+                    self.mark_failed();
+                    return Ok(end);
+                }
+                true
+            }
+            Some(Ending::Lost) => {
+                mark.done(false, ());
+                return Err(Error::ConnectionLost {
+                    reason: "the connection was lost while a stream was read".into(),
+                    cause: None,
+                });
+            }
+            None => {
+                // Still running: abandoned (tokio-postgres discards the rest of its answer as it
+                // arrives) and cancelled on the server.
+                drop(mark);
+                conn.cancel_running(cancel_limit).await?;
+                true
+            }
+        };
+        if in_transaction {
+            let sql = if undo {
+                format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
+            } else {
+                format!("RELEASE SAVEPOINT {SAVEPOINT}")
+            };
+            let ended = conn.batch_known(&sql).await;
+            ended.map_err(|e| self.note_failure(e))?;
+        }
+        Ok(end)
     }
 
     /// Ends a stream's statement however its reading ended: read to the end (the savepoint
