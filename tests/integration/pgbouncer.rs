@@ -37,6 +37,28 @@ async fn behind_pgbouncer(
     Some((db, bouncer, monitor))
 }
 
+/// Waits for every task; fails listing the first failures.
+async fn all_succeed<T>(
+    what: &str,
+    tasks: Vec<tokio::task::JoinHandle<actor_orm::Result<T>>>,
+) -> Vec<T> {
+    let mut failures = Vec::new();
+    let mut done = Vec::new();
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(v) => done.push(v),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{what}: {} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    done
+}
+
 fn user(i: i64) -> User {
     User::new(&format!("user {i}"), (i % 90) as i32)
 }
@@ -73,19 +95,8 @@ async fn the_default_settings_work_behind_pgbouncer() {
             Ok(n)
         }));
     }
-    let mut failures = Vec::new();
-    for t in tasks {
-        match t.await.expect("join") {
-            Ok(1) => {}
-            other => failures.push(format!("{other:?}")),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    let counts = all_succeed("sessions", tasks).await;
+    assert!(counts.iter().all(|&n| n == 1));
     let n: i64 = monitor
         .query_one("SELECT count(*) FROM users WHERE age > 0 OR age = 0", &[])
         .await
@@ -220,18 +231,7 @@ async fn pgbouncer_worker() {
             s.close().await
         }));
     }
-    let mut failures = Vec::new();
-    for t in tasks {
-        if let Err(e) = t.await.expect("join") {
-            failures.push(e.to_string());
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "worker {id}: {} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    all_succeed(&format!("worker {id}"), tasks).await;
 }
 
 /// 4 processes × 1,000 sessions through one PgBouncer with `default_pool_size` 8: no error (a
@@ -374,18 +374,7 @@ async fn copy_through_pgbouncer_leaves_no_statement_behind() {
             }));
         }
     }
-    let mut failures = Vec::new();
-    for t in tasks {
-        if let Err(e) = t.await.expect("join") {
-            failures.push(e.to_string());
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    all_succeed("sessions", tasks).await;
     let left: i64 = monitor
         .query_one("SELECT count(*) FROM users", &[])
         .await
@@ -439,16 +428,5 @@ async fn enums_and_every_type_through_pgbouncer_on_fresh_connections() {
             pool.close(Duration::from_secs(1)).await
         }));
     }
-    let mut failures = Vec::new();
-    for t in tasks {
-        if let Err(e) = t.await.expect("join") {
-            failures.push(e.to_string());
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(3)]
-    );
+    all_succeed("sessions", tasks).await;
 }
