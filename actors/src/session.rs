@@ -311,7 +311,7 @@ impl Session {
         query: Q,
         options: actor_orm_core::StreamOptions,
     ) -> Result<actor_orm_core::QueryStream<Q::Item>> {
-        let (out, rows) = actor_orm_core::stream_channel(query.decoder());
+        let (out, rows) = actor_orm_core::stream_channel();
         self.start_stream(query, options, out).await?;
         Ok(rows)
     }
@@ -340,7 +340,7 @@ impl Session {
         query: Q,
         format: actor_orm_core::CopyFormat,
     ) -> Result<actor_orm_core::QueryStream<bytes::Bytes>> {
-        let (out, data) = actor_orm_core::item_channel();
+        let (out, data) = actor_orm_core::stream_channel();
         self.start_stream(query, format, out).await?;
         Ok(data)
     }

@@ -74,19 +74,27 @@ where
     }
 
     fn ended_already(&mut self) -> Option<Ending> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // Bounded: what has arrived is at most a few socket reads, but a fast server keeps
-        // sending while this reads.
-        for _ in 0..4096 {
-            match self.raw.as_mut().poll_next(&mut cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(e))) => return Some(ending_of(&Error::from(e))),
-                Poll::Ready(None) => return Some(Ending::Ok),
-                Poll::Pending => return None,
-            }
-        }
-        None
+        ended_already(self.raw.as_mut())
     }
+}
+
+/// Reads, without waiting, what of a statement's answer has already arrived (discarding it):
+/// `Some` when the answer has ended, `None` while the statement may still be running. Bounded:
+/// a fast server keeps sending while this reads.
+pub(crate) fn ended_already<S, X>(mut raw: Pin<&mut S>) -> Option<Ending>
+where
+    S: Stream<Item = std::result::Result<X, tokio_postgres::Error>>,
+{
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    for _ in 0..4096 {
+        match raw.as_mut().poll_next(&mut cx) {
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Err(e))) => return Some(ending_of(&Error::from(e))),
+            Poll::Ready(None) => return Some(Ending::Ok),
+            Poll::Pending => return None,
+        }
+    }
+    None
 }
 
 fn ending_of(e: &Error) -> Ending {

@@ -98,7 +98,7 @@ pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use stream::{
     Decoder, HandedOver, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender,
-    Streamable, item_channel, stream_channel,
+    Streamable, stream_channel,
 };
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};

@@ -159,9 +159,7 @@ impl StreamOptions {
 /// What travels from the session to the consumer.
 #[derive(Debug)]
 pub enum StreamMessage<T> {
-    /// Rows, in order, for the consumer to decode.
-    Rows(Vec<Row>),
-    /// Rows the session decoded (to remember them), in order.
+    /// Items the session made (models it decoded to remember them, COPY data), in order.
     Items(Vec<T>),
     /// The statement's answer itself, for the consumer to read (and nothing else follows).
     Handover(HandedOver<T>),
@@ -191,31 +189,18 @@ pub(crate) const CHUNK: usize = 256;
 /// Batches of rows in flight between the session and the consumer.
 const CHANNEL_BATCHES: usize = 2;
 
-/// A channel for a stream: the session's end and the consumer's, which decodes rows with
-/// `decoder`.
-pub fn stream_channel<T>(decoder: Decoder<T>) -> (StreamSender<T>, QueryStream<T>) {
+/// A channel for a stream: the session's end and the consumer's.
+pub fn stream_channel<T>() -> (StreamSender<T>, QueryStream<T>) {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     (
         tx,
         QueryStream {
             rx,
-            decoder,
-            rows: Vec::new().into_iter(),
             items: Vec::new().into_iter(),
             direct: None,
             done: false,
         },
     )
-}
-
-/// A channel for a stream of values the session makes itself (COPY data): the consumer has
-/// nothing to decode.
-pub fn item_channel<T: 'static>() -> (StreamSender<T>, QueryStream<T>) {
-    stream_channel(Arc::new(|_| {
-        Err(Error::InvalidInput(
-            "this stream carries no rows to decode".into(),
-        ))
-    }))
 }
 
 /// How a stream ended, as the session sees it.
@@ -229,12 +214,10 @@ pub enum StreamEnd {
 
 /// The consumer's end of a stream: decoded rows in order, then `None`. An error ends it.
 ///
-/// Rows are decoded here, as they are taken, so that a model is made and used while its row is
-/// still in the cache (and, on a multi-threaded runtime, while the session reads the next rows).
+/// Usually the session hands the statement's answer over and rows are decoded here, as they
+/// are taken; models to be remembered arrive decoded, in batches.
 pub struct QueryStream<T> {
     rx: mpsc::Receiver<StreamMessage<T>>,
-    decoder: Decoder<T>,
-    rows: std::vec::IntoIter<Row>,
     items: std::vec::IntoIter<T>,
     /// The statement's answer, when the session handed it over.
     direct: Option<crate::handover::Direct<T>>,
@@ -265,15 +248,6 @@ impl<T> QueryStream<T> {
                 }
                 return Poll::Ready(item);
             }
-            if let Some(row) = self.rows.next() {
-                let item = (self.decoder)(&row);
-                if item.is_err() {
-                    // A row that does not decode ends the stream: the session stops the
-                    // statement as if the stream had been dropped.
-                    self.stop();
-                }
-                return Poll::Ready(Some(item));
-            }
             if let Some(item) = self.items.next() {
                 return Poll::Ready(Some(Ok(item)));
             }
@@ -281,7 +255,6 @@ impl<T> QueryStream<T> {
                 return Poll::Ready(None);
             }
             match std::task::ready!(self.rx.poll_recv(cx)) {
-                Some(StreamMessage::Rows(rows)) => self.rows = rows.into_iter(),
                 Some(StreamMessage::Items(items)) => self.items = items.into_iter(),
                 Some(StreamMessage::Handover(handed)) => self.direct = Some(handed.direct),
                 Some(StreamMessage::Failed(e)) => {
@@ -299,18 +272,7 @@ impl<T> QueryStream<T> {
     }
 }
 
-impl<T> QueryStream<T> {
-    /// Ends the stream here: nothing more is taken, and the session stops the statement.
-    fn stop(&mut self) {
-        self.direct = None;
-        self.done = true;
-        self.rows = Vec::new().into_iter();
-        self.items = Vec::new().into_iter();
-        self.rx.close();
-    }
-}
-
-// No field is pinned: the rows are only moved out of the batch.
+// No field is pinned: items are only moved out of their batch.
 impl<T> Unpin for QueryStream<T> {}
 
 impl<T> Stream for QueryStream<T> {
@@ -344,22 +306,12 @@ impl<S, X> RowsInFlight<'_, S>
 where
     S: Stream<Item = std::result::Result<X, tokio_postgres::Error>>,
 {
-    /// Reads, without waiting, what has already arrived (up to a few batches): `None` while
-    /// the statement runs, else whether it failed.
+    /// Reads, without waiting, what has already arrived: `None` while the statement runs, else
+    /// whether it failed (see [`crate::handover::ended_already`]).
     pub(crate) fn ended_already(&mut self) -> Option<bool> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        for _ in 0..4 * CHUNK {
-            match self.rows.as_mut().poll_next(&mut cx) {
-                Poll::Ready(Some(Ok(_))) => self.count += 1,
-                Poll::Ready(Some(Err(e))) => {
-                    self.lost |= e.as_db_error().is_none();
-                    return Some(true);
-                }
-                Poll::Ready(None) => return Some(false),
-                Poll::Pending => return None,
-            }
-        }
-        None
+        let ended = crate::handover::ended_already(self.rows.as_mut());
+        self.lost |= ended == Some(crate::handover::Ending::Lost);
+        ended.map(|e| e != crate::handover::Ending::Ok)
     }
 
     pub(crate) fn poll_row(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<X>>> {
@@ -495,7 +447,7 @@ impl SessionState {
                 )
                 .await;
         }
-        let read = self.read_rows(query, options, &mut rows, out).await;
+        let read = self.read_rows(query, &mut rows, out).await;
         self.end_streaming(conn, rows, &sql, read, in_transaction, cancel_limit, out)
             .await
     }
@@ -554,16 +506,28 @@ impl SessionState {
                 true
             }
         };
-        if in_transaction {
-            let sql = if undo {
-                format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
-            } else {
-                format!("RELEASE SAVEPOINT {SAVEPOINT}")
-            };
-            let ended = conn.batch_known(&sql).await;
-            ended.map_err(|e| self.note_failure(e))?;
-        }
+        self.end_savepoint(conn, in_transaction, undo).await?;
         Ok(end)
+    }
+
+    /// Ends the savepoint a stream inside a transaction ran behind: released, or first rolled
+    /// back to (`undo`: the statement was cancelled, or failed unseen). Nothing outside one.
+    async fn end_savepoint(
+        &mut self,
+        conn: &Connection,
+        in_transaction: bool,
+        undo: bool,
+    ) -> Result<()> {
+        if !in_transaction {
+            return Ok(());
+        }
+        let sql = if undo {
+            format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}")
+        } else {
+            format!("RELEASE SAVEPOINT {SAVEPOINT}")
+        };
+        let ended = conn.batch_known(&sql).await;
+        ended.map_err(|e| self.note_failure(e))
     }
 
     /// Ends a stream's statement however its reading ended: read to the end (the savepoint
@@ -586,11 +550,7 @@ impl SessionState {
         let stop = match read {
             Ok(None) => {
                 rows.finish(conn, sql);
-                if in_transaction {
-                    let release = format!("RELEASE SAVEPOINT {SAVEPOINT}");
-                    let released = conn.batch_known(&release).await;
-                    released.map_err(|e| self.note_failure(e))?;
-                }
+                self.end_savepoint(conn, in_transaction, false).await?;
                 return Ok(if out.send(StreamMessage::End).await.is_ok() {
                     StreamEnd::Finished
                 } else {
@@ -621,38 +581,29 @@ impl SessionState {
                 true
             }
         };
-        if in_transaction && !failed {
-            let release = format!("RELEASE SAVEPOINT {SAVEPOINT}");
-            let released = conn.batch_known(&release).await;
-            released.map_err(|e| self.note_failure(e))?;
-        } else if in_transaction {
-            // The cancel (if it came in time) failed the statement: back to before it.
-            let undo = format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}; RELEASE SAVEPOINT {SAVEPOINT}");
-            let undone = conn.batch_known(&undo).await;
-            undone.map_err(|e| self.note_failure(e))?;
-        }
+        // A cancel (if it came in time) failed the statement: back to before it.
+        self.end_savepoint(conn, in_transaction, failed).await?;
         match stop {
             Stop::Dropped => Ok(StreamEnd::Dropped),
             Stop::Bad(e) => Err(e),
         }
     }
 
-    /// Reads rows until the end (`None`), a reason to stop, or a database error. Rows go to the
-    /// consumer as they are, to be decoded there, unless they are to be remembered.
+    /// Reads rows until the end (`None`), a reason to stop, or a database error, decoding and
+    /// remembering each and sending them to the consumer in batches.
     async fn read_rows<Q: Streamable>(
         &mut self,
         query: &Q,
-        options: StreamOptions,
         rows: &mut RowsInFlight<'_>,
         out: &StreamSender<Q::Item>,
     ) -> Result<Option<Stop>> {
-        let decoder = options.remember.then(|| query.decoder());
+        let decode = query.decoder();
         let mut gone = std::pin::pin!(out.closed());
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
             let fill = next_chunk(rows, gone.as_mut(), &mut chunk).await;
             rows.count += chunk.len() as u64;
-            let delivered = self.deliver(query, decoder.as_ref(), chunk, out).await;
+            let delivered = self.deliver(query, &decode, chunk, out).await;
             match (fill, delivered) {
                 // The rows before a failure still reach the consumer.
                 (Fill::Failed(e), _) => return Err(e),
@@ -664,22 +615,18 @@ impl SessionState {
         }
     }
 
-    /// Sends rows to the consumer: as they are, or decoded and remembered (`decoder`). Whether
-    /// the consumer is still there; a row that does not decode is an error, after the rows
-    /// before it.
+    /// Decodes and remembers rows and sends them to the consumer. Whether the consumer is still
+    /// there; a row that does not decode is an error, after the rows before it.
     async fn deliver<Q: Streamable>(
         &mut self,
         query: &Q,
-        decoder: Option<&Decoder<Q::Item>>,
+        decode: &Decoder<Q::Item>,
         chunk: Vec<Row>,
         out: &StreamSender<Q::Item>,
     ) -> Result<bool> {
         if chunk.is_empty() {
             return Ok(!out.is_closed());
         }
-        let Some(decode) = decoder else {
-            return Ok(out.send(StreamMessage::Rows(chunk)).await.is_ok());
-        };
         let mut items = Vec::with_capacity(chunk.len());
         let mut failure = None;
         for row in &chunk {
