@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Config, NoTls};
 
 mod pgbouncer;
+mod via;
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
+pub use via::{TEST_VIA, through_pgbouncer};
 
 /// The server certificate's file in a TLS cluster's data directory.
 const TLS_CERT: &str = "server.crt";
@@ -341,9 +343,11 @@ impl Cluster {
         config.dbname(&name);
         Ok(TestDatabase {
             name,
+            direct: config.clone(),
             config,
             admin_config: self.config.clone(),
             drop_on_exit: !self.is_throwaway(),
+            pooled: false,
         })
     }
 
@@ -420,9 +424,13 @@ impl Drop for Cluster {
 #[derive(Debug)]
 pub struct TestDatabase {
     name: String,
+    /// Where the ORM under test connects: the server, or PgBouncer in front of it.
     config: Config,
+    /// The server itself.
+    direct: Config,
     admin_config: Config,
     drop_on_exit: bool,
+    pooled: bool,
 }
 
 impl TestDatabase {
@@ -431,14 +439,27 @@ impl TestDatabase {
         &self.name
     }
 
-    /// Connection settings for this database.
+    /// Connection settings for the code under test: the server's, or with [`TEST_VIA`] set to
+    /// `pgbouncer`, those of a PgBouncer (transaction pooling) in front of it.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Opens a connection to this database, driving it on a spawned task.
+    /// Connection settings of the server itself, never through a pooler: for set-up and for
+    /// watching the server (`pg_stat_activity`, locks).
+    pub fn direct_config(&self) -> &Config {
+        &self.direct
+    }
+
+    /// Whether [`config`](Self::config) goes through a transaction pooler.
+    pub fn through_pooler(&self) -> bool {
+        self.pooled
+    }
+
+    /// Opens a connection straight to this database on the server (never through a pooler),
+    /// driving it on a spawned task.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, TestingError> {
-        connect(&self.config).await
+        connect(&self.direct).await
     }
 }
 
@@ -486,13 +507,22 @@ pub fn shared_cluster() -> Result<&'static Cluster, TestingError> {
         .map_err(|e| cluster_error("start the shared test cluster", e))
 }
 
-/// A database of its own on the shared cluster, named after `hint`.
+/// A database of its own on the shared cluster, named after `hint`; reached through the shared
+/// PgBouncer when [`TEST_VIA`] is `pgbouncer` (see [`TestDatabase::config`]).
 pub async fn test_database(hint: &str) -> Result<TestDatabase, TestingError> {
     // Starting a cluster blocks for a second or two: keep it off the async worker.
     let cluster = tokio::task::spawn_blocking(shared_cluster)
         .await
         .map_err(|e| cluster_error("start the shared test cluster", e))??;
-    cluster.create_database(hint).await
+    let mut db = cluster.create_database(hint).await?;
+    if through_pgbouncer() {
+        let bouncer = tokio::task::spawn_blocking(via::shared_pgbouncer)
+            .await
+            .map_err(|e| cluster_error("start the shared PgBouncer", e))??;
+        db.config = bouncer.config_for(&db.name);
+        db.pooled = true;
+    }
+    Ok(db)
 }
 
 fn database_name(hint: &str) -> String {

@@ -50,6 +50,8 @@ pub struct PoolConfig {
     pub(crate) max_session_lifetime: Option<Duration>,
     /// `None`: chosen per connection — unnamed behind a connection pooler, prepared otherwise.
     pub(crate) statement_mode: Option<StatementMode>,
+    /// Where listeners connect, when not where sessions do (see `PoolBuilder::listen_at`).
+    pub(crate) listen_pg: Option<Config>,
     pub(crate) autocommit_reads: bool,
     pub(crate) dirty_check: bool,
     pub(crate) log_values: bool,
@@ -97,7 +99,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Sets the pool's TCP keepalive on `pg` where it has tokio-postgres's defaults.
-fn with_keepalive(mut pg: Config) -> Config {
+pub(crate) fn with_keepalive(mut pg: Config) -> Config {
     if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
         pg.keepalives_idle(KEEPALIVE_IDLE);
     }
@@ -130,6 +132,7 @@ impl PoolConfig {
             leak_threshold: Some(Duration::from_secs(60)),
             max_session_lifetime: None,
             statement_mode: None,
+            listen_pg: None,
             autocommit_reads: true,
             dirty_check: true,
             log_values: false,

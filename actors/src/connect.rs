@@ -87,7 +87,7 @@ pub(crate) async fn connect(
 /// Whether a connection pooler stands between this connection and the server: the server's
 /// port (`inet_server_port()`) is none of the ports dialled, or the server has one while a Unix
 /// socket was dialled. One simple query (no named statement, so a pooler takes it as it is).
-async fn behind_pooler(
+pub(crate) async fn behind_pooler(
     client: &tokio_postgres::Client,
     pg: &tokio_postgres::Config,
 ) -> Result<bool> {

@@ -182,16 +182,34 @@ impl Listening {
 
 async fn open(config: &PoolConfig, listen: &str) -> Result<Listening> {
     let (tx, notices) = mpsc::unbounded_channel();
-    let attempt = config.connector.connect_listening(&config.pg, tx);
+    let pg = config.listen_pg.as_ref().unwrap_or(&config.pg);
+    let attempt = config.connector.connect_listening(pg, tx);
+    let late = || Error::Connect {
+        reason: "the listener's connection did not open within connect_timeout".into(),
+        cause: None,
+    };
     let (client, driver) = tokio::time::timeout(config.connect_timeout, attempt)
         .await
-        .map_err(|_| Error::Connect {
-            reason: "the listener's connection did not open within connect_timeout".into(),
-            cause: None,
-        })??;
+        .map_err(|_| late())??;
     let driver = tokio::spawn(async move {
         let _ = driver.await;
     });
+    if config.listen_pg.is_none() {
+        let probe = crate::connect::behind_pooler(&client, pg);
+        let pooled = tokio::time::timeout(config.connect_timeout, probe)
+            .await
+            .map_err(|_| late())?;
+        if pooled? {
+            driver.abort();
+            return Err(Error::Config(
+                "LISTEN cannot work through a connection pooler in transaction mode (such as \
+                 PgBouncer's): between transactions the server connection, and the \
+                 notifications sent to it, go to other clients. Give listeners the server's own \
+                 address with PoolBuilder::listen_at (or a session-mode pooler's)"
+                    .into(),
+            ));
+        }
+    }
     let listening = Listening {
         _client: client,
         driver,

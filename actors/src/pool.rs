@@ -425,6 +425,33 @@ impl PoolBuilder {
         self
     }
 
+    /// Where [`Pool::listen`] connects, when sessions go through a transaction pooler:
+    /// `LISTEN` needs a server connection of its own for as long as it listens, which
+    /// PgBouncer's transaction pooling does not give (it would hand the connection to other
+    /// clients between transactions, and their notifications to no one). Point it at the server
+    /// itself, or at a session-pooling PgBouncer. Without it, a listener that finds a pooler in
+    /// front of the server (as sessions do, see [`statement_mode`](Self::statement_mode))
+    /// refuses with [`Error::Config`](actor_orm_core::Error::Config). The pool's TLS settings
+    /// apply.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> actor_orm_core::Result<()> {
+    /// let pool = actor_orm_actors::Pool::builder("postgres://app@pgbouncer:6432/shop")
+    ///     .listen_at("postgres://app@db-primary:5432/shop")
+    ///     .build()
+    ///     .await?;
+    /// let _jobs = pool.listen(["jobs"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listen_at(mut self, target: impl IntoConfig) -> Self {
+        match (&mut self.config, target.into_config()) {
+            (Ok(c), Ok(pg)) => c.listen_pg = Some(crate::config::with_keepalive(pg)),
+            (Ok(_), Err(e)) => self.config = Err(e),
+            (Err(_), _) => {}
+        }
+        self
+    }
+
     /// Leaves `application_name` to what the connection settings say (instead of `actor-orm`).
     pub fn keep_application_name(mut self) -> Self {
         self.application_name = None;
@@ -437,6 +464,9 @@ impl PoolBuilder {
         let mut config = self.config?;
         if let Some(name) = self.application_name {
             config.pg.application_name(&name);
+            if let Some(listen) = &mut config.listen_pg {
+                listen.application_name(&name);
+            }
         }
         config.pg.connect_timeout(config.connect_timeout);
         config.connector = match self.connector {

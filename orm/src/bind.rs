@@ -282,6 +282,17 @@ impl ToSql for Bind<'_> {
         true
     }
 
+    fn encode_format(&self, ty: &Type) -> tokio_postgres::types::Format {
+        // An untyped parameter is read with the input function of the type the server infers:
+        // text form (UTF-8, the client encoding tokio-postgres sets). Text is the same bytes in
+        // both forms.
+        if *ty == Type::UNKNOWN && matches!(self.value, Value::String(_) | Value::Char(_)) {
+            tokio_postgres::types::Format::Text
+        } else {
+            tokio_postgres::types::Format::Binary
+        }
+    }
+
     to_sql_checked!();
 }
 
@@ -321,7 +332,11 @@ pub(crate) fn param_type(v: &Value) -> Type {
         Value::BigInt(_) | Value::Unsigned(_) | Value::BigUnsigned(_) => Type::INT8,
         Value::Float(_) => Type::FLOAT4,
         Value::Double(_) => Type::FLOAT8,
-        Value::String(_) | Value::Char(_) | Value::Enum(_) => Type::TEXT,
+        // Untyped, in text form, as a literal is: the server reads it as the type it infers
+        // (citext, varchar, a domain), so a comparison means what it means with a prepared
+        // statement (declared `text`, `citext_col = $1` would compare as text, case and all).
+        Value::String(_) | Value::Char(_) => Type::UNKNOWN,
+        Value::Enum(_) => Type::TEXT,
         Value::Bytes(Some(b)) => match crate::pg_type::encoded(b) {
             Some(enc) => crate::pg_type::declared(enc.name, false),
             None => Type::BYTEA,

@@ -156,25 +156,26 @@ impl AsyncWrite for CancelStream {
         self.inner.pin().poll_flush(cx)
     }
 
-    /// Ends the request, then waits for the server to close the connection: it does once it has
-    /// signalled the backend.
+    /// Waits for the server to close the connection (it does once it has signalled the
+    /// backend), then closes this side. The request is not ended with a half-close first: a
+    /// pooler that sees the client leave while it is still forwarding the request can fail
+    /// (PgBouncer 1.18 exits: pgbouncer#801), and the server needs nothing more than the request.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.shut {
-            ready!(self.inner.pin().poll_shutdown(cx))?;
-            self.shut = true;
-        }
         let mut scratch = [0u8; 64];
-        loop {
+        while !self.shut {
             let mut buf = ReadBuf::new(&mut scratch);
             match ready!(self.inner.pin().poll_read(cx, &mut buf)) {
-                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) if buf.filled().is_empty() => self.shut = true,
                 Ok(()) => {}
                 // A reset is the server closing too.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Poll::Ready(Ok(()));
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => self.shut = true,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+        }
+        match ready!(self.inner.pin().poll_shutdown(cx)) {
+            // The server closed first: nothing is left to end.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            other => Poll::Ready(other),
         }
     }
 }

@@ -111,6 +111,12 @@ fn find_pgbouncer() -> Result<PathBuf, TestingError> {
 }
 
 impl PgBouncer {
+    /// Where the `pgbouncer` binary is (on `PATH`, or where Debian puts it), or why it cannot be
+    /// found.
+    pub fn binary() -> Result<PathBuf, TestingError> {
+        find_pgbouncer()
+    }
+
     /// Starts PgBouncer in front of the server `server` points at (its host, port and user),
     /// serving every database there.
     pub fn start(server: &Config, options: PgBouncerOptions) -> Result<PgBouncer, TestingError> {

@@ -132,7 +132,13 @@ async fn hostile_strings_are_data_in_every_value_position() {
 /// committed.
 #[tokio::test]
 async fn bad_values_are_typed_errors_and_commit_nothing_partial() {
-    let (_db, _pool, s) = setup("bad_values").await;
+    let (db, _pool, s) = setup("bad_values").await;
+    if crate::direct_only(
+        &db,
+        "pins the client-side check of a value against the parameter type a prepared statement declares; unnamed statements (behind a pooler) leave that check to the server (22003/23514/42804)",
+    ) {
+        return;
+    }
 
     // Refused before anything is sent: the transaction stays usable.
     let nul = s.add(User::new("nul\0", 1)).await;
@@ -230,6 +236,12 @@ async fn bad_values_are_typed_errors_and_commit_nothing_partial() {
 async fn connection_settings_errors_are_typed_and_never_show_the_password() {
     let (captured, _guard) = crate::capture::capture();
     let (db, conn) = crate::connect("bad_settings").await;
+    if crate::direct_only(
+        &db,
+        "PgBouncer, not the server, answers an unknown role or database, after its own login retry",
+    ) {
+        return;
+    }
     drop(conn);
     let base = db.config();
     let host = match &base.get_hosts()[0] {

@@ -17,6 +17,12 @@ fn balanced(s: &PoolStats) -> bool {
 async fn a_terminated_idle_connection_is_never_handed_out() {
     let (db, pool, monitor) =
         crate::pool_with_monitor("fault_terminate_idle", |b| b.max_size(2).min_idle(2)).await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let app = db.name().to_owned();
     assert!(
         crate::eventually(Duration::from_secs(5), || async {
@@ -64,6 +70,12 @@ async fn a_terminated_idle_connection_is_never_handed_out() {
 #[tokio::test]
 async fn a_read_on_a_connection_that_died_before_it_runs_again_on_another() {
     let (db, pool, monitor) = crate::pool_with_monitor("fault_read_again", |b| b.max_size(2)).await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let app = db.name().to_owned();
     let s = pool.session().await.expect("session");
     s.acquire().await.expect("acquire");
@@ -423,6 +435,12 @@ async fn discard_all_leaves_nothing_and_rollback_documents_what_survives() {
             b.max_size(1).reset(policy.clone())
         })
         .await;
+        if crate::direct_only(
+            &db,
+            "ResetPolicy::DiscardAll is refused behind a pooler (pgbouncer::a_reset_that_cannot_work_behind_a_pooler_is_refused), and session state is the pooler's to reset",
+        ) {
+            return;
+        }
         let s = pool.session().await.expect("session");
         for sql in [
             "SET statement_timeout = '123s'",
@@ -506,6 +524,12 @@ async fn lifetimes_and_idle_timeout_never_touch_a_connection_in_use() {
             .keepalive_interval(Duration::from_millis(60))
     })
     .await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let app = db.name().to_owned();
     let held = pool.session().await.expect("session");
     let pid: i32 = held
@@ -583,6 +607,12 @@ async fn the_leak_warning_fires_once_per_lease_with_name_and_site() {
 async fn when_the_pool_actor_dies_sessions_get_typed_errors_and_no_backend_remains() {
     let (db, pool, monitor) =
         crate::pool_with_monitor("fault_pool_dies", |b| b.max_size(3).min_idle(2)).await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let app = db.name().to_owned();
     let s = pool.session().await.expect("session");
     s.count(User::query()).await.expect("hold");

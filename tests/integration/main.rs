@@ -33,19 +33,37 @@ use std::time::{Duration, Instant};
 
 use actor_orm::{Connection, Pool, PoolBuilder, PoolStats, StatementMode, testing};
 
-/// A database of its own for one test, and an ORM connection to it.
+/// A database of its own for one test, and an ORM connection to it (through PgBouncer, in
+/// unnamed-statement mode, when the suite runs through one: see [`testing::TEST_VIA`]).
 pub async fn connect(hint: &str) -> (testing::TestDatabase, Connection) {
     let db = testing::test_database(hint).await.expect("test database");
-    let client = db.connect().await.expect("connect");
-    (db, Connection::new(client, StatementMode::Prepared))
+    let conn = connect_again(&db).await;
+    (db, conn)
 }
 
-/// A second connection to the same database.
+/// A second ORM connection to the same database, as [`connect`] makes them.
 pub async fn connect_again(db: &testing::TestDatabase) -> Connection {
-    Connection::new(
-        db.connect().await.expect("connect"),
-        StatementMode::Prepared,
-    )
+    let (client, driver) = db
+        .config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(driver);
+    let mode = if db.through_pooler() {
+        StatementMode::Unnamed
+    } else {
+        StatementMode::Prepared
+    };
+    Connection::new(client, mode)
+}
+
+/// Whether this run goes through a transaction pooler; a test that cannot work behind one says
+/// why (in the output) and returns early.
+pub fn direct_only(db: &testing::TestDatabase, why: &str) -> bool {
+    if db.through_pooler() {
+        eprintln!("skipped behind PgBouncer: {why}");
+    }
+    db.through_pooler()
 }
 
 /// A pool on `db` whose connections report the database's name as their application_name, so
@@ -54,7 +72,11 @@ pub async fn pool_on(
     db: &testing::TestDatabase,
     configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
 ) -> Pool {
-    let builder = Pool::builder(db.config()).application_name(db.name().to_owned());
+    let mut builder = Pool::builder(db.config()).application_name(db.name().to_owned());
+    if db.through_pooler() {
+        // LISTEN needs the server itself (pgbouncer::a_listener_behind_a_pooler_needs_the_server).
+        builder = builder.listen_at(db.direct_config());
+    }
     configure(builder).build().await.expect("pool")
 }
 

@@ -227,6 +227,12 @@ async fn a_long_lease_warns_once_and_max_session_lifetime_stops_it() {
 #[tokio::test]
 async fn drain_retires_every_connection_open_now() {
     let (db, pool) = crate::pool_with_schema("pool_drain", |b| b.max_size(3).min_idle(2)).await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let monitor = db.connect().await.expect("monitor");
     let app = db.name().to_owned();
     let mut before = Vec::new();
@@ -267,6 +273,12 @@ async fn drain_retires_every_connection_open_now() {
 #[tokio::test]
 async fn close_waits_for_sessions_then_stops_them() {
     let (db, pool) = crate::pool_with_schema("pool_close", |b| b.max_size(2)).await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let monitor = db.connect().await.expect("monitor");
     let app = db.name().to_owned();
     let stubborn = pool.session().await.expect("session");
@@ -302,6 +314,12 @@ async fn close_waits_for_sessions_then_stops_them() {
 async fn close_leaves_no_task_and_no_backend_behind() {
     let (db, pool) =
         crate::pool_with_schema("pool_close_tasks", |b| b.max_size(3).min_idle(2)).await;
+    if crate::direct_only(
+        &db,
+        "watches the pool's server backends by pid; behind a transaction pooler they belong to PgBouncer",
+    ) {
+        return;
+    }
     let monitor = db.connect().await.expect("monitor");
     let app = db.name().to_owned();
     for _ in 0..5 {

@@ -99,7 +99,13 @@ async fn domains_are_written_and_read_as_their_base_type() {
 
 #[tokio::test]
 async fn a_value_that_does_not_fit_a_domain_names_the_domain_and_its_base_type() {
-    let (_db, pool) = schema("schema_domain_errors").await;
+    let (db, pool) = schema("schema_domain_errors").await;
+    if crate::direct_only(
+        &db,
+        "pins the client-side check of a value against the parameter type a prepared statement declares; unnamed statements (behind a pooler) leave that check to the server (22003/23514/42804)",
+    ) {
+        return;
+    }
     let s = pool.session().await.expect("session");
     let err = s
         .raw_execute(
@@ -547,7 +553,13 @@ async fn mapped_types_work_with_unnamed_statements_too() {
 /// sent.
 #[tokio::test]
 async fn a_mapped_value_in_the_wrong_place_names_both_types() {
-    let (_db, pool) = schema("schema_mapped_errors").await;
+    let (db, pool) = schema("schema_mapped_errors").await;
+    if crate::direct_only(
+        &db,
+        "pins the client-side check of a value against the parameter type a prepared statement declares; unnamed statements (behind a pooler) leave that check to the server (22003/23514/42804)",
+    ) {
+        return;
+    }
     let s = pool.session().await.expect("session");
     let err = s
         .raw_execute(
@@ -572,7 +584,13 @@ async fn a_mapped_value_in_the_wrong_place_names_both_types() {
 /// (matched by key).
 #[tokio::test]
 async fn insert_all_returns_every_stored_row_in_the_order_given() {
-    let (_db, pool) = schema("schema_insert_all").await;
+    let (db, pool) = schema("schema_insert_all").await;
+    if crate::direct_only(
+        &db,
+        "pins the SQL of prepared mode (the batch as one array per column); unnamed statements send VALUES lists",
+    ) {
+        return;
+    }
     let (log, _guard) = crate::capture::capture();
     let s = pool.session().await.expect("session");
     let titles: Vec<String> = (0..50).map(|i| format!("Film {i:02}")).collect();
