@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Config, NoTls};
 
 mod pgbouncer;
+mod standby;
 mod via;
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use via::{TEST_VIA, through_pgbouncer};
@@ -777,9 +778,13 @@ fn start_postmaster(
             ));
         }
         // Line 8 of postmaster.pid is the server's status; "ready" once it accepts connections.
-        if fs::read_to_string(&pid_file)
-            .is_ok_and(|text| text.lines().nth(7).map(str::trim) == Some("ready"))
-        {
+        // ("standby" for a hot standby that accepts read-only connections.)
+        if fs::read_to_string(&pid_file).is_ok_and(|text| {
+            matches!(
+                text.lines().nth(7).map(str::trim),
+                Some("ready" | "standby")
+            )
+        }) {
             return Ok(child);
         }
         if Instant::now() > deadline {

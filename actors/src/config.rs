@@ -52,6 +52,8 @@ pub struct PoolConfig {
     pub(crate) statement_mode: Option<StatementMode>,
     /// Where listeners connect, when not where sessions do (see `PoolBuilder::listen_at`).
     pub(crate) listen_pg: Option<Config>,
+    /// `target_session_attrs=prefer-standby`: `pg` asks for a read-only host; fall back to any.
+    pub(crate) prefer_standby: bool,
     pub(crate) autocommit_reads: bool,
     pub(crate) dirty_check: bool,
     pub(crate) log_values: bool,
@@ -133,6 +135,7 @@ impl PoolConfig {
             max_session_lifetime: None,
             statement_mode: None,
             listen_pg: None,
+            prefer_standby: false,
             autocommit_reads: true,
             dirty_check: true,
             log_values: false,
@@ -225,6 +228,12 @@ impl PoolConfig {
 /// alone knows three) and `sslrootcert` names a PEM file of trusted CAs (`system`: the operating
 /// system's store, the default).
 pub trait IntoConfig: Sized {
+    /// Whether the settings ask for `target_session_attrs=prefer-standby` (libpq's: a standby
+    /// if any host is one, else any host), which tokio-postgres does not know.
+    fn prefers_standby(&self) -> bool {
+        false
+    }
+
     /// The parsed settings, or a [`Error::Config`] that never repeats the password.
     fn into_config(self) -> Result<Config>;
 
@@ -250,12 +259,17 @@ impl IntoConfig for &Config {
 }
 
 impl IntoConfig for &str {
+    fn prefers_standby(&self) -> bool {
+        session_attrs(self).1
+    }
+
     fn into_config(self) -> Result<Config> {
         self.into_parts().map(|(pg, _, _)| pg)
     }
 
     fn into_parts(self) -> Result<(Config, SslMode, Option<PathBuf>)> {
-        let (rest, tls) = TlsSettings::split(self)?;
+        let (libpq, _) = session_attrs(self);
+        let (rest, tls) = TlsSettings::split(&libpq)?;
         let pg = rest.parse::<Config>().map_err(|e| {
             // tokio-postgres names the offending key, never its value; say so in our words.
             Error::Config(format!("cannot parse the connection string: {e}"))
@@ -269,6 +283,10 @@ impl IntoConfig for &str {
 }
 
 impl IntoConfig for String {
+    fn prefers_standby(&self) -> bool {
+        session_attrs(self).1
+    }
+
     fn into_config(self) -> Result<Config> {
         self.as_str().into_config()
     }
@@ -279,6 +297,10 @@ impl IntoConfig for String {
 }
 
 impl IntoConfig for &String {
+    fn prefers_standby(&self) -> bool {
+        session_attrs(self).1
+    }
+
     fn into_config(self) -> Result<Config> {
         self.as_str().into_config()
     }
@@ -288,9 +310,65 @@ impl IntoConfig for &String {
     }
 }
 
+/// libpq's `target_session_attrs` values in tokio-postgres's terms: `primary` is `read-write`
+/// and `standby` is `read-only` (a standby is always read-only); `prefer-standby` becomes
+/// `read-only`, with `true` returned so that the pool falls back to any host when no standby
+/// answers.
+pub(crate) fn session_attrs(target: &str) -> (String, bool) {
+    const KEY: &str = "target_session_attrs=";
+    let Some(at) = target.find(KEY) else {
+        return (target.to_owned(), false);
+    };
+    let start = at + KEY.len();
+    let end = target[start..]
+        .find(|c: char| c == '&' || c.is_whitespace())
+        .map_or(target.len(), |i| start + i);
+    let (value, prefer) = match &target[start..end] {
+        "primary" => ("read-write", false),
+        "standby" => ("read-only", false),
+        "prefer-standby" => ("read-only", true),
+        other => (other, false),
+    };
+    (
+        format!("{}{value}{}", &target[..start], &target[end..]),
+        prefer,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libpq_session_attrs_become_tokio_postgres_ones() {
+        let url = "postgres://u@a:1,b:2/db?target_session_attrs=prefer-standby&sslmode=disable";
+        let (rest, prefer) = session_attrs(url);
+        assert!(prefer);
+        assert_eq!(
+            rest,
+            "postgres://u@a:1,b:2/db?target_session_attrs=read-only&sslmode=disable"
+        );
+        assert_eq!(
+            session_attrs("host=a,b target_session_attrs=primary dbname=x"),
+            (
+                "host=a,b target_session_attrs=read-write dbname=x".into(),
+                false
+            )
+        );
+        assert_eq!(
+            session_attrs("host=a target_session_attrs=standby"),
+            ("host=a target_session_attrs=read-only".into(), false)
+        );
+        assert!("host=a,b target_session_attrs=prefer-standby".prefers_standby());
+        assert!(!"host=a,b target_session_attrs=read-write".prefers_standby());
+        let pg = "postgres://u@a:1,b:2/db?target_session_attrs=standby"
+            .into_config()
+            .expect("parsed");
+        assert_eq!(
+            pg.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadOnly
+        );
+    }
 
     #[test]
     fn pooled_connections_probe_idle_sockets_unless_told_otherwise() {

@@ -17,7 +17,7 @@ pub(crate) async fn connect(
     serial: u64,
     pool: &ActorRef<PoolMsg>,
 ) -> Result<Connection> {
-    let attempt = config.connector.connect(&config.pg);
+    let attempt = open(config);
     let (client, connection) = match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(r) => r.map_err(connect_error)?,
         Err(_) => {
@@ -82,6 +82,20 @@ pub(crate) async fn connect(
         }
     }
     Ok(conn)
+}
+
+/// The connector's connection to the first host that has the attributes asked for; with
+/// `prefer-standby`, a standby's if any answers, else any host's (libpq's meaning).
+async fn open(
+    config: &PoolConfig,
+) -> std::result::Result<(tokio_postgres::Client, actor_orm_core::Driver), tokio_postgres::Error> {
+    let first = config.connector.connect(&config.pg).await;
+    if first.is_ok() || !config.prefer_standby {
+        return first;
+    }
+    let mut any = config.pg.clone();
+    any.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+    config.connector.connect(&any).await
 }
 
 /// Whether a connection pooler stands between this connection and the server: the server's

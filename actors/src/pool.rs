@@ -52,13 +52,18 @@ impl Pool {
     /// Starts configuring a pool for `target`: a `postgres://` URL, a key=value string or a
     /// [`tokio_postgres::Config`]. A malformed string is reported by [`PoolBuilder::build`].
     pub fn builder(target: impl IntoConfig) -> PoolBuilder {
+        let prefer_standby = target.prefers_standby();
         let parts = target.into_parts();
         let tls = parts
             .as_ref()
             .map(|(_, mode, root)| TlsSettings::from_parts(*mode, root.clone()))
             .unwrap_or_default();
         PoolBuilder {
-            config: parts.map(|(pg, _, _)| PoolConfig::new(pg)),
+            config: parts.map(|(pg, _, _)| {
+                let mut config = PoolConfig::new(pg);
+                config.prefer_standby = prefer_standby;
+                config
+            }),
             application_name: Some("actor-orm".into()),
             tls,
             connector: None,

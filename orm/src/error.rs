@@ -22,6 +22,19 @@ pub enum Error {
         /// The client library's own error, for `source()`.
         cause: Option<Cause>,
     },
+    /// The connection was lost after COMMIT was sent and before its answer came: the server may
+    /// have committed the transaction or not, and no one on this side can tell. Never reported
+    /// as a plain failure, since running the work again may do it twice: check whether it took
+    /// effect first (by a key it wrote, an idempotency key, or the LSN it would have written).
+    #[display(
+        "commit outcome unknown: the connection was lost after COMMIT was sent ({reason}); the transaction may or may not have been committed, check before running it again"
+    )]
+    CommitOutcomeUnknown {
+        /// What the client or server said.
+        reason: String,
+        /// The client library's own error, for `source()`.
+        cause: Option<Cause>,
+    },
     /// A new connection could not be opened: the server is unreachable or refused it, or its
     /// TLS handshake failed (a certificate not trusted or not for this host, TLS required and
     /// not offered). The reason says which.
@@ -152,7 +165,25 @@ impl Error {
 
     /// Whether the connection this error came from can no longer be used.
     pub fn is_connection_lost(&self) -> bool {
-        matches!(self, Error::ConnectionLost { .. })
+        matches!(
+            self,
+            Error::ConnectionLost { .. } | Error::CommitOutcomeUnknown { .. }
+        )
+    }
+
+    /// Whether this is [`Error::CommitOutcomeUnknown`]: COMMIT was sent and its answer lost.
+    pub fn is_commit_outcome_unknown(&self) -> bool {
+        matches!(self, Error::CommitOutcomeUnknown { .. })
+    }
+
+    /// A COMMIT's result: a lost connection becomes [`Error::CommitOutcomeUnknown`].
+    pub(crate) fn at_commit(result: Result<()>) -> Result<()> {
+        result.map_err(|e| match e {
+            Error::ConnectionLost { reason, cause } => {
+                Error::CommitOutcomeUnknown { reason, cause }
+            }
+            other => other,
+        })
     }
 
     pub(crate) fn mismatch(
@@ -332,7 +363,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         let cause = match self {
             Error::Database(db) => db.cause.as_ref(),
-            Error::ConnectionLost { cause, .. } | Error::Connect { cause, .. } => cause.as_ref(),
+            Error::ConnectionLost { cause, .. }
+            | Error::CommitOutcomeUnknown { cause, .. }
+            | Error::Connect { cause, .. } => cause.as_ref(),
             _ => None,
         };
         cause.map(|c| &*c.0 as &(dyn std::error::Error + 'static))

@@ -374,7 +374,12 @@ impl SessionState {
                 Ok(())
             }
             TxState::Active => {
-                let r = conn.batch("COMMIT").await;
+                // A connection already closed never sent it: the server rolled back.
+                let r = if conn.is_closed() {
+                    conn.batch("COMMIT").await
+                } else {
+                    Error::at_commit(conn.batch("COMMIT").await)
+                };
                 // Whether COMMIT succeeded or failed, the transaction is over.
                 self.reset_after_transaction();
                 r
@@ -415,6 +420,14 @@ impl SessionState {
         let (inserted, committed) = join(inserts, conn.batch("COMMIT")).await;
         // Committed, or rolled back by the server: the transaction is over either way.
         self.reset_after_transaction();
+        let committed = Error::at_commit(committed);
+        if committed
+            .as_ref()
+            .is_err_and(Error::is_commit_outcome_unknown)
+        {
+            // The inserts' own errors are the lost connection's too.
+            return committed;
+        }
         for r in inserted {
             r?;
         }

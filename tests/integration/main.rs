@@ -12,6 +12,7 @@ mod copy;
 mod core_queries;
 mod core_types;
 mod core_work;
+mod failover;
 mod faults;
 mod generated;
 mod hangs;
