@@ -56,8 +56,8 @@
 pub mod testing;
 
 pub use actor_orm_actors::{
-    BoxFuture, Event, IntoConfig, Pool, PoolBuilder, PoolConfig, PoolStats, ResetPolicy, Session,
-    SslMode, Subscription, TransactionOptions,
+    BoxFuture, Event, IntoConfig, Lsn, Pool, PoolBuilder, PoolConfig, PoolStats, ReplicaStats,
+    ResetPolicy, Session, SslMode, Subscription, TransactionOptions,
 };
 pub use actor_orm_core::raw_type;
 pub use actor_orm_core::sea_query::Value;

@@ -54,6 +54,10 @@ pub struct PoolConfig {
     pub(crate) listen_pg: Option<Config>,
     /// `target_session_attrs=prefer-standby`: `pg` asks for a read-only host; fall back to any.
     pub(crate) prefer_standby: bool,
+    /// Read replicas (see `PoolBuilder::replica`).
+    pub(crate) replicas: Vec<Config>,
+    pub(crate) replica_lag_limit: Duration,
+    pub(crate) replica_check_interval: Duration,
     pub(crate) autocommit_reads: bool,
     pub(crate) dirty_check: bool,
     pub(crate) log_values: bool,
@@ -115,6 +119,21 @@ pub(crate) fn with_keepalive(mut pg: Config) -> Config {
 }
 
 impl PoolConfig {
+    /// These settings for another server (a replica's pool): the same sizes, timeouts and
+    /// connector, no replicas or listeners of its own.
+    pub(crate) fn clone_for(base: &PoolConfig, mut pg: Config) -> PoolConfig {
+        if let Some(name) = base.pg.get_application_name() {
+            pg.application_name(name);
+        }
+        pg.connect_timeout(base.connect_timeout);
+        let mut own = base.clone();
+        own.pg = pg;
+        own.replicas = Vec::new();
+        own.listen_pg = None;
+        own.prefer_standby = false;
+        own
+    }
+
     pub(crate) fn new(pg: Config) -> Self {
         let pg = with_keepalive(pg);
         PoolConfig {
@@ -136,6 +155,9 @@ impl PoolConfig {
             statement_mode: None,
             listen_pg: None,
             prefer_standby: false,
+            replicas: Vec::new(),
+            replica_lag_limit: Duration::from_secs(5),
+            replica_check_interval: Duration::from_millis(250),
             autocommit_reads: true,
             dirty_check: true,
             log_values: false,

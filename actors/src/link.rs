@@ -27,18 +27,33 @@ use crate::supervisor::Supervisor;
 pub(crate) struct PoolLink {
     pub(crate) actor: ActorRef<PoolMsg>,
     shared: Shared,
+    /// The pool's read replicas, if it has any.
+    pub(crate) replicas: Option<Arc<crate::replica::ReplicaSet>>,
 }
 
 impl PoolLink {
     /// Starts the supervisor of a new pool.
-    pub(crate) async fn start(config: Arc<PoolConfig>) -> Result<PoolLink> {
+    pub(crate) async fn start(
+        config: Arc<PoolConfig>,
+        replicas: Option<Arc<crate::replica::ReplicaSet>>,
+    ) -> Result<PoolLink> {
         let shared = Arc::new(Mutex::new(PoolState::new(config)));
         let (actor, _) = Actor::spawn(None, Supervisor, shared.clone())
             .await
             .map_err(|e| Error::PoolClosed {
                 reason: format!("could not start the pool supervisor: {e}"),
             })?;
-        Ok(PoolLink { actor, shared })
+        if let Some(set) = &replicas {
+            // A session that dies holding a replica's connection is the primary's supervisor's
+            // to hear of: it passes the word on.
+            lock(&shared).replica_supervisors =
+                set.replicas.iter().map(|r| r.link.actor.clone()).collect();
+        }
+        Ok(PoolLink {
+            actor,
+            shared,
+            replicas,
+        })
     }
 
     /// Queues `requester` for a connection, first come first served; the returned future

@@ -124,6 +124,25 @@ impl Pool {
         &self.inner.link
     }
 
+    /// Each read replica's state: in the rotation or not, how far behind, how many reads it
+    /// served; empty without replicas. With [`Pool::primary_reads`], where reads went.
+    pub fn replica_stats(&self) -> Vec<crate::ReplicaStats> {
+        self.inner
+            .link
+            .replicas
+            .as_ref()
+            .map(|r| r.stats())
+            .unwrap_or_default()
+    }
+
+    /// Reads that could have gone to a replica but went to the primary (no replica in the
+    /// rotation had replayed the session's causal token).
+    pub fn primary_reads(&self) -> u64 {
+        self.inner.link.replicas.as_ref().map_or(0, |r| {
+            r.primary_reads.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// The pool's settings.
     pub fn config(&self) -> &PoolConfig {
         &self.inner.config
@@ -457,6 +476,40 @@ impl PoolBuilder {
         self
     }
 
+    /// Adds a read replica (a streaming standby of the primary): a session's reads before its
+    /// first write go to a replica that has replayed the session's causal token (the WAL
+    /// position of its last commit, or one given to
+    /// [`Session::read_after`](crate::Session::read_after)), else to the primary; writes and
+    /// transactions go to the primary. Each replica has a pool of its own with this pool's
+    /// settings. Reads outside a transaction only (`autocommit_reads`, the default).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> actor_orm_core::Result<()> {
+    /// let pool = actor_orm_actors::Pool::builder("postgres://app@db-primary/shop")
+    ///     .replica("postgres://app@db-replica-1/shop")
+    ///     .replica("postgres://app@db-replica-2/shop")
+    ///     .build()
+    ///     .await?;
+    /// # let _ = pool; Ok(()) }
+    /// ```
+    pub fn replica(mut self, target: impl IntoConfig) -> Self {
+        match (&mut self.config, target.into_config()) {
+            (Ok(c), Ok(pg)) => c.replicas.push(crate::config::with_keepalive(pg)),
+            (Ok(_), Err(e)) => self.config = Err(e),
+            (Err(_), _) => {}
+        }
+        self
+    }
+    setter!(
+        /// How far behind the primary a replica may fall and stay in the rotation. Default 5 s.
+        replica_lag_limit: Duration
+    );
+    setter!(
+        /// How often each replica's replay position (and the primary's WAL position) is asked.
+        /// Default 250 ms.
+        replica_check_interval: Duration
+    );
+
     /// Leaves `application_name` to what the connection settings say (instead of `actor-orm`).
     pub fn keep_application_name(mut self) -> Self {
         self.application_name = None;
@@ -481,7 +534,8 @@ impl PoolBuilder {
         config.validate()?;
         let config = Arc::new(config);
         crate::fork::watch();
-        let link = PoolLink::start(config.clone()).await?;
+        let replicas = crate::replica::ReplicaSet::start(&config).await?;
+        let link = PoolLink::start(config.clone(), replicas).await?;
         Ok(Pool {
             inner: Arc::new(PoolInner {
                 link,

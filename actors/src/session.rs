@@ -696,6 +696,34 @@ impl Session {
         self.local(|s| Ok(s.tx_state())).await
     }
 
+    /// The session's causal token: the WAL position of its last commit (in a pool with read
+    /// replicas), or the one given to [`read_after`](Self::read_after); `None` before either.
+    /// Hand it to the next request (a cookie, a header) so that its reads see this one's writes.
+    pub async fn causal_token(&self) -> Result<Option<crate::Lsn>> {
+        self.local(|s| Ok((s.causal_lsn() > 0).then(|| crate::Lsn(s.causal_lsn()))))
+            .await
+    }
+
+    /// Makes this session's reads see at least `token` (a WAL position from an earlier
+    /// session's [`causal_token`](Self::causal_token)): reads go only to a replica that has
+    /// replayed it, else to the primary. Read-your-writes across requests.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: actor_orm_actors::Pool, cookie: &str) -> actor_orm_core::Result<()> {
+    /// let s = pool.session().await?;
+    /// if let Ok(token) = cookie.parse() {
+    ///     s.read_after(token).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_after(&self, token: crate::Lsn) -> Result<()> {
+        self.local(move |s| {
+            s.read_after(token.0);
+            Ok(())
+        })
+        .await
+    }
+
     // ----- raw SQL -----
 
     /// Raw SQL whose rows decode to `M`; values are bound as `$1, $2, …`.

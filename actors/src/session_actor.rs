@@ -47,6 +47,8 @@ pub(crate) struct SessionArgs {
 pub(crate) struct SessionCtx {
     core: SessionState,
     lease: Option<Lease>,
+    /// Which read replica the lease is from (`None`: the primary).
+    from_replica: Option<usize>,
     pool: PoolLink,
     label: Label,
     span: tracing::Span,
@@ -81,6 +83,7 @@ impl Actor for SessionActor {
             core,
             lease: None,
             pool: args.pool,
+            from_replica: None,
             span: span_for(&args.label),
             label: args.label,
             condemned: false,
@@ -151,6 +154,21 @@ impl Actor for SessionActor {
 
 impl SessionCtx {
     async fn connection(&mut self, me: ractor::ActorCell) -> Result<Arc<Connection>> {
+        self.connection_for(me, false).await
+    }
+
+    /// The session's connection; for a read before the session's first write
+    /// (`route_read`), a replica's that has replayed the session's causal token when the pool
+    /// has one. A write after such reads hands the replica's connection back and takes the
+    /// primary's.
+    async fn connection_for(
+        &mut self,
+        me: ractor::ActorCell,
+        route_read: bool,
+    ) -> Result<Arc<Connection>> {
+        if self.from_replica.is_some() && !route_read && !self.core.may_be_open() {
+            self.hand_back_replica();
+        }
         if let Some(lease) = &self.lease {
             if !lease.conn.is_closed() || self.core.may_be_open() {
                 return Ok(lease.conn.clone());
@@ -161,6 +179,12 @@ impl SessionCtx {
             tracing::info!("the session's idle connection closed; taking another");
             self.lose_connection();
         }
+        if route_read
+            && let Some(set) = self.pool.replicas.clone()
+            && let Some(conn) = self.replica_connection(&me, &set).await
+        {
+            return Ok(conn);
+        }
         let requester = Requester {
             cell: me,
             label: self.label.clone(),
@@ -170,6 +194,69 @@ impl SessionCtx {
         self.lease = Some(lease);
         self.core.note_new_connection();
         Ok(conn)
+    }
+
+    /// A replica's connection that has replayed the session's causal token, if one in the
+    /// rotation has (asked on the spot when not known); else `None`, counted as a primary read.
+    async fn replica_connection(
+        &mut self,
+        me: &ractor::ActorCell,
+        set: &crate::replica::ReplicaSet,
+    ) -> Option<Arc<Connection>> {
+        let token = crate::replica::Lsn(self.core.causal_lsn());
+        for (i, replica) in set.candidates() {
+            let requester = Requester {
+                cell: me.clone(),
+                label: self.label.clone(),
+            };
+            let Ok(checkout) = replica.link.checkout(requester) else {
+                continue;
+            };
+            let Ok(lease) = checkout.await else {
+                continue;
+            };
+            if !replica.has_replayed(token)
+                && !matches!(replica.check(&lease.conn, token).await, Ok(true))
+            {
+                let clean = !lease.conn.was_interrupted() && !lease.conn.is_closed();
+                replica.link.checkin(lease.id, clean);
+                continue;
+            }
+            replica.served();
+            let conn = lease.conn.clone();
+            self.lease = Some(lease);
+            self.from_replica = Some(i);
+            self.core.note_new_connection();
+            return Some(conn);
+        }
+        set.primary_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None
+    }
+
+    /// The link the session's lease came from: a replica's or the primary's.
+    fn lease_link(&self) -> &PoolLink {
+        match (self.from_replica, &self.pool.replicas) {
+            (Some(i), Some(set)) => &set.replicas[i].link,
+            _ => &self.pool,
+        }
+    }
+
+    /// Gives a replica's connection back, keeping everything of the session's (no transaction
+    /// is open on it: reads there run outside one).
+    fn hand_back_replica(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            self.from_replica = None;
+            return;
+        };
+        let clean = !lease.conn.was_interrupted() && !lease.conn.is_closed();
+        let link = self.lease_link().clone();
+        self.from_replica = None;
+        if clean {
+            link.checkin(lease.id, true);
+        } else {
+            link.broken(lease.id);
+        }
     }
 
     /// A connection with the transaction open. A fresh lease whose BEGIN finds the connection
@@ -205,6 +292,11 @@ impl SessionCtx {
     async fn run(&mut self, me: ractor::ActorCell, mut job: Box<dyn Job>) {
         let mut attempts = 0;
         loop {
+            // A read before the session's first write may go to a read replica.
+            let route_read = job.reads_only()
+                && !job.untracked()
+                && self.core.tx_state() == TxState::Idle
+                && self.core.pending() == 0;
             // The first statement of a transaction carries its BEGIN in the same round trip. A
             // read may be run again if the connection turns out dead.
             let conn = if job.untracked() && !job.cancellable() {
@@ -217,11 +309,11 @@ impl SessionCtx {
                 // pool's queue at once (dropping the checkout withdraws it).
                 tokio::select! {
                     biased;
-                    c = self.connection(me.clone()) => c,
+                    c = self.connection_for(me.clone(), route_read) => c,
                     () = job.gone() => return,
                 }
             } else {
-                self.connection(me.clone()).await
+                self.connection_for(me.clone(), route_read).await
             };
             let conn = match conn {
                 Ok(c) => c,
@@ -267,7 +359,8 @@ impl SessionCtx {
     fn lose_connection(&mut self) {
         if let Some(lease) = self.lease.take() {
             tracing::warn!("connection lost");
-            self.condemned |= !self.pool.broken(lease.id);
+            self.condemned |= !self.lease_link().broken(lease.id);
+            self.from_replica = None;
         }
         self.core.mark_failed();
     }
@@ -311,6 +404,12 @@ impl SessionCtx {
             self.lose_connection();
             self.core.abandon();
         }
+        if r.is_ok() && self.pool.replicas.is_some() {
+            // The causal token: where the primary's WAL stands now, past this commit. Unknown,
+            // the session reads from the primary alone.
+            let lsn = causal_position(&conn).await.unwrap_or(u64::MAX);
+            self.core.read_after(lsn);
+        }
         r
     }
 
@@ -338,8 +437,10 @@ impl SessionCtx {
         let Some(lease) = self.lease.take() else {
             return;
         };
+        let link = self.lease_link().clone();
+        self.from_replica = None;
         if lease.conn.is_closed() {
-            self.condemned |= !self.pool.broken(lease.id);
+            self.condemned |= !link.broken(lease.id);
             return;
         }
         let may_be_open = self.core.may_be_open();
@@ -349,13 +450,25 @@ impl SessionCtx {
         // pool hands the connection out again only once its answer is in (see `end_lease`).
         let clean = !lease.conn.was_interrupted()
             && (!may_be_open || lease.conn.send_and_forget("ROLLBACK"));
-        self.condemned |= !self.pool.checkin(lease.id, clean);
+        self.condemned |= !link.checkin(lease.id, clean);
     }
 
     /// Checks a connection out now, if the session has none.
     async fn acquire(&mut self, me: ractor::ActorCell) -> Result<()> {
         self.connection(me).await.map(drop)
     }
+}
+
+/// The primary's WAL insert position now, as a number: past this session's commit record even
+/// when `synchronous_commit` is off (the write position, `pg_current_wal_lsn()`, may not be).
+async fn causal_position(conn: &Connection) -> Option<u64> {
+    let values = actor_orm_core::sea_query::Values(Vec::new());
+    let rows = conn
+        .query("SELECT pg_current_wal_insert_lsn()::text", &values, None)
+        .await
+        .ok()?;
+    let text: String = rows.first()?.try_get(0).ok()?;
+    text.parse::<crate::replica::Lsn>().ok().map(|l| l.0)
 }
 
 /// A new session: on a spare actor if the pool has one, else on a new actor.

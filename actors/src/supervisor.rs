@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::stats::PoolStats;
 use ractor::{Actor, ActorProcessingErr, SupervisionEvent};
 
-use crate::books::{PoolState, Shared, SlotState, lock};
+use crate::books::{PoolState, Shared, lock};
 
 pub(crate) enum PoolMsg {
     Connected(u64, Result<Box<Connection>>),
@@ -37,6 +37,8 @@ pub(crate) enum PoolMsg {
     Drain(oneshot::Sender<()>),
     Close(Duration, oneshot::Sender<()>),
     CloseDeadline,
+    /// A session died (told by the primary's supervisor to a replica's): reclaim its leases.
+    Reclaim(ractor::ActorId, Option<String>),
 }
 
 /// The supervisor's hold on the books. However the supervisor ends — closed, failed or killed
@@ -132,13 +134,9 @@ impl Actor for Supervisor {
         // A session that ended on its own checked its lease in on the way out; one that was
         // stopped, killed or panicked still holds it.
         let mut state = owner.lock();
-        while let Some(i) = state.leased_by_actor(id) {
-            state.counters.reclaims += 1;
-            if let SlotState::Leased(info) = &state.slots[i].state {
-                let how = reason.as_deref().unwrap_or("stopped");
-                tracing::info!(session = %info.label, how = %how, "reclaim: the session ended holding a connection; resetting it");
-            }
-            state.end_lease(&myself, i, true);
+        state.reclaim_for(&myself, id, reason.as_deref());
+        for replica in &state.replica_supervisors {
+            let _ = replica.send_message(PoolMsg::Reclaim(id, reason.clone()));
         }
         Ok(())
     }

@@ -121,6 +121,9 @@ impl Isolation {
 #[derive(Debug, Default)]
 pub struct SessionState {
     identity: IdentityMap,
+    /// The causal token: the WAL position (as a number) reads must see, from the session's last
+    /// commit or given by the caller; 0 for none.
+    causal: u64,
     /// Single-key reads sent to the server, by statement (the N+1 detector).
     key_reads: HashMap<&'static str, u32>,
     n_plus_one: NPlusOne,
@@ -146,6 +149,18 @@ impl SessionState {
     /// A fresh session: nothing loaded, nothing pending, no transaction.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The WAL position (an LSN, as a number) this session's reads must see: that of its last
+    /// commit, or a later one given to [`read_after`](Self::read_after); 0 for none.
+    pub fn causal_lsn(&self) -> u64 {
+        self.causal
+    }
+
+    /// Makes this session's reads see at least the WAL position `lsn` (a replica that has not
+    /// replayed it is not read from). Positions only move forward.
+    pub fn read_after(&mut self, lsn: u64) {
+        self.causal = self.causal.max(lsn);
     }
 
     /// Turns the dirty-column check of [`save`](Self::save) on (the default) or off for this

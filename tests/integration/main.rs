@@ -22,6 +22,7 @@ mod pgbouncer;
 mod pool;
 mod reclaim;
 mod relations;
+mod replicas;
 mod schemas;
 mod sessions;
 mod soak;

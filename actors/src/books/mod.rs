@@ -114,6 +114,9 @@ pub(crate) struct Counters {
 
 pub(crate) struct PoolState {
     pub(crate) config: Arc<PoolConfig>,
+    /// The supervisors of this pool's read replicas: told when a session dies, since sessions
+    /// are linked to this supervisor alone.
+    pub(crate) replica_supervisors: Vec<ActorRef<PoolMsg>>,
     pub(crate) slots: Vec<Slot>,
     pub(crate) waiters: VecDeque<Waiter>,
     /// When the one pending expiry timer fires. Waiters queue in order and share one
@@ -178,6 +181,7 @@ impl PoolState {
     pub(crate) fn new(config: Arc<PoolConfig>) -> PoolState {
         PoolState {
             config,
+            replica_supervisors: Vec::new(),
             slots: Vec::new(),
             waiters: VecDeque::new(),
             expiry_timer: None,
@@ -231,6 +235,7 @@ impl PoolState {
                 }
             }
             PoolMsg::Connected(serial, result) => self.connected(myself, serial, result),
+            PoolMsg::Reclaim(actor, reason) => self.reclaim_for(myself, actor, reason.as_deref()),
             PoolMsg::ResetDone { serial, ok } => self.reset_done(myself, serial, ok),
             PoolMsg::CheckDone { serial, ok } => self.check_done(myself, serial, ok),
             PoolMsg::WaitersDue => self.waiters_due(myself),
@@ -281,6 +286,23 @@ impl PoolState {
         self.slots
             .iter()
             .position(|s| matches!(&s.state, SlotState::Leased(l) if l.lease == lease))
+    }
+
+    /// Takes back (and resets) every connection the ended session `actor` still holds.
+    pub(crate) fn reclaim_for(
+        &mut self,
+        myself: &ActorRef<PoolMsg>,
+        actor: ActorId,
+        reason: Option<&str>,
+    ) {
+        while let Some(i) = self.leased_by_actor(actor) {
+            self.counters.reclaims += 1;
+            if let SlotState::Leased(info) = &self.slots[i].state {
+                let how = reason.unwrap_or("stopped");
+                tracing::info!(session = %info.label, how = %how, "reclaim: the session ended holding a connection; resetting it");
+            }
+            self.end_lease(myself, i, true);
+        }
     }
 
     pub(crate) fn leased_by_actor(&self, actor: ActorId) -> Option<usize> {
