@@ -181,7 +181,7 @@ async fn promoting_the_standby_under_load_loses_no_acknowledged_commit() {
     }
     drop(crashed);
 
-    let o = outcomes.lock().expect("lock");
+    let o = std::mem::take(&mut *outcomes.lock().expect("lock"));
     let on_new: HashSet<i64> = promote
         .query("SELECT id FROM ledger", &[])
         .await
