@@ -26,6 +26,7 @@ use tokio_postgres::types::Type;
 mod pgbench;
 mod pooler;
 mod relations;
+mod replicas;
 mod streaming;
 mod tls;
 
@@ -997,6 +998,17 @@ async fn run() -> Res<()> {
     } else {
         None
     };
+    let replica_bench = if on("15") {
+        match replicas::ReplicaBench::set_up(&cluster, db.name(), POOL).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("workload 15 (read replica) skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let pooler_bench = if on("14") {
         match pooler::PoolerBench::set_up(&pg, db.name(), POOL).await {
             Ok(b) => Some(b),
@@ -1051,6 +1063,9 @@ async fn run() -> Res<()> {
         }
         if let Some(pooler) = &pooler_bench {
             pooler.round(&mut r).await?;
+        }
+        if let Some(replica) = &replica_bench {
+            replica.round(&mut r).await?;
         }
     }
 
@@ -1215,6 +1230,7 @@ async fn run() -> Res<()> {
     rows.push(relations::copy_ratio(&r));
     rows.extend(streaming::ratios(&r));
     rows.extend(pooler::ratios(&r));
+    rows.extend(replicas::ratios(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {

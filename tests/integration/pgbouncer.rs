@@ -568,9 +568,19 @@ async fn a_server_restart_behind_pgbouncer_is_over_in_seconds() {
 /// ([`the_whole_suite_runs_through_pgbouncer`] sets it for a child run of this binary).
 const SUITE_CHILD: &str = "ACTOR_ORM_SUITE_THROUGH_PGBOUNCER";
 
+/// Modules whose tests run on servers of their own, never through the shared PgBouncer.
+const OWN_SERVERS: [&str; 6] = [
+    "pgbouncer::",
+    "cluster::",
+    "hangs::",
+    "failover::",
+    "replicas::",
+    "tls::",
+];
+
 /// The integration suite a second time, every test database reached through one PgBouncer in
 /// transaction mode ([`actor_orm::testing::TEST_VIA`]): this binary run again as a child with
-/// the switch set, skipping this module (its tests start PgBouncers of their own). Tests that
+/// the switch set, skipping the modules whose tests run on servers of their own. Tests that
 /// cannot work behind a transaction pooler say so (`skipped behind PgBouncer: …`) and return.
 #[tokio::test]
 async fn the_whole_suite_runs_through_pgbouncer() {
@@ -584,7 +594,11 @@ async fn the_whole_suite_runs_through_pgbouncer() {
     let exe = std::env::current_exe().expect("the test binary");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(exe)
-            .args(["--skip", "pgbouncer::", "--test-threads=2", "--nocapture"])
+            .args(["--test-threads=2", "--nocapture"])
+            // This module's tests start PgBouncers of their own; these start servers of their
+            // own (a frozen, restarted, promoted or TLS server), which no PgBouncer stands
+            // before: run once, in the direct run.
+            .args(OWN_SERVERS.iter().flat_map(|m| ["--skip", *m]))
             .env(actor_orm::testing::TEST_VIA, "pgbouncer")
             .env(SUITE_CHILD, "1")
             .stdout(std::process::Stdio::piped())
