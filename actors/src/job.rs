@@ -59,12 +59,18 @@ pub(crate) trait Job: Send {
     fn fail(self: Box<Self>, error: Error);
 }
 
+/// SQLSTATE `read_only_sql_transaction`: a write on a server that takes none (a standby, or a
+/// primary demoted or fenced read-only).
+pub(crate) const READ_ONLY: &str = "25006";
+
 /// How a job ended, as far as the session's bookkeeping cares.
 pub(crate) enum Outcome {
     Done,
     ConnectionLost,
     /// The caller went away mid-statement and the statement was cancelled (or abandoned).
     Cancelled,
+    /// The server refused a write because it is read-only now (`25006`): a demoted primary.
+    ServerReadOnly,
     /// The connection was found dead before the job could have had any effect; run it again.
     Retry(Box<dyn Job>),
 }
@@ -177,10 +183,13 @@ where
             if lost && may_retry {
                 return Outcome::Retry(self);
             }
+            let read_only = matches!(&result, Err(e) if e.code() == Some(READ_ONLY));
             // The caller may have stopped waiting: then only the reply is lost.
             let _ = self.reply.send(result);
             if lost {
                 Outcome::ConnectionLost
+            } else if read_only {
+                Outcome::ServerReadOnly
             } else {
                 Outcome::Done
             }

@@ -56,6 +56,12 @@ impl PoolLink {
         })
     }
 
+    /// Whether the pool asked for a writable server (`target_session_attrs=read-write`).
+    pub(crate) fn wants_writes(&self) -> bool {
+        lock(&self.shared).config.pg.get_target_session_attrs()
+            == tokio_postgres::config::TargetSessionAttrs::ReadWrite
+    }
+
     /// Queues `requester` for a connection, first come first served; the returned future
     /// answers (at once when a connection is free), or fails when the pool has stopped or is
     /// closing. Dropping it takes the request out of the queue at once.

@@ -342,6 +342,7 @@ impl SessionCtx {
                 }
                 _ if conn.is_closed() => self.lose_connection(),
                 Outcome::ConnectionLost => self.lose_connection(),
+                Outcome::ServerReadOnly => self.server_read_only(),
                 Outcome::Cancelled => {
                     tracing::debug!("a caller stopped waiting: its statement was cancelled");
                     // The cancelled statement aborted the transaction on the server: roll back
@@ -363,6 +364,26 @@ impl SessionCtx {
             self.from_replica = None;
         }
         self.core.mark_failed();
+    }
+
+    /// A write was refused because the server takes none now. In a pool that asked for a
+    /// writable server (`target_session_attrs=read-write`) this one was the primary and is not
+    /// any more: its connection is discarded and every other open now retired (the pool's
+    /// drain), so the next connections find the new primary.
+    fn server_read_only(&mut self) {
+        if self.from_replica.is_some() || !self.pool.wants_writes() {
+            return;
+        }
+        tracing::warn!(
+            "the server refused a write as read-only (25006): it is no longer the primary; \
+             retiring every connection to it so that new ones find the primary"
+        );
+        self.lose_connection();
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let _ = self
+            .pool
+            .actor
+            .send_message(crate::supervisor::PoolMsg::Drain(reply));
     }
 
     /// Forgets everything of the session that ended (which has given its connection back), so
@@ -403,6 +424,9 @@ impl SessionCtx {
         if lost(&conn, &r) {
             self.lose_connection();
             self.core.abandon();
+        }
+        if matches!(&r, Err(e) if e.code() == Some(crate::job::READ_ONLY)) {
+            self.server_read_only();
         }
         if r.is_ok() && self.pool.replicas.is_some() {
             // The causal token: where the primary's WAL stands now, past this commit. Unknown,

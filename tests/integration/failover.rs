@@ -226,3 +226,131 @@ async fn promoting_the_standby_under_load_loses_no_acknowledged_commit() {
         assert!(!text.contains("commit outcome unknown"), "{text}");
     }
 }
+
+/// Whether the session's connection is to a standby, and the server's port.
+async fn where_am_i(pool: &Pool) -> actor_orm::Result<(bool, i32)> {
+    let s = pool.session().await?;
+    let rows = s
+        .raw_rows("SELECT pg_is_in_recovery(), inet_server_port()", vec![])
+        .await?;
+    s.close().await?;
+    let row = rows.first().expect("a row");
+    Ok((row.get(0), row.get(1)))
+}
+
+/// libpq's `target_session_attrs` pick the host: `read-only`, `standby` and `prefer-standby`
+/// the standby, `read-write` the primary whatever the order, `prefer-standby` the primary when
+/// no host is a standby. Then the standby is promoted beside the old primary, which is made
+/// read-only (a demoted or fenced primary whose connections stay open): the first write refused
+/// (`25006`, typed) makes the pool retire every connection to it, and the next write goes to the
+/// new primary.
+#[tokio::test]
+async fn the_pool_picks_hosts_by_role_and_leaves_a_demoted_primary() {
+    let Some(primary) = crate::own_cluster().await else {
+        return;
+    };
+    let admin = primary.connect_to(None).await.expect("admin");
+    admin
+        .batch_execute("CREATE TABLE ledger (id bigint PRIMARY KEY, writer int NOT NULL)")
+        .await
+        .expect("table");
+    let (primary, standby) = tokio::task::spawn_blocking(move || {
+        let standby = primary.start_standby().expect("standby");
+        (primary, standby)
+    })
+    .await
+    .expect("join");
+    let (p1, p2) = (primary.port().expect("port"), standby.port().expect("port"));
+    let pool_for = |hosts: &[u16], attrs: &str| {
+        let ports: Vec<String> = hosts.iter().map(u16::to_string).collect();
+        let hosts = vec!["127.0.0.1"; ports.len()].join(",");
+        let url = format!(
+            "host={hosts} port={} user=postgres dbname=postgres target_session_attrs={attrs}",
+            ports.join(",")
+        );
+        async move {
+            Pool::builder(url.as_str())
+                .max_size(2)
+                .acquire_timeout(Duration::from_secs(10))
+                .build()
+                .await
+                .expect("pool")
+        }
+    };
+    for (hosts, attrs, standby_expected) in [
+        (&[p1, p2][..], "read-only", true),
+        (&[p1, p2][..], "standby", true),
+        (&[p1, p2][..], "prefer-standby", true),
+        (&[p2, p1][..], "read-write", false),
+        (&[p2, p1][..], "primary", false),
+        (&[p1][..], "prefer-standby", false),
+    ] {
+        let pool = pool_for(hosts, attrs).await;
+        let (on_standby, _) = where_am_i(&pool).await.expect("connect");
+        assert_eq!(on_standby, standby_expected, "{attrs} over {hosts:?}");
+    }
+
+    // Split brain, then the old primary fenced read-only.
+    let pool = pool_for(&[p1, p2], "read-write").await;
+    assert_eq!(
+        where_am_i(&pool).await.expect("read"),
+        (false, i32::from(p1))
+    );
+    direct_to(p2, "postgres")
+        .await
+        .batch_execute("SELECT pg_promote(true, 30)")
+        .await
+        .expect("promote");
+    for sql in [
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.expect(sql);
+    }
+    let write = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            let s = pool.session().await?;
+            s.add(Entry { id, writer: 0 }).await?;
+            s.commit().await?;
+            s.close().await
+        }
+    };
+    // The reload reaches the old primary's backends at their next statement.
+    let mut refused = None;
+    for id in 0..50 {
+        match write(id).await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the fenced primary refused a write");
+    assert_eq!(refused.code(), Some("25006"), "{refused:?}");
+    write(1_000)
+        .await
+        .expect("the next write, on the new primary");
+    let (on_standby, port) = where_am_i(&pool).await.expect("read");
+    assert_eq!((on_standby, port), (false, i32::from(p2)));
+    let n: i64 = direct_to(p2, "postgres")
+        .await
+        .query_one("SELECT count(*) FROM ledger WHERE id = 1000", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1);
+    drop((primary, standby));
+}
+
+async fn direct_to(port: u16, dbname: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname={dbname}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(conn);
+    client
+}
