@@ -323,18 +323,18 @@ fn decode_optional_named<T>(
 where
     T: for<'a> FromSql<'a>,
 {
-    let Some(col) = row.columns().get(idx) else {
-        return Err(Error::mismatch(
-            column,
-            "a column in the result",
-            "no such column",
-        ));
-    };
-    if !<T as FromSql>::accepts(col.type_()) {
-        return Err(Error::mismatch(column, rust(), pg_type_name(col.type_())));
+    // One lookup and one type check on the way that succeeds (tokio-postgres checks the type
+    // itself); the error is worked out only when there is one.
+    match row.try_get::<_, Option<T>>(idx) {
+        Ok(v) => Ok(v),
+        Err(e) => Err(match row.columns().get(idx) {
+            None => Error::mismatch(column, "a column in the result", "no such column"),
+            Some(col) if !<T as FromSql>::accepts(col.type_()) => {
+                Error::mismatch(column, rust(), pg_type_name(col.type_()))
+            }
+            Some(_) => Error::mismatch(column, rust(), e.to_string()),
+        }),
     }
-    row.try_get::<_, Option<T>>(idx)
-        .map_err(|e| Error::mismatch(column, rust(), e.to_string()))
 }
 
 macro_rules! plain {
