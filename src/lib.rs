@@ -56,8 +56,9 @@
 pub mod testing;
 
 pub use actor_orm_actors::{
-    BoxFuture, Event, IntoConfig, Lsn, Pool, PoolBuilder, PoolConfig, PoolStats, ReplicaStats,
-    ResetPolicy, Session, SslMode, Subscription, TransactionOptions,
+    BoxFuture, Event, IntoConfig, Lsn, Migration, MigrationStatus, Migrations, Pool, PoolBuilder,
+    PoolConfig, PoolStats, ReplicaStats, ResetPolicy, Session, SslMode, Subscription,
+    TransactionOptions,
 };
 pub use actor_orm_core::raw_type;
 pub use actor_orm_core::sea_query::Value;
@@ -81,7 +82,7 @@ pub use actor_orm_core::{
     Writable, Xml, pg_type_name, rust_type_name,
 };
 pub use actor_orm_core::{CopyFormat, QueryStream, StreamOptions, Streamable};
-pub use actor_orm_derive::{DbEnum, Model};
+pub use actor_orm_derive::{DbEnum, Model, embed_migrations};
 
 /// The names most programs need.
 pub mod prelude {

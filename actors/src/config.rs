@@ -50,8 +50,8 @@ pub struct PoolConfig {
     pub(crate) max_session_lifetime: Option<Duration>,
     /// `None`: chosen per connection — unnamed behind a connection pooler, prepared otherwise.
     pub(crate) statement_mode: Option<StatementMode>,
-    /// Where listeners connect, when not where sessions do (see `PoolBuilder::listen_at`).
-    pub(crate) listen_pg: Option<Config>,
+    /// Where listeners connect, when not where sessions do (see `PoolBuilder::direct_at`).
+    pub(crate) direct_pg: Option<Config>,
     /// `target_session_attrs=prefer-standby`: `pg` asks for a read-only host; fall back to any.
     pub(crate) prefer_standby: bool,
     /// Read replicas (see `PoolBuilder::replica`).
@@ -129,7 +129,7 @@ impl PoolConfig {
         let mut own = base.clone();
         own.pg = pg;
         own.replicas = Vec::new();
-        own.listen_pg = None;
+        own.direct_pg = None;
         own.prefer_standby = false;
         own
     }
@@ -153,7 +153,7 @@ impl PoolConfig {
             leak_threshold: Some(Duration::from_secs(60)),
             max_session_lifetime: None,
             statement_mode: None,
-            listen_pg: None,
+            direct_pg: None,
             prefer_standby: false,
             replicas: Vec::new(),
             replica_lag_limit: Duration::from_secs(5),

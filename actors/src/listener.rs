@@ -182,7 +182,7 @@ impl Listening {
 
 async fn open(config: &PoolConfig, listen: &str) -> Result<Listening> {
     let (tx, notices) = mpsc::unbounded_channel();
-    let pg = config.listen_pg.as_ref().unwrap_or(&config.pg);
+    let pg = config.direct_pg.as_ref().unwrap_or(&config.pg);
     let attempt = config.connector.connect_listening(pg, tx);
     let late = || Error::Connect {
         reason: "the listener's connection did not open within connect_timeout".into(),
@@ -194,7 +194,7 @@ async fn open(config: &PoolConfig, listen: &str) -> Result<Listening> {
     let driver = tokio::spawn(async move {
         let _ = driver.await;
     });
-    if config.listen_pg.is_none() {
+    if config.direct_pg.is_none() {
         let probe = crate::connect::behind_pooler(&client, pg);
         let pooled = tokio::time::timeout(config.connect_timeout, probe)
             .await
@@ -204,8 +204,8 @@ async fn open(config: &PoolConfig, listen: &str) -> Result<Listening> {
             return Err(Error::Config(
                 "LISTEN cannot work through a connection pooler in transaction mode (such as \
                  PgBouncer's): between transactions the server connection, and the \
-                 notifications sent to it, go to other clients. Give listeners the server's own \
-                 address with PoolBuilder::listen_at (or a session-mode pooler's)"
+                 notifications sent to it, go to other clients. Give the pool the server's own \
+                 address with PoolBuilder::direct_at (or a session-mode pooler's)"
                     .into(),
             ));
         }

@@ -449,27 +449,27 @@ impl PoolBuilder {
         self
     }
 
-    /// Where [`Pool::listen`] connects, when sessions go through a transaction pooler:
-    /// `LISTEN` needs a server connection of its own for as long as it listens, which
-    /// PgBouncer's transaction pooling does not give (it would hand the connection to other
-    /// clients between transactions, and their notifications to no one). Point it at the server
-    /// itself, or at a session-pooling PgBouncer. Without it, a listener that finds a pooler in
-    /// front of the server (as sessions do, see [`statement_mode`](Self::statement_mode))
-    /// refuses with [`Error::Config`](actor_orm_core::Error::Config). The pool's TLS settings
-    /// apply.
+    /// The server's own address, for what needs a server connection of its own when sessions go
+    /// through a transaction pooler: [`Pool::listen`] (`LISTEN` lasts as long as it listens) and
+    /// [`Pool::migrate`] (it holds a session-level advisory lock). PgBouncer's transaction
+    /// pooling hands the server connection to other clients between transactions, with their
+    /// notifications and locks. Point it at the server itself, or at a session-pooling
+    /// PgBouncer. Without it, a listener or the migrator that finds a pooler in front of the
+    /// server (as sessions do, see [`statement_mode`](Self::statement_mode)) refuses with
+    /// [`Error::Config`](actor_orm_core::Error::Config). The pool's TLS settings apply.
     ///
     /// ```no_run
     /// # async fn demo() -> actor_orm_core::Result<()> {
     /// let pool = actor_orm_actors::Pool::builder("postgres://app@pgbouncer:6432/shop")
-    ///     .listen_at("postgres://app@db-primary:5432/shop")
+    ///     .direct_at("postgres://app@db-primary:5432/shop")
     ///     .build()
     ///     .await?;
     /// let _jobs = pool.listen(["jobs"]).await?;
     /// # Ok(()) }
     /// ```
-    pub fn listen_at(mut self, target: impl IntoConfig) -> Self {
+    pub fn direct_at(mut self, target: impl IntoConfig) -> Self {
         match (&mut self.config, target.into_config()) {
-            (Ok(c), Ok(pg)) => c.listen_pg = Some(crate::config::with_keepalive(pg)),
+            (Ok(c), Ok(pg)) => c.direct_pg = Some(crate::config::with_keepalive(pg)),
             (Ok(_), Err(e)) => self.config = Err(e),
             (Err(_), _) => {}
         }
@@ -522,7 +522,7 @@ impl PoolBuilder {
         let mut config = self.config?;
         if let Some(name) = self.application_name {
             config.pg.application_name(&name);
-            if let Some(listen) = &mut config.listen_pg {
+            if let Some(listen) = &mut config.direct_pg {
                 listen.application_name(&name);
             }
         }

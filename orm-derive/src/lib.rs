@@ -11,6 +11,7 @@ use proc_macro::TokenStream;
 
 mod attr;
 mod db_enum;
+mod embed;
 mod model;
 
 /// Maps a struct with named fields to a table. See the `actor-orm` documentation for the
@@ -26,6 +27,18 @@ pub fn derive_model(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(DbEnum, attributes(orm))]
 pub fn derive_db_enum(input: TokenStream) -> TokenStream {
     db_enum::expand(input.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// The migration files of a folder (relative to the crate's `Cargo.toml`), embedded in the
+/// binary: `embed_migrations!("migrations")` gives an `actor_orm::Result<Migrations>`. A file
+/// name that is not `<version>_<name>.up.sql` or `.down.sql` is a compile error. Editing a file
+/// rebuilds the crate; adding one needs a rebuild of its own (`touch` the source that embeds
+/// them).
+#[proc_macro]
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    embed::expand(input.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -114,6 +114,18 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A versioned migration could not be applied or reverted (it failed, and was rolled back
+    /// whole), or the history does not match the files: a migration edited after it was
+    /// applied, or one applied that no file has any more.
+    #[display("migration {version} ({name}): {reason}")]
+    Migration {
+        /// Its version.
+        version: i64,
+        /// Its name.
+        name: String,
+        /// What went wrong, with the server's SQLSTATE and message when it refused the SQL.
+        reason: String,
+    },
     /// A configuration that cannot work (a malformed connection string, a bad setting). The
     /// message never contains a password.
     #[display("invalid configuration: {_0}")]

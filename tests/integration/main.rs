@@ -17,6 +17,7 @@ mod faults;
 mod generated;
 mod hangs;
 mod listen;
+mod migrations;
 mod models;
 mod pgbouncer;
 mod pool;
@@ -77,7 +78,7 @@ pub async fn pool_on(
     let mut builder = Pool::builder(db.config()).application_name(db.name().to_owned());
     if db.through_pooler() {
         // LISTEN needs the server itself (pgbouncer::a_listener_behind_a_pooler_needs_the_server).
-        builder = builder.listen_at(db.direct_config());
+        builder = builder.direct_at(db.direct_config());
     }
     configure(builder).build().await.expect("pool")
 }

@@ -432,7 +432,7 @@ async fn enums_and_every_type_through_pgbouncer_on_fresh_connections() {
 }
 
 /// `LISTEN` through a transaction pooler would listen on a server connection that goes to other
-/// clients after the statement: refused with a typed error naming `listen_at`; with the server's
+/// clients after the statement: refused with a typed error naming `direct_at`; with the server's
 /// own address for listeners, notifications sent by sessions through PgBouncer arrive.
 #[tokio::test]
 async fn a_listener_behind_a_pooler_needs_the_server() {
@@ -447,10 +447,10 @@ async fn a_listener_behind_a_pooler_needs_the_server() {
         .expect("pool");
     let err = through.listen(["jobs"]).await.expect_err("refused");
     assert!(matches!(err, Error::Config(_)), "{err:?}");
-    assert!(err.to_string().contains("listen_at"), "{err}");
+    assert!(err.to_string().contains("direct_at"), "{err}");
 
     let pool = Pool::builder(bouncer.config_for(db.name()))
-        .listen_at(db.direct_config())
+        .direct_at(db.direct_config())
         .build()
         .await
         .expect("pool");

@@ -1,0 +1,309 @@
+//! Versioned migrations: applied once and in order however many instances run them, checked
+//! against the history's checksums, rolled back whole when one fails, reverted by their down SQL.
+
+use std::time::Duration;
+
+use actor_orm::{Error, Migrations, Pool};
+
+fn set(files: &[(&str, &str)]) -> Migrations {
+    Migrations::from_files(
+        files
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect(),
+    )
+    .expect("migrations")
+}
+
+/// Three migrations, each counting its runs in `runs` (created by the first).
+fn counted() -> Migrations {
+    set(&[
+        (
+            "1_runs.up.sql",
+            "CREATE TABLE runs (version int NOT NULL); INSERT INTO runs VALUES (1);
+             SELECT pg_sleep(0.1);",
+        ),
+        ("1_runs.down.sql", "DROP TABLE runs;"),
+        (
+            "2_items.up.sql",
+            "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL);
+             INSERT INTO runs VALUES (2); SELECT pg_sleep(0.1);",
+        ),
+        (
+            "2_items.down.sql",
+            "DROP TABLE items; DELETE FROM runs WHERE version = 2;",
+        ),
+        (
+            "3_items_label.up.sql",
+            "-- actor-orm: no-transaction\nCREATE INDEX CONCURRENTLY items_label ON items (label)",
+        ),
+        ("3_items_label.down.sql", "DROP INDEX items_label;"),
+    ])
+}
+
+async fn tables(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace \
+             AND relkind IN ('r', 'i') ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("catalog")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn migrations_apply_in_order_once_and_revert() {
+    let db = actor_orm::testing::test_database("migrate_cycle")
+        .await
+        .expect("database");
+    let monitor = db.connect().await.expect("monitor");
+    let pool = crate::pool_on(&db, |b| b).await;
+    let m = counted();
+    assert_eq!(pool.migrate(&m).await.expect("up"), vec![1, 2, 3]);
+    assert_eq!(pool.migrate(&m).await.expect("again"), Vec::<i64>::new());
+    let status = pool.migration_status(&m).await.expect("status");
+    assert!(status.iter().all(|s| s.applied && !s.edited), "{status:?}");
+    let runs: i64 = monitor
+        .query_one("SELECT count(*) FROM runs", &[])
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!(runs, 2);
+    assert!(tables(&monitor).await.contains(&"items_label".to_owned()));
+    // The pool's sessions use the new schema.
+    let s = pool.session().await.expect("session");
+    s.raw_execute("INSERT INTO items VALUES (1, 'a')", vec![])
+        .await
+        .expect("insert");
+    s.commit().await.expect("commit");
+    s.close().await.expect("close");
+
+    assert_eq!(pool.migrate_down(&m, 2).await.expect("down"), vec![3, 2]);
+    let left = tables(&monitor).await;
+    assert!(!left.contains(&"items".to_owned()), "{left:?}");
+    assert!(left.contains(&"runs".to_owned()), "{left:?}");
+    assert_eq!(pool.migrate(&m).await.expect("up again"), vec![2, 3]);
+    assert_eq!(
+        pool.migrate_down(&m, 10).await.expect("all down"),
+        vec![3, 2, 1]
+    );
+    assert_eq!(
+        tables(&monitor).await,
+        vec!["actor_orm_migrations", "actor_orm_migrations_pkey"]
+    );
+}
+
+#[tokio::test]
+async fn an_edited_migration_is_refused_and_a_failing_one_rolls_back_whole() {
+    let db = actor_orm::testing::test_database("migrate_checks")
+        .await
+        .expect("database");
+    let monitor = db.connect().await.expect("monitor");
+    let pool = crate::pool_on(&db, |b| b).await;
+    let first = set(&[("1_a.up.sql", "CREATE TABLE a (id int);")]);
+    pool.migrate(&first).await.expect("up");
+
+    // Edited after it was applied: refused before anything runs.
+    let edited = set(&[
+        ("1_a.up.sql", "CREATE TABLE a (id bigint);"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+    ]);
+    let err = pool.migrate(&edited).await.expect_err("edited");
+    assert!(
+        matches!(&err, Error::Migration { version: 1, reason, .. } if reason.contains("edited")),
+        "{err:?}"
+    );
+    assert!(!tables(&monitor).await.contains(&"b".to_owned()));
+    let status = pool.migration_status(&edited).await.expect("status");
+    assert!(status[0].edited && !status[1].applied, "{status:?}");
+
+    // A migration failing half-way: its first statement is rolled back with it, its history
+    // row never written; the one before it stays applied.
+    let failing = set(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        (
+            "3_c.up.sql",
+            "CREATE TABLE c (id int); INSERT INTO c VALUES (1); SELECT 1 / 0;",
+        ),
+    ]);
+    let err = pool.migrate(&failing).await.expect_err("fails");
+    assert!(
+        matches!(&err, Error::Migration { version: 3, reason, .. } if reason.contains("22012")),
+        "{err:?}"
+    );
+    let now = tables(&monitor).await;
+    assert!(
+        now.contains(&"b".to_owned()) && !now.contains(&"c".to_owned()),
+        "{now:?}"
+    );
+    let versions: Vec<i64> = monitor
+        .query("SELECT version FROM actor_orm_migrations ORDER BY 1", &[])
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+
+    // Applied, then its file removed: refused too.
+    let gone = set(&[("2_b.up.sql", "CREATE TABLE b (id int);")]);
+    let err = pool.migrate(&gone).await.expect_err("missing");
+    assert!(
+        matches!(&err, Error::Migration { version: 1, .. }),
+        "{err:?}"
+    );
+    // No down file: a typed error, nothing reverted.
+    let err = pool.migrate_down(&failing, 1).await.expect_err("no down");
+    assert!(
+        matches!(&err, Error::Migration { version: 2, .. }),
+        "{err:?}"
+    );
+}
+
+/// The files of `tests/migrations`, embedded at compile time.
+#[tokio::test]
+async fn embedded_migrations_apply_too() {
+    let m = actor_orm::embed_migrations!("tests/migrations").expect("embedded");
+    let names: Vec<_> = m
+        .list()
+        .iter()
+        .map(|m| (m.version, m.no_transaction))
+        .collect();
+    assert_eq!(names, vec![(1, false), (2, true)]);
+    let db = actor_orm::testing::test_database("migrate_embedded")
+        .await
+        .expect("database");
+    let pool = crate::pool_on(&db, |b| b).await;
+    assert_eq!(pool.migrate(&m).await.expect("up"), vec![1, 2]);
+    assert_eq!(pool.migrate_down(&m, 2).await.expect("down"), vec![2, 1]);
+}
+
+const WORKER_URL: &str = "ACTOR_ORM_MIGRATE_WORKER_URL";
+
+#[tokio::test]
+#[ignore = "a worker process of four_processes_migrate_at_once, which runs it"]
+async fn migrate_worker() {
+    let Ok(url) = std::env::var(WORKER_URL) else {
+        return;
+    };
+    let pool = Pool::builder(url.as_str()).build().await.expect("pool");
+    let applied = pool.migrate(&counted()).await.expect("migrate");
+    println!("applied {applied:?}");
+}
+
+/// 4 processes start together and migrate the same database: none fails, and each migration
+/// runs exactly once (each counts its runs).
+#[tokio::test]
+async fn four_processes_migrate_at_once() {
+    let db = actor_orm::testing::test_database("migrate_race")
+        .await
+        .expect("database");
+    // The server itself: the migrator holds a session-level lock.
+    let server = db.direct_config();
+    let url = match server.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!(
+            "host={h} port={} user=postgres dbname={}",
+            server.get_ports()[0],
+            db.name()
+        ),
+        _ => return,
+    };
+    let exe = std::env::current_exe().expect("the test binary");
+    let outputs = tokio::task::spawn_blocking(move || {
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "migrations::migrate_worker",
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env(WORKER_URL, &url)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("start a worker")
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("worker"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    let mut applied_by = Vec::new();
+    for out in &outputs {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "a worker failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        applied_by.extend(
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("applied"))
+                .map(str::to_owned),
+        );
+    }
+    let monitor = db.connect().await.expect("monitor");
+    let runs: Vec<i32> = monitor
+        .query("SELECT version FROM runs ORDER BY 1", &[])
+        .await
+        .expect("runs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(runs, vec![1, 2], "each migration ran once: {applied_by:?}");
+    let history: i64 = monitor
+        .query_one("SELECT count(*) FROM actor_orm_migrations", &[])
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(history, 3);
+}
+
+/// Behind a transaction pooler the migrator's lock would not hold: refused with a typed error
+/// naming `direct_at`, and working with it.
+#[tokio::test]
+async fn behind_pgbouncer_the_migrator_needs_the_server() {
+    let db = actor_orm::testing::test_database("migrate_pooled")
+        .await
+        .expect("database");
+    let server = db.direct_config().clone();
+    let bouncer = match tokio::task::spawn_blocking(move || {
+        actor_orm::testing::PgBouncer::start(&server, actor_orm::testing::PgBouncerOptions::new())
+    })
+    .await
+    .expect("join")
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("skipped: this test needs PgBouncer: {e}");
+            return;
+        }
+    };
+    let through = Pool::builder(bouncer.config_for(db.name()))
+        .build()
+        .await
+        .expect("pool");
+    let err = through.migrate(&counted()).await.expect_err("refused");
+    assert!(
+        matches!(&err, Error::Config(t) if t.contains("direct_at")),
+        "{err:?}"
+    );
+    let pool = Pool::builder(bouncer.config_for(db.name()))
+        .direct_at(db.direct_config())
+        .acquire_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .expect("pool");
+    assert_eq!(pool.migrate(&counted()).await.expect("up"), vec![1, 2, 3]);
+}

@@ -1,0 +1,2 @@
+-- actor-orm: no-transaction
+CREATE INDEX CONCURRENTLY accounts_owner ON accounts (owner);
