@@ -56,9 +56,9 @@
 pub mod testing;
 
 pub use actor_orm_actors::{
-    BoxFuture, Event, IntoConfig, Lsn, Migration, MigrationStatus, Migrations, Pool, PoolBuilder,
-    PoolConfig, PoolStats, ReplicaStats, ResetPolicy, Session, SslMode, Subscription,
-    TransactionOptions,
+    BoxFuture, Event, GeneratedMigration, IntoConfig, Lsn, Migration, MigrationStatus, Migrations,
+    Pool, PoolBuilder, PoolConfig, PoolStats, ReplicaStats, ResetPolicy, SchemaModels, Session,
+    SslMode, Subscription, TransactionOptions,
 };
 pub use actor_orm_core::raw_type;
 pub use actor_orm_core::sea_query::Value;

@@ -129,7 +129,7 @@ impl Pool {
 
     /// A connection of its own to the server itself (`direct_at`, else the pool's address),
     /// outside the pool's leases, for the migrator.
-    async fn admin_client(&self) -> Result<Client> {
+    pub(crate) async fn admin_client(&self) -> Result<Client> {
         let config = self.config();
         let pg = config.direct_pg.as_ref().unwrap_or(&config.pg);
         let open = config.connector.connect(pg);

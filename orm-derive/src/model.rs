@@ -29,6 +29,10 @@ const STRUCT_KEYS: &[(&str, &str)] = &[
         "many_to_many",
         "many_to_many(name = \"actors\", model = Actor, through = FilmActor, from = \"film_id\", to = \"actor_id\")",
     ),
+    (
+        "index",
+        "index(columns = \"last_name, first_name\", unique = true, name = \"people_by_name\")",
+    ),
 ];
 
 /// A relation declared on the struct.
@@ -85,6 +89,44 @@ fn declared(e: &crate::attr::Entry, example: &str) -> Result<Declared> {
     Ok(out)
 }
 
+/// `index(columns = "a, b", unique = true, name = "…")` on the struct: (name, columns, unique).
+fn struct_index(e: &crate::attr::Entry) -> Result<(Option<String>, Vec<String>, bool)> {
+    let example =
+        "index(columns = \"last_name, first_name\", unique = true, name = \"people_by_name\")";
+    let columns: Vec<String> = e
+        .required("columns", example)?
+        .string(example)?
+        .value()
+        .split(',')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if columns.is_empty() {
+        return Err(Error::new(
+            e.key.span(),
+            format!("an index needs columns; the correct format looks like #[orm({example})]"),
+        ));
+    }
+    let mut name = None;
+    let mut unique = false;
+    for part in &e.list {
+        match part.key.to_string().as_str() {
+            "columns" => {}
+            "name" => name = Some(part.string(example)?.value()),
+            "unique" => unique = part.bool(example)?,
+            other => {
+                return Err(Error::new(
+                    part.key.span(),
+                    format!(
+                        "unknown part `{other}` of index; the correct format looks like #[orm({example})]"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((name, columns, unique))
+}
+
 const FIELD_KEYS: &[(&str, &str)] = &[
     ("primary_key", "primary_key"),
     ("auto_increment", "auto_increment"),
@@ -97,6 +139,7 @@ const FIELD_KEYS: &[(&str, &str)] = &[
     ("references", "references = Parent"),
     ("unique", "unique"),
     ("max_length", "max_length = 64"),
+    ("index", "index"),
 ];
 
 struct Field {
@@ -112,6 +155,7 @@ struct Field {
     unique: bool,
     references: Option<syn::Path>,
     max_length: Option<u32>,
+    index: bool,
 }
 
 /// The derive, over token streams.
@@ -143,8 +187,13 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
     let mut read_only = false;
     let mut no_key = false;
     let mut relations: Vec<Declared> = Vec::new();
+    let mut indexes: Vec<(Option<String>, Vec<String>, bool)> = Vec::new();
     for e in entries(&input.attrs, STRUCT_KEYS, "a struct")? {
         let key = e.key.to_string();
+        if key == "index" {
+            indexes.push(struct_index(&e)?);
+            continue;
+        }
         if let Some((_, example)) = STRUCT_KEYS
             .iter()
             .find(|(k, ex)| *k == key && ex.starts_with(&format!("{key}(")))
@@ -182,6 +231,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
             unique: false,
             references: None,
             max_length: None,
+            index: false,
         };
         let mut skip = false;
         for e in entries(&f.attrs, FIELD_KEYS, "a field")? {
@@ -207,6 +257,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 "unique" => field.unique = true,
                 "references" => field.references = Some(e.path("references = Parent")?),
                 "max_length" => field.max_length = Some(e.int("max_length = 64")?),
+                "index" => field.index = true,
                 _ => {}
             }
         }
@@ -483,6 +534,31 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         quote!(.without_dirty_check())
     };
 
+    // Indexes: one per `#[orm(index)]` field, then the struct's.
+    let mut all_indexes: Vec<(String, Vec<String>, bool)> = fields
+        .iter()
+        .filter(|f| f.index)
+        .map(|f| {
+            (
+                format!("{table}_{}_idx", f.column),
+                vec![f.column.clone()],
+                false,
+            )
+        })
+        .collect();
+    for (name, columns, unique) in indexes {
+        let name = name.unwrap_or_else(|| format!("{table}_{}_idx", columns.join("_")));
+        all_indexes.push((name, columns, unique));
+    }
+    let with_indexes = if all_indexes.is_empty() {
+        quote!()
+    } else {
+        let items = all_indexes.iter().map(|(name, columns, unique)| {
+            quote!(#krate::IndexMeta { name: #name, columns: &[#(#columns),*], unique: #unique })
+        });
+        quote!(.with_indexes(&[#(#items),*]))
+    };
+
     let keys = fields.iter().filter(|f| f.primary_key).count();
     let keyed = match keys {
         0 => quote!(),
@@ -508,7 +584,7 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
                 static COLUMNS: ::std::sync::LazyLock<[#krate::ColumnMeta; #n_columns]> =
                     ::std::sync::LazyLock::new(|| [#(#column_metas),*]);
                 static META: ::std::sync::LazyLock<#krate::ModelMeta> =
-                    ::std::sync::LazyLock::new(|| #krate::ModelMeta::new(#table, #schema_tokens, &*COLUMNS)#dirty_check);
+                    ::std::sync::LazyLock::new(|| #krate::ModelMeta::new(#table, #schema_tokens, &*COLUMNS)#dirty_check #with_indexes);
                 &META
             }
 

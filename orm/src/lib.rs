@@ -82,8 +82,8 @@ pub use expression::{CurrentTime, Expression, IntoExpression, Now, Numeric, now}
 pub use identity::IdentityMap;
 pub use lock::Lock;
 pub use model::{
-    Column, ColumnMeta, IntoKey, Key, KeyValues, Keyed, Model, ModelMeta, SearchVector, SingleKey,
-    TextLike, ValueFor, Writable,
+    Column, ColumnMeta, IndexMeta, IntoKey, Key, KeyValues, Keyed, Model, ModelMeta, SearchVector,
+    SingleKey, TextLike, ValueFor, Writable,
 };
 pub use pg_type::PgType;
 pub use query::{

@@ -91,6 +91,17 @@ pub(crate) fn in_order(n: usize) -> std::borrow::Cow<'static, [usize]> {
     }
 }
 
+/// An index declared on a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexMeta {
+    /// Its name (`<table>_<columns>_idx` unless given).
+    pub name: &'static str,
+    /// Its columns, in order.
+    pub columns: &'static [&'static str],
+    /// A unique index.
+    pub unique: bool,
+}
+
 /// A model's table.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -104,6 +115,9 @@ pub struct ModelMeta {
     /// Whether `save` checks that the columns it changes still hold their loaded values (for a
     /// model without a version column). `#[orm(dirty_check = false)]` turns it off.
     pub dirty_check: bool,
+    /// Its indexes (`#[orm(index)]` on a field, `#[orm(index(columns = "a, b"))]` on the
+    /// struct), for DDL and generated migrations.
+    pub indexes: &'static [IndexMeta],
     /// SQL text that depends only on the model, built on first use.
     pub(crate) sql: SqlCache,
 }
@@ -128,6 +142,7 @@ impl ModelMeta {
             schema,
             columns,
             dirty_check: true,
+            indexes: &[],
             sql: SqlCache {
                 get: std::sync::OnceLock::new(),
             },
@@ -138,6 +153,12 @@ impl ModelMeta {
     /// for `#[orm(dirty_check = false)]`).
     pub const fn without_dirty_check(mut self) -> Self {
         self.dirty_check = false;
+        self
+    }
+
+    /// The same table with these indexes (written by the derive).
+    pub const fn with_indexes(mut self, indexes: &'static [IndexMeta]) -> Self {
+        self.indexes = indexes;
         self
     }
 

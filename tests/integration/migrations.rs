@@ -307,3 +307,265 @@ async fn behind_pgbouncer_the_migrator_needs_the_server() {
         .expect("pool");
     assert_eq!(pool.migrate(&counted()).await.expect("up"), vec![1, 2, 3]);
 }
+
+/// Three versions of a set of models. v1 → v2: an enum label added, a table dropped and one
+/// created, columns added, a varchar widened, an integer made bigint, a default set, an index
+/// dropped and a composite one added. v2 → v3: a column dropped and one added with its type (a
+/// rename?), a unique constraint dropped, a column made NOT NULL, a foreign key dropped and one
+/// added, a unique index added.
+mod v1 {
+    use actor_orm::{DbEnum, Model};
+
+    #[derive(DbEnum, Clone, Copy, Debug, PartialEq)]
+    #[orm(type_name = "mood")]
+    pub enum Mood {
+        Happy,
+        Sad,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "authors")]
+    pub struct Author {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        pub name: String,
+        #[orm(unique, max_length = 100)]
+        pub email: String,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "posts")]
+    pub struct Post {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        #[orm(references = Author)]
+        pub author_id: i64,
+        #[orm(index)]
+        pub title: Option<String>,
+        pub mood: Mood,
+        pub score: i32,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "drafts")]
+    pub struct Draft {
+        #[orm(primary_key)]
+        pub id: i64,
+        pub body: String,
+    }
+
+    pub fn models() -> actor_orm::SchemaModels {
+        actor_orm::SchemaModels::new()
+            .db_enum::<Mood>()
+            .model::<Author>()
+            .model::<Post>()
+            .model::<Draft>()
+    }
+}
+
+mod v2 {
+    use actor_orm::{DbEnum, Model};
+
+    #[derive(DbEnum, Clone, Copy, Debug, PartialEq)]
+    #[orm(type_name = "mood")]
+    pub enum Mood {
+        Happy,
+        Sad,
+        Meh,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "authors")]
+    pub struct Author {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        #[orm(default = "'anonymous'")]
+        pub name: String,
+        #[orm(unique, max_length = 200)]
+        pub email: String,
+        pub bio: Option<String>,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "posts", index(columns = "author_id, mood"))]
+    pub struct Post {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        #[orm(references = Author)]
+        pub author_id: i64,
+        pub title: Option<String>,
+        pub mood: Mood,
+        pub score: i64,
+        #[orm(default = "false")]
+        pub published: bool,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "comments")]
+    pub struct Comment {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        #[orm(references = Post)]
+        pub post_id: i64,
+        pub body: String,
+    }
+
+    pub fn models() -> actor_orm::SchemaModels {
+        actor_orm::SchemaModels::new()
+            .db_enum::<Mood>()
+            .model::<Author>()
+            .model::<Post>()
+            .model::<Comment>()
+    }
+}
+
+mod v3 {
+    use actor_orm::Model;
+
+    pub use super::v2::Mood;
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "authors")]
+    pub struct Author {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        #[orm(default = "'anonymous'")]
+        pub name: String,
+        #[orm(max_length = 200)]
+        pub email: String,
+        pub nickname: Option<String>,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(table_name = "posts", index(columns = "author_id, mood"))]
+    pub struct Post {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        #[orm(references = Author)]
+        pub author_id: i64,
+        pub title: String,
+        pub mood: Mood,
+        pub score: i64,
+        #[orm(default = "false")]
+        pub published: bool,
+    }
+
+    #[derive(Model, Clone, Debug)]
+    #[orm(
+        table_name = "comments",
+        index(columns = "post_id, body", unique = true, name = "comments_once")
+    )]
+    pub struct Comment {
+        #[orm(primary_key, auto_increment)]
+        pub id: i64,
+        pub post_id: i64,
+        #[orm(references = Author)]
+        pub author_id: i64,
+        pub body: String,
+    }
+
+    pub fn models() -> actor_orm::SchemaModels {
+        actor_orm::SchemaModels::new()
+            .db_enum::<Mood>()
+            .model::<Author>()
+            .model::<Post>()
+            .model::<Comment>()
+    }
+}
+
+/// The catalog of a database's public schema, as comparable lines: enum labels in order, tables'
+/// columns (type, nullability, default, identity), constraints and indexes.
+async fn catalog(client: &tokio_postgres::Client) -> Vec<String> {
+    let sql = "
+        SELECT 'enum ' || t.typname || ': ' || string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+          FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+         WHERE t.typnamespace = 'public'::regnamespace GROUP BY t.typname
+        UNION ALL
+        SELECT format('column %s.%s %s null=%s default=%s identity=%s', c.relname, a.attname,
+                      format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+                      pg_get_expr(d.adbin, d.adrelid), a.attidentity)
+          FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+           AND c.relname <> 'actor_orm_migrations'
+        UNION ALL
+        SELECT format('constraint %s on %s: %s', k.conname, c.relname, pg_get_constraintdef(k.oid))
+          FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relname <> 'actor_orm_migrations'
+        UNION ALL
+        SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+         WHERE c.relnamespace = 'public'::regnamespace AND c.relname <> 'actor_orm_migrations'
+        ORDER BY 1";
+    client
+        .query(sql, &[])
+        .await
+        .expect("catalog")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Generates the migration from the database's schema to `models`, writes it into `dir` and
+/// applies every migration there.
+async fn step(
+    pool: &Pool,
+    models: &actor_orm::SchemaModels,
+    dir: &std::path::Path,
+    name: &str,
+) -> actor_orm::GeneratedMigration {
+    let m = pool
+        .generate_migration(models)
+        .await
+        .expect("generate")
+        .expect("a change");
+    m.write_to(dir, name).expect("write");
+    pool.migrate(&Migrations::from_dir(dir).expect("read"))
+        .await
+        .expect("apply");
+    assert!(
+        pool.generate_migration(models)
+            .await
+            .expect("again")
+            .is_none(),
+        "after {name} the models and the database agree"
+    );
+    m
+}
+
+#[tokio::test]
+async fn generated_migrations_take_v1_to_v3_and_back() {
+    let dir = std::env::temp_dir().join(format!("actor-orm-migrations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = actor_orm::testing::test_database("migrate_generated")
+        .await
+        .expect("database");
+    let pool = crate::pool_on(&db, |b| b).await;
+    let monitor = db.connect().await.expect("monitor");
+    let first = step(&pool, &v1::models(), &dir, "v1").await;
+    let v1_catalog = catalog(&monitor).await;
+    let second = step(&pool, &v2::models(), &dir, "v2").await;
+    let third = step(&pool, &v3::models(), &dir, "v3").await;
+    let migrated = catalog(&monitor).await;
+    insta::assert_snapshot!("generated_v1_up", first.up);
+    insta::assert_snapshot!("generated_v2_up", second.up);
+    insta::assert_snapshot!("generated_v2_down", second.down);
+    insta::assert_snapshot!("generated_v3_up", third.up);
+    insta::assert_snapshot!("generated_v3_down", third.down);
+
+    // A fresh database generated straight to v3 has the same catalog.
+    let fresh = actor_orm::testing::test_database("migrate_fresh")
+        .await
+        .expect("database");
+    let fresh_pool = crate::pool_on(&fresh, |b| b).await;
+    let fresh_dir = dir.join("fresh");
+    step(&fresh_pool, &v3::models(), &fresh_dir, "v3").await;
+    let fresh_monitor = fresh.connect().await.expect("monitor");
+    assert_eq!(migrated, catalog(&fresh_monitor).await);
+
+    // Down twice: the v1 catalog again.
+    let all = Migrations::from_dir(&dir).expect("read");
+    assert_eq!(pool.migrate_down(&all, 2).await.expect("down"), vec![3, 2]);
+    assert_eq!(catalog(&monitor).await, v1_catalog);
+    let _ = std::fs::remove_dir_all(&dir);
+}
