@@ -55,6 +55,8 @@
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub mod migrate_command;
+
 pub use actor_orm_actors::{
     BoxFuture, Event, GeneratedMigration, IntoConfig, Lsn, Migration, MigrationStatus, Migrations,
     Pool, PoolBuilder, PoolConfig, PoolStats, ReplicaStats, ResetPolicy, SchemaModels, Session,

@@ -24,6 +24,17 @@ pub struct GeneratedMigration {
 }
 
 impl GeneratedMigration {
+    /// An empty migration to write by hand (`migrate new`).
+    pub fn empty() -> Self {
+        GeneratedMigration {
+            up: "-- Write the migration here. A first line `-- actor-orm: no-transaction` runs it \
+                 outside a transaction (one statement, e.g. CREATE INDEX CONCURRENTLY).\n"
+                .into(),
+            down: "-- Write what reverts the up migration here.\n".into(),
+            warnings: Vec::new(),
+        }
+    }
+
     /// Writes `<version>_<name>.up.sql` and `.down.sql` into `dir`, the version one past the
     /// highest there (`1` in an empty folder); returns the up file's path.
     pub fn write_to(

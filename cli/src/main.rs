@@ -1,7 +1,8 @@
-//! `actor-orm`: models generated from a live database.
+//! `actor-orm`: models generated from a live database, and versioned migrations.
 //!
 //! ```text
 //! actor-orm generate --url postgres://user@host/db [--schema public] --out src/models
+//! actor-orm migrate new|up|down|status [NAME] [--url URL] [--dir migrations] [--steps N]
 //! ```
 #![deny(clippy::unwrap_used)]
 
@@ -12,9 +13,12 @@ use actor_orm::Pool;
 use actor_orm_cli::{catalog, generate};
 
 const USAGE: &str = "usage: actor-orm generate --url URL [--schema SCHEMA] --out DIR
+       actor-orm migrate new|up|down|status [NAME] [--url URL] [--dir DIR] [--steps N]
 
   generate   writes one file of #[derive(Model)] structs per table and view of SCHEMA
-             (default public) into DIR, with a mod.rs declaring them";
+             (default public) into DIR, with a mod.rs declaring them
+  migrate    versioned migrations in DIR (default migrations); `migrate generate` runs from a
+             binary of the application's (actor_orm::migrate_command::main with its models)";
 
 struct Args {
     url: String,
@@ -70,6 +74,34 @@ async fn run(args: Args) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("actor-orm: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(actor_orm::migrate_command::run(
+            std::env::args().skip(2),
+            None,
+        )) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "actor-orm migrate: {e}\n\n{}",
+                    actor_orm::migrate_command::USAGE
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

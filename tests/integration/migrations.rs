@@ -569,3 +569,61 @@ async fn generated_migrations_take_v1_to_v3_and_back() {
     assert_eq!(catalog(&monitor).await, v1_catalog);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `migrate` commands (as the `actor-orm` binary and an application's own migrate binary run
+/// them): new, generate (with the models), status, up, down.
+#[tokio::test]
+async fn the_migrate_commands_do_the_workflow() {
+    let dir = std::env::temp_dir().join(format!("actor-orm-migrate-cmd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = actor_orm::testing::test_database("migrate_commands")
+        .await
+        .expect("database");
+    let server = db.direct_config();
+    let url = match server.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => format!(
+            "host={h} port={} user=postgres dbname={}",
+            server.get_ports()[0],
+            db.name()
+        ),
+        _ => return,
+    };
+    let run = |words: &[&str], models: Option<&actor_orm::SchemaModels>| {
+        let mut args: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        args.extend([
+            "--url".into(),
+            url.clone(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ]);
+        let models = models.cloned();
+        async move { actor_orm::migrate_command::run(args.into_iter(), models.as_ref()).await }
+    };
+    let out = run(&["new", "by_hand"], None).await.expect("new");
+    assert!(out.contains("0001_by_hand.up.sql"), "{out}");
+    std::fs::write(
+        dir.join("0001_by_hand.up.sql"),
+        "CREATE TABLE notes (id int);",
+    )
+    .expect("edit");
+    std::fs::write(dir.join("0001_by_hand.down.sql"), "DROP TABLE notes;").expect("edit");
+    let err = run(&["generate", "v1"], None).await.expect_err("no models");
+    assert!(err.contains("models"), "{err}");
+    let out = run(&["up"], None).await.expect("up");
+    assert!(out.contains("applied 1"), "{out}");
+    let out = run(&["generate", "v1"], Some(&v1::models()))
+        .await
+        .expect("generate");
+    assert!(out.contains("0002_v1.up.sql"), "{out}");
+    let out = run(&["status"], None).await.expect("status");
+    assert!(out.contains("by_hand") && out.contains("pending"), "{out}");
+    let out = run(&["up"], None).await.expect("up");
+    assert!(out.contains("applied 1"), "{out}");
+    let out = run(&["generate", "again"], Some(&v1::models()))
+        .await
+        .expect("generate");
+    assert!(out.contains("nothing to write"), "{out}");
+    let out = run(&["down", "--steps", "2"], None).await.expect("down");
+    assert!(out.contains("[2, 1]"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
