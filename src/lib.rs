@@ -47,7 +47,9 @@
 //! `Option` field; `None` leaves the column to its database default, read back after INSERT),
 //! `version` (optimistic locking), `skip`, `json` (any serde type, stored as jsonb),
 //! `references = Parent` (a foreign key to `Parent`'s primary key), `unique`,
-//! `max_length = n` (`varchar(n)`). Unknown keys are compile errors.
+//! `max_length = n` (`varchar(n)`), `index` (an index on the column, for DDL and generated
+//! migrations). On the struct, `index(columns = "a, b", unique = true, name = "...")` declares a
+//! composite one. Unknown keys are compile errors.
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![deny(unsafe_op_in_unsafe_fn)]
