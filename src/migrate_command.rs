@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! // src/bin/migrate.rs of the application
-//! # mod models { #[derive(actor_orm::Model)] pub struct User { #[orm(primary_key)] pub id: i64 } }
+//! # mod models { #[derive(actor_orm::Model, Clone)] pub struct User { #[orm(primary_key)] pub id: i64 } }
 //! fn main() -> std::process::ExitCode {
 //!     let models = actor_orm::SchemaModels::new().model::<models::User>();
 //!     actor_orm::migrate_command::main(Some(models))
@@ -143,6 +143,12 @@ pub async fn run(
 /// A `main` for a migrate binary: runs the command of the process's arguments, prints the
 /// result or the error (with the usage), and says how it went in the exit code.
 pub fn main(models: Option<SchemaModels>) -> ExitCode {
+    main_from(std::env::args().skip(1), models)
+}
+
+/// [`main`] with the arguments given (without the program's name, and for the `actor-orm`
+/// binary without its `migrate`).
+pub fn main_from(args: impl Iterator<Item = String>, models: Option<SchemaModels>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -153,7 +159,7 @@ pub fn main(models: Option<SchemaModels>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(std::env::args().skip(1), models.as_ref())) {
+    match runtime.block_on(run(args, models.as_ref())) {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS

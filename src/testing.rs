@@ -251,37 +251,7 @@ impl Cluster {
             }
         }
 
-        let mut last_error = None;
-        // A free port can be taken by someone else between our probe and the server's bind.
-        for _ in 0..3 {
-            let port = free_port().map_err(|e| cluster_error("find a free port", e))?;
-            match start_postmaster(dir, &data, port, bin, runner, tls.is_some()) {
-                Ok(postmaster) => {
-                    let watchdog = spawn_watchdog(std::process::id(), postmaster.id(), dir).ok();
-                    let config = Config::new()
-                        .host("127.0.0.1")
-                        .port(port)
-                        .user("postgres")
-                        .dbname("postgres")
-                        .connect_timeout(Duration::from_secs(10))
-                        .to_owned();
-                    return Ok(Cluster {
-                        config,
-                        owned: Some(OwnedCluster {
-                            dir: dir.to_path_buf(),
-                            port,
-                            tls: tls.is_some(),
-                            postmaster,
-                            watchdog,
-                            bin: bin.clone(),
-                            runner: runner.clone(),
-                        }),
-                    });
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| cluster_error("start postgres", "no attempt was made")))
+        serve(dir, bin, runner, tls.is_some())
     }
 
     /// The connection settings of the server's `postgres` database (or of `DATABASE_URL`).
@@ -797,6 +767,49 @@ fn start_postmaster(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Starts the server of the data directory in `dir` on a free `127.0.0.1` port, with its
+/// watchdog. A free port can be taken by someone else between the probe and the server's bind:
+/// three tries.
+fn serve(
+    dir: &Path,
+    bin: &ServerBinaries,
+    runner: &ServerUser,
+    tls: bool,
+) -> Result<Cluster, TestingError> {
+    let data = dir.join("data");
+    let mut last_error = None;
+    for _ in 0..3 {
+        let port = free_port().map_err(|e| cluster_error("find a free port", e))?;
+        match start_postmaster(dir, &data, port, bin, runner, tls) {
+            Ok(postmaster) => {
+                let watchdog = spawn_watchdog(std::process::id(), postmaster.id(), dir).ok();
+                let config = Config::new()
+                    .host("127.0.0.1")
+                    .port(port)
+                    .user("postgres")
+                    .dbname("postgres")
+                    .connect_timeout(Duration::from_secs(10))
+                    .to_owned();
+                return Ok(Cluster {
+                    config,
+                    owned: Some(OwnedCluster {
+                        dir: dir.to_path_buf(),
+                        port,
+                        tls,
+                        postmaster,
+                        watchdog,
+                        bin: bin.clone(),
+                        runner: runner.clone(),
+                    }),
+                });
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| cluster_error("start postgres", log_tail(&dir.join("server.log")))))
 }
 
 /// SIGINT is PostgreSQL's fast shutdown: abort transactions, close connections, exit. Waits up

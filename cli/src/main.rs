@@ -75,32 +75,7 @@ async fn run(args: Args) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("migrate") {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("actor-orm: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        return match runtime.block_on(actor_orm::migrate_command::run(
-            std::env::args().skip(2),
-            None,
-        )) {
-            Ok(out) => {
-                println!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!(
-                    "actor-orm migrate: {e}\n\n{}",
-                    actor_orm::migrate_command::USAGE
-                );
-                ExitCode::FAILURE
-            }
-        };
+        return actor_orm::migrate_command::main_from(std::env::args().skip(2), None);
     }
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,

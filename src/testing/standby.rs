@@ -5,11 +5,9 @@ use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Config;
-
 use super::{
-    Cluster, OWNER_FILE, OwnedCluster, TestingError, cluster_error, clusters_root, free_port,
-    log_tail, owner_record, signal, spawn_watchdog, start_postmaster, unique_suffix,
+    Cluster, OWNER_FILE, OwnedCluster, TestingError, cluster_error, clusters_root, owner_record,
+    signal, unique_suffix,
 };
 
 impl Cluster {
@@ -117,35 +115,5 @@ fn start_standby_in(
             String::from_utf8_lossy(&out.stderr).trim(),
         ));
     }
-    let mut last_error = None;
-    for _ in 0..3 {
-        let port = free_port().map_err(|e| cluster_error("find a free port", e))?;
-        match start_postmaster(dir, &data, port, &primary.bin, runner, primary.tls) {
-            Ok(postmaster) => {
-                let watchdog = spawn_watchdog(std::process::id(), postmaster.id(), dir).ok();
-                let config = Config::new()
-                    .host("127.0.0.1")
-                    .port(port)
-                    .user("postgres")
-                    .dbname("postgres")
-                    .connect_timeout(Duration::from_secs(10))
-                    .to_owned();
-                return Ok(Cluster {
-                    config,
-                    owned: Some(OwnedCluster {
-                        dir: dir.to_path_buf(),
-                        port,
-                        tls: primary.tls,
-                        postmaster,
-                        watchdog,
-                        bin: primary.bin.clone(),
-                        runner: runner.clone(),
-                    }),
-                });
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error
-        .unwrap_or_else(|| cluster_error("start the standby", log_tail(&dir.join("server.log")))))
+    super::serve(dir, &primary.bin, runner, primary.tls)
 }

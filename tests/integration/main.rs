@@ -124,6 +124,41 @@ pub async fn own_cluster() -> Option<testing::Cluster> {
     }
 }
 
+/// Runs `n` copies of the ignored test `test` (its full path) of this binary, each a process of
+/// its own started at the same time with the environment `env(i)`; their outputs, in order.
+pub async fn run_workers(
+    test: &'static str,
+    n: usize,
+    env: impl Fn(usize) -> Vec<(&'static str, String)> + Send + 'static,
+) -> Vec<std::process::Output> {
+    let exe = std::env::current_exe().expect("the test binary");
+    tokio::task::spawn_blocking(move || {
+        let children: Vec<_> = (0..n)
+            .map(|i| {
+                std::process::Command::new(&exe)
+                    .args([
+                        test,
+                        "--exact",
+                        "--ignored",
+                        "--test-threads=1",
+                        "--nocapture",
+                    ])
+                    .envs(env(i))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("start a worker")
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("worker"))
+            .collect()
+    })
+    .await
+    .expect("join")
+}
+
 /// Marks a deliberate panic; the hook below keeps such panics out of the test output.
 pub const EXPECTED_PANIC: &str = "[expected panic]";
 

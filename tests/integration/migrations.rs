@@ -213,31 +213,10 @@ async fn four_processes_migrate_at_once() {
         ),
         _ => return,
     };
-    let exe = std::env::current_exe().expect("the test binary");
-    let outputs = tokio::task::spawn_blocking(move || {
-        let children: Vec<_> = (0..4)
-            .map(|_| {
-                std::process::Command::new(&exe)
-                    .args([
-                        "migrations::migrate_worker",
-                        "--exact",
-                        "--ignored",
-                        "--nocapture",
-                    ])
-                    .env(WORKER_URL, &url)
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("start a worker")
-            })
-            .collect();
-        children
-            .into_iter()
-            .map(|c| c.wait_with_output().expect("worker"))
-            .collect::<Vec<_>>()
+    let outputs = crate::run_workers("migrations::migrate_worker", 4, move |_| {
+        vec![(WORKER_URL, url.clone())]
     })
-    .await
-    .expect("join");
+    .await;
     let mut applied_by = Vec::new();
     for out in &outputs {
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -271,32 +271,10 @@ async fn four_processes_through_one_pgbouncer() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    let exe = std::env::current_exe().expect("the test binary");
-    let workers = tokio::task::spawn_blocking(move || {
-        let children: Vec<_> = (0..4)
-            .map(|id| {
-                std::process::Command::new(&exe)
-                    .args([
-                        "pgbouncer::pgbouncer_worker",
-                        "--exact",
-                        "--ignored",
-                        "--test-threads=1",
-                    ])
-                    .env(WORKER_URL, &url)
-                    .env(WORKER_ID, id.to_string())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("start a worker")
-            })
-            .collect();
-        children
-            .into_iter()
-            .map(|c| c.wait_with_output().expect("worker"))
-            .collect::<Vec<_>>()
+    let workers = crate::run_workers("pgbouncer::pgbouncer_worker", 4, move |id| {
+        vec![(WORKER_URL, url.clone()), (WORKER_ID, id.to_string())]
     })
-    .await
-    .expect("join");
+    .await;
     sampler.abort();
     for out in &workers {
         assert!(
