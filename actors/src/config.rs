@@ -54,6 +54,10 @@ pub struct PoolConfig {
     pub(crate) direct_pg: Option<Config>,
     /// `target_session_attrs=prefer-standby`: `pg` asks for a read-only host; fall back to any.
     pub(crate) prefer_standby: bool,
+    /// How long one statement of a session may run before it is cancelled.
+    pub(crate) statement_timeout: Option<Duration>,
+    /// After a failed connect: the first wait before the next try, and the longest (doubling).
+    pub(crate) connect_backoff: (Duration, Duration),
     /// Read replicas (see `PoolBuilder::replica`).
     pub(crate) replicas: Vec<Config>,
     pub(crate) replica_lag_limit: Duration,
@@ -155,6 +159,8 @@ impl PoolConfig {
             statement_mode: None,
             direct_pg: None,
             prefer_standby: false,
+            statement_timeout: None,
+            connect_backoff: (Duration::from_millis(25), Duration::from_secs(1)),
             replicas: Vec::new(),
             replica_lag_limit: Duration::from_secs(5),
             replica_check_interval: Duration::from_millis(250),

@@ -40,20 +40,13 @@ pub(crate) async fn connect(
         };
         let _ = pool.send_message(PoolMsg::Died { serial, reason });
     });
+    // Whether a pooler is in between, and the backend's pid for `Pool::holders` (meaningless
+    // behind a pooler): one simple query. With the statement mode set and the plain ROLLBACK
+    // reset, a pooler changes nothing the pool does.
+    let (found_pooler, pid) = pg_probe(&client, &config.pg, config.connect_timeout).await?;
     let pooled = match config.statement_mode {
         Some(_) if config.reset == ResetPolicy::Rollback => false,
-        _ => {
-            let probe = behind_pooler(&client, &config.pg);
-            match tokio::time::timeout(config.connect_timeout, probe).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(Error::ConnectionLost {
-                        reason: "the new connection did not answer within connect_timeout".into(),
-                        cause: None,
-                    });
-                }
-            }
-        }
+        _ => found_pooler,
     };
     if pooled {
         refuse_reset_behind_pooler(&config.reset)?;
@@ -64,6 +57,7 @@ pub(crate) async fn connect(
         StatementMode::Prepared
     });
     let mut conn = Connection::with_connector(client, mode, config.connector.clone());
+    conn.set_backend_pid(pid);
     conn.set_cancel_target(CancelTarget::from_config(&config.pg));
     conn.log_values(config.log_values);
     // Closing the connection (a discard, the pool's close) ends the driver and its socket at
@@ -105,23 +99,35 @@ pub(crate) async fn behind_pooler(
     client: &tokio_postgres::Client,
     pg: &tokio_postgres::Config,
 ) -> Result<bool> {
+    Ok(probe(client, pg).await?.0)
+}
+
+/// [`behind_pooler`], and the backend's pid when there is no pooler (one query for both).
+async fn probe(
+    client: &tokio_postgres::Client,
+    pg: &tokio_postgres::Config,
+) -> Result<(bool, Option<i32>)> {
     use tokio_postgres::config::Host;
-    let rows = client.simple_query("SELECT inet_server_port()").await?;
-    let server_port = rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => {
-            Some(r.get(0).and_then(|p| p.parse::<u16>().ok()))
-        }
+    let rows = client
+        .simple_query("SELECT inet_server_port(), pg_backend_pid()")
+        .await?;
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+            r.get(0).and_then(|p| p.parse::<u16>().ok()),
+            r.get(1).and_then(|p| p.parse::<i32>().ok()),
+        )),
         _ => None,
     });
-    let Some(server_port) = server_port.flatten() else {
+    let (server_port, pid) = row.unwrap_or((None, None));
+    let Some(server_port) = server_port else {
         // A Unix-socket connection straight to the server.
-        return Ok(false);
+        return Ok((false, pid));
     };
     let dialled_tcp =
         pg.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_))) || !pg.get_hostaddrs().is_empty();
     if !dialled_tcp {
         // A Unix socket was dialled, yet the server sees a TCP connection: a pooler's.
-        return Ok(true);
+        return Ok((true, None));
     }
     let ports = pg.get_ports();
     let dialled = if ports.is_empty() { &[5432][..] } else { ports };
@@ -133,7 +139,22 @@ pub(crate) async fn behind_pooler(
             "connect: a connection pooler stands in front of the server (its port is not the one dialled)"
         );
     }
-    Ok(pooled)
+    Ok((pooled, if pooled { None } else { pid }))
+}
+
+/// [`probe`] within `limit`.
+async fn pg_probe(
+    client: &tokio_postgres::Client,
+    pg: &tokio_postgres::Config,
+    limit: Duration,
+) -> Result<(bool, Option<i32>)> {
+    match tokio::time::timeout(limit, probe(client, pg)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::ConnectionLost {
+            reason: "the new connection did not answer within connect_timeout".into(),
+            cause: None,
+        }),
+    }
 }
 
 /// Behind a transaction pooler, a reset after COMMIT runs on whatever server connection the

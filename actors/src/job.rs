@@ -45,15 +45,16 @@ pub(crate) trait Job: Send {
     fn cancellable(&self) -> bool;
     /// Resolves when the caller stops waiting for the reply.
     fn gone(&mut self) -> BoxFuture<'_, ()>;
-    /// Runs to the end, or — when `cancellable` and the caller stops waiting — until the statement
-    /// is cancelled on the server. With `may_retry`, a lost connection hands the job back
-    /// unanswered, to run again on another connection.
+    /// Runs to the end, or — when `cancellable` and the caller stops waiting, or `deadline`
+    /// passes — until the statement is cancelled on the server. With `may_retry`, a lost
+    /// connection hands the job back unanswered, to run again on another connection.
     fn run<'a>(
         self: Box<Self>,
         state: &'a mut SessionState,
         conn: &'a Connection,
         may_retry: bool,
         cancel_limit: Duration,
+        deadline: Option<tokio::time::Instant>,
     ) -> BoxFuture<'a, Outcome>;
     /// Replies with an error without running (no connection could be had).
     fn fail(self: Box<Self>, error: Error);
@@ -157,20 +158,40 @@ where
         conn: &'a Connection,
         may_retry: bool,
         cancel_limit: Duration,
+        deadline: Option<tokio::time::Instant>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let work = (self.f)(state, conn);
+            let mut late = false;
             let result = if self.mode.cancellable() {
                 tokio::pin!(work);
+                let limit = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     r = &mut work => Some(r),
                     () = self.reply.closed() => None,
+                    () = limit => {
+                        late = true;
+                        None
+                    }
                 }
             } else {
                 Some(work.await)
             };
             let Some(result) = result else {
+                if late {
+                    // Boxed: the cancel request's state is large and rarely needed.
+                    let _ = Box::pin(conn.cancel_running(cancel_limit)).await;
+                    let _ = self.reply.send(Err(Error::DeadlineExceeded {
+                        what: "the statement ran past the deadline and was cancelled".into(),
+                    }));
+                    return Outcome::Cancelled;
+                }
                 // Nobody waits for the answer: stop the statement instead of letting it hold the
                 // connection. The connection stays flagged as interrupted until a later statement
                 // is answered (the cancel is only a request); the pool cancels again if this one

@@ -56,6 +56,24 @@ impl PoolLink {
         })
     }
 
+    /// Every lease now: the session, how long it has held its connection, the backend's pid.
+    pub(crate) fn holders(&self) -> Vec<actor_orm_core::Holder> {
+        let state = lock(&self.shared);
+        let now = Instant::now();
+        state
+            .slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                crate::books::SlotState::Leased(l) => {
+                    let mut h = actor_orm_core::Holder::new(l.label.as_str(), now - l.since);
+                    h.backend_pid = s.conn.backend_pid();
+                    Some(h)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether the pool asked for a writable server (`target_session_attrs=read-write`).
     pub(crate) fn wants_writes(&self) -> bool {
         lock(&self.shared).config.pg.get_target_session_attrs()

@@ -124,6 +124,59 @@ impl Pool {
         &self.inner.link
     }
 
+    /// Every session holding a connection now, longest first: its name and where it was
+    /// created, how long it has held the connection, and — asked of `pg_stat_activity` over a
+    /// connection of its own — the backend's pid and state, the statement it runs (or last ran)
+    /// and how long its transaction has been open. Behind a pooler (no `direct_at`) the
+    /// server's side is left empty. For an operator's endpoint; the pool-timeout error lists the
+    /// same holders (without asking the server).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: actor_orm_actors::Pool) -> actor_orm_core::Result<()> {
+    /// for h in pool.holders().await? {
+    ///     println!("{} for {:?}: {:?}", h.session, h.held, h.statement);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn holders(&self) -> Result<Vec<actor_orm_core::Holder>> {
+        let link = &self.inner.link;
+        let mut holders = link.holders();
+        if let Some(set) = &link.replicas {
+            for r in &set.replicas {
+                holders.extend(r.link.holders());
+            }
+        }
+        holders.sort_by_key(|h| std::cmp::Reverse(h.held));
+        let pids: Vec<i32> = holders.iter().filter_map(|h| h.backend_pid).collect();
+        if pids.is_empty() {
+            return Ok(holders);
+        }
+        // Replicas' backends are on other servers: the primary's view covers its own.
+        let Ok(client) = self.admin_client().await else {
+            return Ok(holders);
+        };
+        let rows = client
+            .query_typed(
+                "SELECT pid, state, query, \
+                        extract(epoch FROM clock_timestamp() - xact_start)::float8 \
+                 FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[(&pids, tokio_postgres::types::Type::INT4_ARRAY)],
+            )
+            .await?;
+        for row in rows {
+            let pid: i32 = row.get(0);
+            if let Some(h) = holders.iter_mut().find(|h| h.backend_pid == Some(pid)) {
+                h.state = row.get(1);
+                h.statement = row.get(2);
+                h.transaction = row
+                    .get::<_, Option<f64>>(3)
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64);
+            }
+        }
+        Ok(holders)
+    }
+
     /// Each read replica's state: in the rotation or not, how far behind, how many reads it
     /// served; empty without replicas. With [`Pool::primary_reads`], where reads went.
     pub fn replica_stats(&self) -> Vec<crate::ReplicaStats> {
@@ -497,6 +550,23 @@ impl PoolBuilder {
             (Ok(c), Ok(pg)) => c.replicas.push(crate::config::with_keepalive(pg)),
             (Ok(_), Err(e)) => self.config = Err(e),
             (Err(_), _) => {}
+        }
+        self
+    }
+    optional!(
+        /// How long one statement of a session may run: past it the statement is cancelled on
+        /// the server and the caller gets [`Error::DeadlineExceeded`](actor_orm_core::Error::DeadlineExceeded)
+        /// (a transaction it ran in must then be rolled back). Default none. A session's own
+        /// deadline ([`Session::set_deadline`](crate::Session::set_deadline)) bounds it too.
+        statement_timeout
+    );
+    /// How long the pool waits before trying again after a connection attempt fails: `first`,
+    /// doubling after each failure in a row up to `most`. Default 25 ms up to 1 s — after a
+    /// server restart the pool is back within `most` of the server. Sessions waiting meanwhile
+    /// wait up to `acquire_timeout`.
+    pub fn connect_backoff(mut self, first: Duration, most: Duration) -> Self {
+        if let Ok(c) = &mut self.config {
+            c.connect_backoff = (first.max(Duration::from_millis(1)), most.max(first));
         }
         self
     }

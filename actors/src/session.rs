@@ -696,6 +696,26 @@ impl Session {
         self.local(|s| Ok(s.tx_state())).await
     }
 
+    /// Gives the session a deadline (`None` removes it): waiting for a connection ends there,
+    /// a statement still running then is cancelled on the server, and a COMMIT is not sent after
+    /// it — each an [`Error::DeadlineExceeded`](actor_orm_core::Error::DeadlineExceeded). A
+    /// request's whole database time is bounded by giving its session the request's deadline.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: actor_orm_actors::Pool) -> actor_orm_core::Result<()> {
+    /// let s = pool.session().await?;
+    /// s.set_deadline(Some(std::time::Instant::now() + std::time::Duration::from_millis(250)))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_deadline(&self, deadline: Option<std::time::Instant>) -> Result<()> {
+        self.local(move |s| {
+            s.set_deadline(deadline);
+            Ok(())
+        })
+        .await
+    }
+
     /// The session's causal token: the WAL position of its last commit (in a pool with read
     /// replicas), or the one given to [`read_after`](Self::read_after); `None` before either.
     /// Hand it to the next request (a cookie, a header) so that its reads see this one's writes.

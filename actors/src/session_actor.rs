@@ -42,6 +42,7 @@ pub(crate) struct SessionArgs {
     dirty_check: bool,
     n_plus_one: actor_orm_core::NPlusOne,
     reset_timeout: std::time::Duration,
+    statement_timeout: Option<std::time::Duration>,
 }
 
 pub(crate) struct SessionCtx {
@@ -63,6 +64,8 @@ pub(crate) struct SessionCtx {
     n_plus_one: actor_orm_core::NPlusOne,
     /// The pool's `reset_timeout`: how long a cancel request may take.
     reset_timeout: std::time::Duration,
+    /// The pool's `statement_timeout`: how long one statement may run.
+    statement_timeout: Option<std::time::Duration>,
 }
 
 impl Actor for SessionActor {
@@ -91,6 +94,7 @@ impl Actor for SessionActor {
             dirty_check: args.dirty_check,
             n_plus_one: args.n_plus_one,
             reset_timeout: args.reset_timeout,
+            statement_timeout: args.statement_timeout,
         })
     }
 
@@ -189,11 +193,33 @@ impl SessionCtx {
             cell: me,
             label: self.label.clone(),
         };
-        let lease = self.pool.checkout(requester)?.await?;
+        let checkout = self.pool.checkout(requester)?;
+        let lease = match self.core.deadline() {
+            // Dropping the checkout at the deadline takes the request out of the queue.
+            Some(d) => tokio::time::timeout_at(tokio::time::Instant::from_std(d), checkout)
+                .await
+                .map_err(|_| Error::DeadlineExceeded {
+                    what: "no connection became free before the deadline".into(),
+                })??,
+            None => checkout.await?,
+        };
         let conn = lease.conn.clone();
         self.lease = Some(lease);
         self.core.note_new_connection();
         Ok(conn)
+    }
+
+    /// When the next statement must end: the session's deadline, or sooner the pool's
+    /// `statement_timeout` from now.
+    fn statement_deadline(&self) -> Option<tokio::time::Instant> {
+        let session = self.core.deadline().map(tokio::time::Instant::from_std);
+        let statement = self
+            .statement_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        match (session, statement) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A replica's connection that has replayed the session's causal token, if one in the
@@ -323,11 +349,23 @@ impl SessionCtx {
                 // The caller gave up while this waited for a connection: nothing to run.
                 return;
             }
+            let deadline = self.statement_deadline();
+            if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                return job.fail(Error::DeadlineExceeded {
+                    what: "the deadline passed before the statement was sent".into(),
+                });
+            }
             // A read with nothing to flush first sends nothing but reads.
             let pure_read = self.core.note_work(job.reads_only(), job.untracked());
             let may_retry = self.core.may_run_again(pure_read) && attempts < 3;
             match job
-                .run(&mut self.core, &conn, may_retry, self.reset_timeout)
+                .run(
+                    &mut self.core,
+                    &conn,
+                    may_retry,
+                    self.reset_timeout,
+                    deadline,
+                )
                 .await
             {
                 Outcome::Retry(again) => {
@@ -406,6 +444,19 @@ impl SessionCtx {
             // The connection went away mid-transaction: the server rolled it back.
             self.core.abandon();
             return Err(Error::TransactionAborted);
+        }
+        if self
+            .core
+            .deadline()
+            .is_some_and(|d| d <= std::time::Instant::now())
+            && !self.core.only_read()
+        {
+            // Never cut half-way: a COMMIT with no time left is not sent at all.
+            return Err(Error::DeadlineExceeded {
+                what: "the deadline passed before COMMIT: it was not sent, and the transaction \
+                       is still open (roll it back, or clear the deadline and commit)"
+                    .into(),
+            });
         }
         if self.core.only_read()
             && let Some(lease) = &self.lease
@@ -515,6 +566,7 @@ pub(crate) async fn spawn(
         dirty_check: pool.config().dirty_check,
         n_plus_one: pool.config().n_plus_one,
         reset_timeout: pool.config().reset_timeout,
+        statement_timeout: pool.config().statement_timeout,
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)
         .await

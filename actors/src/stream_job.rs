@@ -92,6 +92,9 @@ impl<Q: Streamable, K: StreamKind<Q>> Job for StreamJob<Q, K> {
         conn: &'a Connection,
         may_retry: bool,
         cancel_limit: Duration,
+        // A stream is bounded by the deadline only before it starts (see the session's `run`):
+        // once its rows flow, the consumer decides how long it reads.
+        _deadline: Option<tokio::time::Instant>,
     ) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let this = &mut *self;

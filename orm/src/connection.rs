@@ -36,6 +36,9 @@ pub enum StatementMode {
 pub struct Connection {
     client: Client,
     mode: StatementMode,
+    /// The server process serving it (`pg_backend_pid()`), when known and meaningful (not
+    /// behind a pooler).
+    backend_pid: Option<i32>,
     /// Keyed by SQL text, which the program writes (values are bound): a fast hasher serves.
     cache: Mutex<HashMap<String, Statement, rustc_hash::FxBuildHasher>>,
     /// In [`StatementMode::Unnamed`]: the parameter types of statements asked about (see
@@ -97,6 +100,7 @@ impl Connection {
             connector,
             client,
             mode,
+            backend_pid: None,
             cache: Mutex::new(HashMap::default()),
             param_cache: Mutex::new(HashMap::default()),
             round_trips: AtomicU64::new(0),
@@ -109,6 +113,17 @@ impl Connection {
             log_values: AtomicBool::new(false),
             types: Mutex::default(),
         }
+    }
+
+    /// Records the server process serving this connection (see [`backend_pid`](Self::backend_pid)).
+    pub fn set_backend_pid(&mut self, pid: Option<i32>) {
+        self.backend_pid = pid;
+    }
+
+    /// The server process serving this connection (`pg_backend_pid()`), when the pool learnt
+    /// it; `None` behind a pooler, where it changes from one transaction to the next.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
     }
 
     /// Makes the statement log (target [`SQL_LOG`], level DEBUG) show the values bound to each

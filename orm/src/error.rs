@@ -126,6 +126,14 @@ pub enum Error {
         /// What went wrong, with the server's SQLSTATE and message when it refused the SQL.
         reason: String,
     },
+    /// The session's deadline (or the pool's `statement_timeout`) passed: waiting for a
+    /// connection, during a statement (cancelled on the server; a transaction it ran in must be
+    /// rolled back), or before a COMMIT, which is then not sent at all.
+    #[display("deadline exceeded: {what}")]
+    DeadlineExceeded {
+        /// Where the time ran out.
+        what: String,
+    },
     /// A configuration that cannot work (a malformed connection string, a bad setting). The
     /// message never contains a password.
     #[display("invalid configuration: {_0}")]
@@ -181,6 +189,11 @@ impl Error {
             self,
             Error::ConnectionLost { .. } | Error::CommitOutcomeUnknown { .. }
         )
+    }
+
+    /// Whether this is [`Error::DeadlineExceeded`].
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, Error::DeadlineExceeded { .. })
     }
 
     /// Whether this is [`Error::CommitOutcomeUnknown`]: COMMIT was sent and its answer lost.
@@ -249,6 +262,15 @@ pub struct Holder {
     pub session: String,
     /// How long it has held its connection.
     pub held: Duration,
+    /// The server process serving it (`None` behind a pooler).
+    pub backend_pid: Option<i32>,
+    /// What the server says the backend is doing (`active`, `idle in transaction`, …), from
+    /// `pg_stat_activity` (`Pool::holders` asks; a timeout report does not).
+    pub state: Option<String>,
+    /// The statement running, or the last one run.
+    pub statement: Option<String>,
+    /// How long its transaction has been open.
+    pub transaction: Option<Duration>,
 }
 
 impl PoolTimeout {
@@ -283,6 +305,10 @@ impl Holder {
         Holder {
             session: session.into(),
             held,
+            backend_pid: None,
+            state: None,
+            statement: None,
+            transaction: None,
         }
     }
 }

@@ -124,6 +124,8 @@ pub struct SessionState {
     /// The causal token: the WAL position (as a number) reads must see, from the session's last
     /// commit or given by the caller; 0 for none.
     causal: u64,
+    /// When the session's work must be done by (see [`set_deadline`](Self::set_deadline)).
+    deadline: Option<std::time::Instant>,
     /// Single-key reads sent to the server, by statement (the N+1 detector).
     key_reads: HashMap<&'static str, u32>,
     n_plus_one: NPlusOne,
@@ -149,6 +151,17 @@ impl SessionState {
     /// A fresh session: nothing loaded, nothing pending, no transaction.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The session's deadline: statements still running then are cancelled, a connection not had
+    /// by then is not waited for, and a COMMIT is not sent after it. `None` for none.
+    pub fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// The session's deadline, if it has one.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.deadline
     }
 
     /// The WAL position (an LSN, as a number) this session's reads must see: that of its last

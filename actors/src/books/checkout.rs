@@ -165,7 +165,11 @@ impl PoolState {
             .slots
             .iter()
             .filter_map(|s| match &s.state {
-                SlotState::Leased(l) => Some(Holder::new(l.label.as_str(), now - l.since)),
+                SlotState::Leased(l) => {
+                    let mut h = Holder::new(l.label.as_str(), now - l.since);
+                    h.backend_pid = s.conn.backend_pid();
+                    Some(h)
+                }
                 _ => None,
             })
             .collect();

@@ -2,7 +2,7 @@
 //! failed connect) changes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actor_orm_core::{Connection, Result};
 use ractor::ActorRef;
@@ -105,9 +105,10 @@ impl PoolState {
                 }
                 if !self.retry_scheduled && self.closing.is_none() {
                     self.retry_scheduled = true;
-                    let backoff = Duration::from_millis(25)
-                        .saturating_mul(1 << self.failures_in_row.min(6))
-                        .min(Duration::from_secs(1));
+                    let (first, most) = self.config.connect_backoff;
+                    let backoff = first
+                        .saturating_mul(1 << self.failures_in_row.min(16))
+                        .min(most);
                     let timer = myself.send_after(backoff, || PoolMsg::RetryConnect);
                     self.keep_timer(timer);
                 }
