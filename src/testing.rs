@@ -185,20 +185,7 @@ impl Cluster {
         sweep_stale_clusters();
         let bin = find_server_binaries(&SearchPaths::from_machine())?;
         let runner = ServerUser::for_current_process()?;
-        let root = clusters_root();
-        fs::create_dir_all(&root)
-            .map_err(|e| cluster_error(format!("create {}", root.display()), e))?;
-        // The postgres user must be able to reach its directory below ours.
-        let _ = fs::set_permissions(&root, fs::Permissions::from_mode(0o755));
-
-        let dir = root.join(format!("c-{}-{}", std::process::id(), unique_suffix()));
-        fs::create_dir(&dir).map_err(|e| cluster_error(format!("create {}", dir.display()), e))?;
-        // Written first, so that a sweep can always tell whose cluster this is.
-        fs::write(
-            dir.join(OWNER_FILE),
-            owner_record(std::process::id()).unwrap_or_default(),
-        )
-        .map_err(|e| cluster_error("write the owner file", e))?;
+        let dir = claim_dir("c")?;
         let result = Cluster::start_in(&dir, &bin, &runner, tls);
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
@@ -767,6 +754,28 @@ fn start_postmaster(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A new directory of this process's under the clusters' root, `<prefix>-<pid>-<unique>`, with
+/// its owner file written first, so that a sweep can always tell whose it is.
+fn claim_dir(prefix: &str) -> Result<PathBuf, TestingError> {
+    let root = clusters_root();
+    fs::create_dir_all(&root)
+        .map_err(|e| cluster_error(format!("create {}", root.display()), e))?;
+    // The postgres user must be able to reach its directory below ours.
+    let _ = fs::set_permissions(&root, fs::Permissions::from_mode(0o755));
+    let dir = root.join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        unique_suffix()
+    ));
+    fs::create_dir(&dir).map_err(|e| cluster_error(format!("create {}", dir.display()), e))?;
+    fs::write(
+        dir.join(OWNER_FILE),
+        owner_record(std::process::id()).unwrap_or_default(),
+    )
+    .map_err(|e| cluster_error("write the owner file", e))?;
+    Ok(dir)
 }
 
 /// Starts the server of the data directory in `dir` on a free `127.0.0.1` port, with its

@@ -24,10 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 
-use super::{
-    OWNER_FILE, ServerUser, TestingError, cluster_error, clusters_root, free_port, owner_record,
-    signal, spawn_watchdog, unique_suffix,
-};
+use super::{ServerUser, TestingError, cluster_error, free_port, signal, spawn_watchdog};
 
 /// How the PgBouncer of a test is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,16 +119,7 @@ impl PgBouncer {
     pub fn start(server: &Config, options: PgBouncerOptions) -> Result<PgBouncer, TestingError> {
         let binary = find_pgbouncer()?;
         let runner = ServerUser::for_current_process()?;
-        let root = clusters_root();
-        fs::create_dir_all(&root)
-            .map_err(|e| cluster_error(format!("create {}", root.display()), e))?;
-        let dir = root.join(format!("b-{}-{}", std::process::id(), unique_suffix()));
-        fs::create_dir(&dir).map_err(|e| cluster_error(format!("create {}", dir.display()), e))?;
-        fs::write(
-            dir.join(OWNER_FILE),
-            owner_record(std::process::id()).unwrap_or_default(),
-        )
-        .map_err(|e| cluster_error("write the owner file", e))?;
+        let dir = super::claim_dir("b")?;
         let started = Self::start_in(&dir, &binary, &runner, server, &options);
         if started.is_err() {
             let _ = fs::remove_dir_all(&dir);

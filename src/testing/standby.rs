@@ -5,10 +5,7 @@ use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::{
-    Cluster, OWNER_FILE, OwnedCluster, TestingError, cluster_error, clusters_root, owner_record,
-    signal, unique_suffix,
-};
+use super::{Cluster, OwnedCluster, TestingError, cluster_error, signal};
 
 impl Cluster {
     /// Starts a hot standby of this throwaway cluster on a port of its own: a base backup taken
@@ -29,14 +26,7 @@ impl Cluster {
                 "only a throwaway cluster's standby can be started here",
             ));
         };
-        let root = clusters_root();
-        let dir = root.join(format!("c-{}-{}", std::process::id(), unique_suffix()));
-        fs::create_dir(&dir).map_err(|e| cluster_error(format!("create {}", dir.display()), e))?;
-        fs::write(
-            dir.join(OWNER_FILE),
-            owner_record(std::process::id()).unwrap_or_default(),
-        )
-        .map_err(|e| cluster_error("write the owner file", e))?;
+        let dir = super::claim_dir("c")?;
         let started = start_standby_in(primary, &dir);
         if started.is_err() {
             let _ = fs::remove_dir_all(&dir);

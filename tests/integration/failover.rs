@@ -18,6 +18,18 @@ pub struct Entry {
     pub writer: i32,
 }
 
+/// `primary` and a streaming standby of it (`pg_basebackup -R`).
+pub(crate) async fn with_standby(
+    primary: actor_orm::testing::Cluster,
+) -> (actor_orm::testing::Cluster, actor_orm::testing::Cluster) {
+    tokio::task::spawn_blocking(move || {
+        let standby = primary.start_standby().expect("standby");
+        (primary, standby)
+    })
+    .await
+    .expect("join")
+}
+
 /// What the writers saw.
 #[derive(Default)]
 struct Outcomes {
@@ -59,12 +71,7 @@ async fn promoting_the_standby_under_load_loses_no_acknowledged_commit() {
         .batch_execute("CREATE TABLE ledger (id bigint PRIMARY KEY, writer int NOT NULL)")
         .await
         .expect("table");
-    let (primary, standby) = tokio::task::spawn_blocking(move || {
-        let standby = primary.start_standby().expect("standby");
-        (primary, standby)
-    })
-    .await
-    .expect("join");
+    let (primary, standby) = with_standby(primary).await;
     let p2 = standby.port().expect("port");
     // Synchronous from now on (before, a commit would wait for a standby not yet there).
     for sql in [
@@ -254,12 +261,7 @@ async fn the_pool_picks_hosts_by_role_and_leaves_a_demoted_primary() {
         .batch_execute("CREATE TABLE ledger (id bigint PRIMARY KEY, writer int NOT NULL)")
         .await
         .expect("table");
-    let (primary, standby) = tokio::task::spawn_blocking(move || {
-        let standby = primary.start_standby().expect("standby");
-        (primary, standby)
-    })
-    .await
-    .expect("join");
+    let (primary, standby) = with_standby(primary).await;
     let (p1, p2) = (primary.port().expect("port"), standby.port().expect("port"));
     let pool_for = |hosts: &[u16], attrs: &str| {
         let ports: Vec<String> = hosts.iter().map(u16::to_string).collect();

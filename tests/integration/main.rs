@@ -126,6 +126,20 @@ pub async fn own_cluster() -> Option<testing::Cluster> {
     }
 }
 
+/// A `key=value` connection string for a TCP `config` (for a process of its own); `None` for a
+/// Unix socket.
+pub fn url_of(config: &tokio_postgres::Config) -> Option<String> {
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => Some(format!(
+            "host={h} port={} user={} dbname={}",
+            config.get_ports().first().copied().unwrap_or(5432),
+            config.get_user().unwrap_or("postgres"),
+            config.get_dbname().unwrap_or("postgres")
+        )),
+        _ => None,
+    }
+}
+
 /// Runs `n` copies of the ignored test `test` (its full path) of this binary, each a process of
 /// its own started at the same time with the environment `env(i)`; their outputs, in order.
 pub async fn run_workers(

@@ -204,14 +204,8 @@ async fn four_processes_migrate_at_once() {
         .await
         .expect("database");
     // The server itself: the migrator holds a session-level lock.
-    let server = db.direct_config();
-    let url = match server.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => format!(
-            "host={h} port={} user=postgres dbname={}",
-            server.get_ports()[0],
-            db.name()
-        ),
-        _ => return,
+    let Some(url) = crate::url_of(db.direct_config()) else {
+        return;
     };
     let outputs = crate::run_workers("migrations::migrate_worker", 4, move |_| {
         vec![(WORKER_URL, url.clone())]
@@ -558,14 +552,8 @@ async fn the_migrate_commands_do_the_workflow() {
     let db = actor_orm::testing::test_database("migrate_commands")
         .await
         .expect("database");
-    let server = db.direct_config();
-    let url = match server.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => format!(
-            "host={h} port={} user=postgres dbname={}",
-            server.get_ports()[0],
-            db.name()
-        ),
-        _ => return,
+    let Some(url) = crate::url_of(db.direct_config()) else {
+        return;
     };
     let run = |words: &[&str], models: Option<&actor_orm::SchemaModels>| {
         let mut args: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();

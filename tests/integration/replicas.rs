@@ -32,12 +32,7 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
     ] {
         admin.batch_execute(sql).await.expect(sql);
     }
-    let (primary, replica) = tokio::task::spawn_blocking(move || {
-        let replica = primary.start_standby().expect("standby");
-        (primary, replica)
-    })
-    .await
-    .expect("join");
+    let (primary, replica) = crate::failover::with_standby(primary).await;
     let on_replica = replica.connect_to(None).await.expect("replica");
     let pool = Pool::builder(primary.config())
         .replica(replica.config())
