@@ -41,9 +41,11 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Config, NoTls};
 
+mod metrics_text;
 mod pgbouncer;
 mod standby;
 mod via;
+pub use metrics_text::MetricsRecorder;
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use via::{TEST_VIA, through_pgbouncer};
 

@@ -58,6 +58,8 @@ pub struct PoolConfig {
     pub(crate) statement_timeout: Option<Duration>,
     /// After a failed connect: the first wait before the next try, and the longest (doubling).
     pub(crate) connect_backoff: (Duration, Duration),
+    /// The `pool` label of its metrics, when not its `application_name` (a replica's pool).
+    pub(crate) metrics_name: Option<String>,
     /// Read replicas (see `PoolBuilder::replica`).
     pub(crate) replicas: Vec<Config>,
     pub(crate) replica_lag_limit: Duration,
@@ -161,6 +163,7 @@ impl PoolConfig {
             prefer_standby: false,
             statement_timeout: None,
             connect_backoff: (Duration::from_millis(25), Duration::from_secs(1)),
+            metrics_name: None,
             replicas: Vec::new(),
             replica_lag_limit: Duration::from_secs(5),
             replica_check_interval: Duration::from_millis(250),

@@ -114,6 +114,7 @@ impl PoolLink {
         };
         let spared = !state.condemned(i);
         state.counters.discards += 1;
+        state.metrics.discards.increment(1);
         state.discard_dead(&self.actor, i, "a session's connection was lost");
         spared
     }

@@ -109,6 +109,10 @@ impl ReplicaSet {
             let mut own = PoolConfig::clone_for(config, pg.clone());
             own.min_idle = 0;
             let name = describe(pg);
+            own.metrics_name = Some(format!(
+                "{} replica {name}",
+                config.pg.get_application_name().unwrap_or("actor-orm")
+            ));
             let link = PoolLink::start(Arc::new(own), None).await?;
             replicas.push(Replica {
                 name,

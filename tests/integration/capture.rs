@@ -10,7 +10,19 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
 #[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<Vec<(Level, String)>>>);
+pub struct Captured(Arc<Mutex<Vec<(Level, String)>>>, Arc<Mutex<Vec<SpanSeen>>>);
+
+/// A span as it was created and recorded into.
+#[derive(Clone, Debug)]
+pub struct SpanSeen {
+    id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its fields as text, those recorded later appended.
+    pub fields: String,
+    /// The fields of the span it was created in.
+    pub parent: String,
+}
 
 impl Captured {
     /// The events at `level` whose text contains `needle`.
@@ -21,6 +33,17 @@ impl Captured {
             .iter()
             .filter(|(l, text)| *l == level && text.contains(needle))
             .map(|(_, text)| text.clone())
+            .collect()
+    }
+
+    /// Every span named `name`.
+    pub fn spans(&self, name: &str) -> Vec<SpanSeen> {
+        self.1
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.name == name)
+            .cloned()
             .collect()
     }
 
@@ -64,11 +87,45 @@ impl Subscriber for Capture {
         let id = self.next_span.fetch_add(1, Ordering::Relaxed) + 1;
         let mut text = Text(String::new());
         attrs.record(&mut text);
-        self.spans.lock().expect("lock").0.insert(id, text.0);
+        let mut spans = self.spans.lock().expect("lock");
+        let parent = attrs
+            .parent()
+            .map(Id::into_u64)
+            .or_else(|| {
+                attrs
+                    .is_contextual()
+                    .then(|| spans.1.last().copied())
+                    .flatten()
+            })
+            .and_then(|p| spans.0.get(&p).cloned())
+            .unwrap_or_default();
+        self.out.1.lock().expect("lock").push(SpanSeen {
+            id,
+            name: attrs.metadata().name().to_owned(),
+            fields: text.0.clone(),
+            parent,
+        });
+        spans.0.insert(id, text.0);
         Id::from_u64(id)
     }
 
-    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record(&self, id: &Id, values: &Record<'_>) {
+        let mut text = Text(String::new());
+        values.record(&mut text);
+        if let Some(fields) = self.spans.lock().expect("lock").0.get_mut(&id.into_u64()) {
+            fields.push_str(&text.0);
+        }
+        if let Some(seen) = self
+            .out
+            .1
+            .lock()
+            .expect("lock")
+            .iter_mut()
+            .find(|s| s.id == id.into_u64())
+        {
+            seen.fields.push_str(&text.0);
+        }
+    }
 
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 

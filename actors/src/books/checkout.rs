@@ -127,6 +127,7 @@ impl PoolState {
                 stopped: false,
             });
             self.counters.checkouts += 1;
+            self.metrics.acquired(w.enqueued.elapsed());
             tracing::trace!(lease, waited = ?w.enqueued.elapsed(), "checkout");
         }
     }
@@ -160,6 +161,7 @@ impl PoolState {
             return;
         }
         self.counters.timeouts += 1;
+        self.metrics.timeouts.increment(1);
         let now = Instant::now();
         let mut holders: Vec<Holder> = self
             .slots
@@ -219,6 +221,9 @@ impl PoolState {
         may_be_in_transaction: bool,
     ) {
         let now = Instant::now();
+        if let SlotState::Leased(l) = &self.slots[i].state {
+            self.metrics.released(now.duration_since(l.since));
+        }
         let slot = &mut self.slots[i];
         slot.last_used = now;
         if self.must_retire(i, now) {

@@ -26,6 +26,7 @@
 mod checkout;
 mod closing;
 mod connects;
+mod metrics;
 mod upkeep;
 
 #[cfg(test)]
@@ -139,6 +140,8 @@ pub(crate) struct PoolState {
     /// Session actors whose sessions ended, kept for the next sessions (most recent last).
     pub(crate) spares: Vec<Spare>,
     pub(crate) counters: Counters,
+    /// The same events for the application's metrics recorder.
+    pub(crate) metrics: metrics::PoolMetrics,
     /// The supervisor's pending timers (tick, waiter expiry, connect retry, close deadline):
     /// stopped when the pool shuts down, so that no task of the pool outlives it.
     pub(crate) timers: Vec<tokio::task::AbortHandle>,
@@ -179,6 +182,13 @@ pub(crate) fn random_below(limit: Duration, seed: u64) -> Duration {
 
 impl PoolState {
     pub(crate) fn new(config: Arc<PoolConfig>) -> PoolState {
+        let metrics = metrics::PoolMetrics::new(
+            config
+                .metrics_name
+                .as_deref()
+                .or(config.pg.get_application_name())
+                .unwrap_or("actor-orm"),
+        );
         PoolState {
             config,
             replica_supervisors: Vec::new(),
@@ -198,6 +208,7 @@ impl PoolState {
             stopped: false,
             spares: Vec::new(),
             counters: Counters::default(),
+            metrics,
             timers: Vec::new(),
             listeners: Vec::new(),
         }
@@ -297,6 +308,7 @@ impl PoolState {
     ) {
         while let Some(i) = self.leased_by_actor(actor) {
             self.counters.reclaims += 1;
+            self.metrics.reclaims.increment(1);
             if let SlotState::Leased(info) = &self.slots[i].state {
                 let how = reason.unwrap_or("stopped");
                 tracing::info!(session = %info.label, how = %how, "reclaim: the session ended holding a connection; resetting it");
@@ -315,7 +327,18 @@ impl PoolState {
         self.slots.iter().position(|s| s.serial == serial)
     }
 
+    /// Sets the metrics' gauges from the books.
+    pub(crate) fn publish_gauges(&self) {
+        self.metrics.gauges(
+            self.slots.len(),
+            self.idle(),
+            self.in_use(),
+            self.waiters.len(),
+        );
+    }
+
     pub(crate) fn stats(&self) -> PoolStats {
+        self.publish_gauges();
         let c = &self.counters;
         PoolStats {
             max_size: self.config.max_size,

@@ -20,6 +20,7 @@ impl PoolState {
             self.slots[i].last_checked = Instant::now();
         } else {
             self.counters.reset_failures += 1;
+            self.metrics.reset_failures.increment(1);
             tracing::warn!(
                 serial,
                 "reset failed or timed out: discarding the connection"
@@ -120,6 +121,7 @@ impl PoolState {
     // ----- maintenance -----
 
     pub(crate) fn tick(&mut self, myself: &ActorRef<PoolMsg>) {
+        self.publish_gauges();
         let now = Instant::now();
         let config = self.config.clone();
         for slot in &mut self.slots {
