@@ -92,17 +92,10 @@ async fn open(
     config.connector.connect(&any).await
 }
 
-/// Whether a connection pooler stands between this connection and the server: the server's
+/// Whether a connection pooler stands between this connection and the server — the server's
 /// port (`inet_server_port()`) is none of the ports dialled, or the server has one while a Unix
-/// socket was dialled. One simple query (no named statement, so a pooler takes it as it is).
-pub(crate) async fn behind_pooler(
-    client: &tokio_postgres::Client,
-    pg: &tokio_postgres::Config,
-) -> Result<bool> {
-    Ok(probe(client, pg).await?.0)
-}
-
-/// [`behind_pooler`], and the backend's pid when there is no pooler (one query for both).
+/// socket was dialled — and the backend's pid when there is none. One simple query (no named
+/// statement, so a pooler takes it as it is).
 async fn probe(
     client: &tokio_postgres::Client,
     pg: &tokio_postgres::Config,
@@ -140,6 +133,52 @@ async fn probe(
         );
     }
     Ok((pooled, if pooled { None } else { pid }))
+}
+
+/// Refuses a connection that reaches the server through a transaction pooler, for work that
+/// needs a server connection of its own (`needs` says why), unless the pool was given the
+/// server's own address (`direct_at`), which the caller then dialled.
+pub(crate) async fn require_server(
+    config: &PoolConfig,
+    client: &tokio_postgres::Client,
+    pg: &tokio_postgres::Config,
+    needs: &str,
+) -> Result<()> {
+    if config.direct_pg.is_some() {
+        return Ok(());
+    }
+    if pg_probe(client, pg, config.connect_timeout).await?.0 {
+        return Err(Error::Config(format!(
+            "{needs}, which a connection pooler in transaction mode (such as PgBouncer's) does \
+             not keep: between transactions it hands the server connection to other clients. \
+             Give the pool the server's own address with PoolBuilder::direct_at (or a \
+             session-mode pooler's)"
+        )));
+    }
+    Ok(())
+}
+
+/// A connection of its own to the server itself (`direct_at`, else the pool's address), outside
+/// the pool's leases, for work that needs one (`needs` says why; see [`require_server`]).
+pub(crate) async fn server_client(
+    config: &PoolConfig,
+    needs: &str,
+) -> Result<tokio_postgres::Client> {
+    let pg = config.direct_pg.as_ref().unwrap_or(&config.pg);
+    let open = config.connector.connect(pg);
+    let (client, driver) = tokio::time::timeout(config.connect_timeout, open)
+        .await
+        .map_err(|_| Error::Connect {
+            reason: format!(
+                "no answer within connect_timeout ({:?})",
+                config.connect_timeout
+            ),
+            cause: None,
+        })?
+        .map_err(connect_error)?;
+    tokio::spawn(driver);
+    require_server(config, &client, pg, needs).await?;
+    Ok(client)
 }
 
 /// [`probe`] within `limit`.

@@ -75,7 +75,11 @@ impl Pool {
         &self,
         models: &SchemaModels,
     ) -> Result<Option<GeneratedMigration>> {
-        let client = self.admin_client().await?;
+        let client = crate::connect::server_client(
+            self.config(),
+            "the migration generator reads the catalog",
+        )
+        .await?;
         let live = Schema::read(&client).await?;
         Ok(generate(&live, &Schema::of_models(models)))
     }

@@ -56,22 +56,9 @@ impl PoolLink {
         })
     }
 
-    /// Every lease now: the session, how long it has held its connection, the backend's pid.
+    /// Every lease now, longest held first (see `PoolState::holders`).
     pub(crate) fn holders(&self) -> Vec<actor_orm_core::Holder> {
-        let state = lock(&self.shared);
-        let now = Instant::now();
-        state
-            .slots
-            .iter()
-            .filter_map(|s| match &s.state {
-                crate::books::SlotState::Leased(l) => {
-                    let mut h = actor_orm_core::Holder::new(l.label.as_str(), now - l.since);
-                    h.backend_pid = s.conn.backend_pid();
-                    Some(h)
-                }
-                _ => None,
-            })
-            .collect()
+        lock(&self.shared).holders()
     }
 
     /// Whether the pool asked for a writable server (`target_session_attrs=read-write`).

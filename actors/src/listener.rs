@@ -184,31 +184,19 @@ async fn open(config: &PoolConfig, listen: &str) -> Result<Listening> {
     let (tx, notices) = mpsc::unbounded_channel();
     let pg = config.direct_pg.as_ref().unwrap_or(&config.pg);
     let attempt = config.connector.connect_listening(pg, tx);
-    let late = || Error::Connect {
-        reason: "the listener's connection did not open within connect_timeout".into(),
-        cause: None,
-    };
     let (client, driver) = tokio::time::timeout(config.connect_timeout, attempt)
         .await
-        .map_err(|_| late())??;
+        .map_err(|_| Error::Connect {
+            reason: "the listener's connection did not open within connect_timeout".into(),
+            cause: None,
+        })??;
     let driver = tokio::spawn(async move {
         let _ = driver.await;
     });
-    if config.direct_pg.is_none() {
-        let probe = crate::connect::behind_pooler(&client, pg);
-        let pooled = tokio::time::timeout(config.connect_timeout, probe)
-            .await
-            .map_err(|_| late())?;
-        if pooled? {
-            driver.abort();
-            return Err(Error::Config(
-                "LISTEN cannot work through a connection pooler in transaction mode (such as \
-                 PgBouncer's): between transactions the server connection, and the \
-                 notifications sent to it, go to other clients. Give the pool the server's own \
-                 address with PoolBuilder::direct_at (or a session-mode pooler's)"
-                    .into(),
-            ));
-        }
+    let needs = "LISTEN keeps its server connection for as long as it listens";
+    if let Err(e) = crate::connect::require_server(config, &client, pg, needs).await {
+        driver.abort();
+        return Err(e);
     }
     let listening = Listening {
         _client: client,

@@ -20,6 +20,9 @@ use tokio_postgres::types::{ToSql, Type};
 use crate::migrations::{Migration, Migrations};
 use crate::pool::Pool;
 
+/// Why the migrator needs the server itself.
+pub(crate) const NEEDS: &str = "migrations hold a session-level advisory lock";
+
 /// The advisory lock key that serializes migrations (`actororm` in ASCII).
 const LOCK: i64 = 0x6163_746f_726f_726d;
 
@@ -71,7 +74,7 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     pub async fn migrate(&self, migrations: &Migrations) -> Result<Vec<i64>> {
-        let client = self.admin_client().await?;
+        let client = crate::connect::server_client(self.config(), NEEDS).await?;
         locked(&client, async {
             let applied = history(&client).await?;
             verify(migrations, &applied)?;
@@ -90,7 +93,7 @@ impl Pool {
     /// Reverts the last `steps` applied migrations, newest first, with their down SQL; returns
     /// their versions. One without a down file is an [`Error::Migration`].
     pub async fn migrate_down(&self, migrations: &Migrations, steps: usize) -> Result<Vec<i64>> {
-        let client = self.admin_client().await?;
+        let client = crate::connect::server_client(self.config(), NEEDS).await?;
         locked(&client, async {
             let applied = history(&client).await?;
             verify(migrations, &applied)?;
@@ -110,7 +113,7 @@ impl Pool {
     /// Every migration of `migrations`, applied or pending, and whether an applied one was
     /// edited since.
     pub async fn migration_status(&self, migrations: &Migrations) -> Result<Vec<MigrationStatus>> {
-        let client = self.admin_client().await?;
+        let client = crate::connect::server_client(self.config(), NEEDS).await?;
         let applied = locked(&client, history(&client)).await?;
         Ok(migrations
             .list()
@@ -125,31 +128,6 @@ impl Pool {
                 }
             })
             .collect())
-    }
-
-    /// A connection of its own to the server itself (`direct_at`, else the pool's address),
-    /// outside the pool's leases, for the migrator.
-    pub(crate) async fn admin_client(&self) -> Result<Client> {
-        let config = self.config();
-        let pg = config.direct_pg.as_ref().unwrap_or(&config.pg);
-        let open = config.connector.connect(pg);
-        let (client, driver) = tokio::time::timeout(config.connect_timeout, open)
-            .await
-            .map_err(|_| Error::Connect {
-                reason: "the migrator's connection did not open within connect_timeout".into(),
-                cause: None,
-            })?
-            .map_err(crate::connect::connect_error)?;
-        tokio::spawn(driver);
-        if config.direct_pg.is_none() && crate::connect::behind_pooler(&client, pg).await? {
-            return Err(Error::Config(
-                "migrations hold a session-level advisory lock, which a connection pooler in \
-                 transaction mode (such as PgBouncer's) does not keep: give the pool the \
-                 server's own address with PoolBuilder::direct_at"
-                    .into(),
-            ));
-        }
-        Ok(client)
     }
 }
 

@@ -152,7 +152,8 @@ impl Pool {
             return Ok(holders);
         }
         // Replicas' backends are on other servers: the primary's view covers its own.
-        let Ok(client) = self.admin_client().await else {
+        let needs = "the holders' backends are asked of pg_stat_activity by pid";
+        let Ok(client) = crate::connect::server_client(self.config(), needs).await else {
             return Ok(holders);
         };
         let rows = client

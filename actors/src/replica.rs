@@ -165,27 +165,27 @@ impl Replica {
         self.replayed.load(Ordering::Relaxed) >= token.0
     }
 
-    /// Asks the replica over `conn` how far it has replayed; whether that reaches `token`.
-    pub(crate) async fn check(&self, conn: &Connection, token: Lsn) -> Result<bool> {
-        let rows = conn
-            .query(
-                "SELECT pg_last_wal_replay_lsn()::text",
-                &Values(Vec::new()),
-                None,
-            )
-            .await?;
-        let replayed = rows
-            .first()
-            .and_then(|r| r.try_get::<_, Option<String>>(0).ok().flatten())
-            .and_then(|t| t.parse::<Lsn>().ok())
+    /// Asks the replica over `conn` how far it has replayed; whether that reaches `token`
+    /// (`false` when it does not answer).
+    pub(crate) async fn check(&self, conn: &Connection, token: Lsn) -> bool {
+        let replayed = lsn(conn, "SELECT pg_last_wal_replay_lsn()::text")
+            .await
             .unwrap_or_default();
         self.replayed.fetch_max(replayed.0, Ordering::Relaxed);
-        Ok(replayed >= token)
+        replayed >= token
     }
 
     pub(crate) fn served(&self) {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The WAL position a one-column query (`SELECT pg_…_lsn()::text`) answers over `conn`; `None`
+/// when it fails or answers NULL.
+pub(crate) async fn lsn(conn: &Connection, sql: &str) -> Option<Lsn> {
+    let rows = conn.query(sql, &Values(Vec::new()), None).await.ok()?;
+    let text: Option<String> = rows.first()?.try_get(0).ok()?;
+    text?.parse().ok()
 }
 
 /// `host:port` of the first host of `pg`.

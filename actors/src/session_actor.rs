@@ -241,9 +241,7 @@ impl SessionCtx {
             let Ok(lease) = checkout.await else {
                 continue;
             };
-            if !replica.has_replayed(token)
-                && !matches!(replica.check(&lease.conn, token).await, Ok(true))
-            {
+            if !replica.has_replayed(token) && !replica.check(&lease.conn, token).await {
                 let clean = !lease.conn.was_interrupted() && !lease.conn.is_closed();
                 replica.link.checkin(lease.id, clean);
                 continue;
@@ -271,18 +269,7 @@ impl SessionCtx {
     /// Gives a replica's connection back, keeping everything of the session's (no transaction
     /// is open on it: reads there run outside one).
     fn hand_back_replica(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            self.from_replica = None;
-            return;
-        };
-        let clean = !lease.conn.was_interrupted() && !lease.conn.is_closed();
-        let link = self.lease_link().clone();
-        self.from_replica = None;
-        if clean {
-            link.checkin(lease.id, true);
-        } else {
-            link.broken(lease.id);
-        }
+        self.return_lease(false);
     }
 
     /// A connection with the transaction open. A fresh lease whose BEGIN finds the connection
@@ -482,8 +469,10 @@ impl SessionCtx {
         if r.is_ok() && self.pool.replicas.is_some() {
             // The causal token: where the primary's WAL stands now, past this commit. Unknown,
             // the session reads from the primary alone.
-            let lsn = causal_position(&conn).await.unwrap_or(u64::MAX);
-            self.core.read_after(lsn);
+            // The insert position is past this session's commit record even when
+            // `synchronous_commit` is off (the write position, `pg_current_wal_lsn()`, may not be).
+            let lsn = crate::replica::lsn(&conn, "SELECT pg_current_wal_insert_lsn()::text").await;
+            self.core.read_after(lsn.map_or(u64::MAX, |l| l.0));
         }
         r
     }
@@ -509,7 +498,20 @@ impl SessionCtx {
     /// an interrupted statement, left to the pool's full reset). A dead connection is reported
     /// as broken instead.
     fn release(&mut self) {
+        if self.lease.is_none() {
+            return;
+        }
+        let may_be_open = self.core.may_be_open();
+        self.core.abandon();
+        self.return_lease(may_be_open);
+    }
+
+    /// Ends the lease (to the pool it came from): a dead connection reported as broken, a live
+    /// one checked in — a ROLLBACK sent ahead of whatever comes next when a transaction
+    /// `may_be_open`, and after an interrupted statement the pool's full reset instead.
+    fn return_lease(&mut self, may_be_open: bool) {
         let Some(lease) = self.lease.take() else {
+            self.from_replica = None;
             return;
         };
         let link = self.lease_link().clone();
@@ -518,8 +520,6 @@ impl SessionCtx {
             self.condemned |= !link.broken(lease.id);
             return;
         }
-        let may_be_open = self.core.may_be_open();
-        self.core.abandon();
         // A statement abandoned mid-flight needs the pool's full reset (cancel, then ROLLBACK
         // answered within reset_timeout). Otherwise a ROLLBACK is sent without waiting here; the
         // pool hands the connection out again only once its answer is in (see `end_lease`).
@@ -532,18 +532,6 @@ impl SessionCtx {
     async fn acquire(&mut self, me: ractor::ActorCell) -> Result<()> {
         self.connection(me).await.map(drop)
     }
-}
-
-/// The primary's WAL insert position now, as a number: past this session's commit record even
-/// when `synchronous_commit` is off (the write position, `pg_current_wal_lsn()`, may not be).
-async fn causal_position(conn: &Connection) -> Option<u64> {
-    let values = actor_orm_core::sea_query::Values(Vec::new());
-    let rows = conn
-        .query("SELECT pg_current_wal_insert_lsn()::text", &values, None)
-        .await
-        .ok()?;
-    let text: String = rows.first()?.try_get(0).ok()?;
-    text.parse::<crate::replica::Lsn>().ok().map(|l| l.0)
 }
 
 /// A new session: on a spare actor if the pool has one, else on a new actor.

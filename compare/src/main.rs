@@ -355,6 +355,31 @@ where
     Box::new(move |i| Box::pin(f(i)))
 }
 
+/// A request cycle on each actor-orm pool of `systems`: a session, a point read of a
+/// [`BenchUser`], a commit when `commit`, the session's end.
+fn pool_cycles<'a>(
+    systems: &[(&'static str, &'a actor_orm::Pool)],
+    commit: bool,
+) -> Vec<(&'static str, Op<'a>)> {
+    systems
+        .iter()
+        .map(|&(name, pool)| {
+            (
+                name,
+                op(move |i| async move {
+                    let session = pool.session().await?;
+                    black_box(session.get::<BenchUser>(key(i)).await?);
+                    if commit {
+                        session.commit().await?;
+                    }
+                    drop(session);
+                    Ok(())
+                }),
+            )
+        })
+        .collect()
+}
+
 /// `n` timed operations of each system, taken in turn — operation `i` of every system before
 /// operation `i + 1` of any, starting with a different system each time — so that every system
 /// meets the same machine conditions. Sorted latencies per system.

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use actor_orm::StatementMode;
 use actor_orm::testing::{PgBouncer, PgBouncerOptions};
 
-use crate::{BenchUser, N, Res, Results, interleaved, key, op, percentile, us};
+use crate::{BenchUser, N, Res, Results, interleaved, key, op, percentile, pool_cycles, us};
 
 const W_READ: &str = "14. through PgBouncer: point read";
 const W_CYCLE: &str = "14. through PgBouncer: request cycle";
@@ -36,7 +36,10 @@ impl PoolerBench {
         let server = pg.clone();
         let pool_size = u32::try_from(size)?;
         let bouncer = tokio::task::spawn_blocking(move || {
-            PgBouncer::start(&server, PgBouncerOptions::new().default_pool_size(pool_size))
+            PgBouncer::start(
+                &server,
+                PgBouncerOptions::new().default_pool_size(pool_size),
+            )
         })
         .await??;
         let build = |config: tokio_postgres::Config, mode: Option<StatementMode>| async move {
@@ -87,21 +90,7 @@ impl PoolerBench {
             s.close().await?;
         }
         // Request cycles.
-        let ops = systems
-            .iter()
-            .map(|(name, pool)| {
-                (
-                    *name,
-                    op(move |i| async move {
-                        let session = pool.session().await?;
-                        black_box(session.get::<BenchUser>(key(i)).await?);
-                        session.commit().await?;
-                        drop(session);
-                        Ok(())
-                    }),
-                )
-            })
-            .collect();
+        let ops = pool_cycles(&systems, true);
         for (sys, l) in interleaved(N, ops).await? {
             r.add(W_CYCLE, "p50 µs", sys, us(percentile(&l, 0.5)));
         }

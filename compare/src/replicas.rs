@@ -3,12 +3,11 @@
 //! here with `pg_basebackup -R`), where the session's read goes to the replica; and a
 //! write-then-read loop whose read carries the writer's causal token.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use actor_orm::testing::Cluster;
 
-use crate::{BenchUser, N, Res, Results, interleaved, key, op, percentile, us};
+use crate::{N, Res, Results, interleaved, percentile, pool_cycles, us};
 
 const W_CYCLE: &str = "15. read replica: request cycle (session, point read, end)";
 const PRIMARY: &str = "actor-orm, primary only";
@@ -55,20 +54,7 @@ impl ReplicaBench {
     pub(crate) async fn round(&self, r: &mut Results) -> Res<()> {
         let before: u64 = self.routed.replica_stats().iter().map(|s| s.reads).sum();
         let systems = [(PRIMARY, &self.primary), (ROUTED, &self.routed)];
-        let ops = systems
-            .iter()
-            .map(|(name, pool)| {
-                (
-                    *name,
-                    op(move |i| async move {
-                        let session = pool.session().await?;
-                        black_box(session.get::<BenchUser>(key(i)).await?);
-                        drop(session);
-                        Ok(())
-                    }),
-                )
-            })
-            .collect();
+        let ops = pool_cycles(&systems, false);
         for (sys, l) in interleaved(N, ops).await? {
             r.add(W_CYCLE, "p50 µs", sys, us(percentile(&l, 0.5)));
         }

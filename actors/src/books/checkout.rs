@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use actor_orm_core::{Error, Holder, PoolTimeout, Result};
+use actor_orm_core::{Error, PoolTimeout, Result};
 use ractor::ActorRef;
 use tokio::sync::oneshot;
 
@@ -162,20 +162,7 @@ impl PoolState {
         }
         self.counters.timeouts += 1;
         self.metrics.timeouts.increment(1);
-        let now = Instant::now();
-        let mut holders: Vec<Holder> = self
-            .slots
-            .iter()
-            .filter_map(|s| match &s.state {
-                SlotState::Leased(l) => {
-                    let mut h = Holder::new(l.label.as_str(), now - l.since);
-                    h.backend_pid = s.conn.backend_pid();
-                    Some(h)
-                }
-                _ => None,
-            })
-            .collect();
-        holders.sort_by_key(|h| std::cmp::Reverse(h.held));
+        let mut holders = self.holders();
         holders.truncate(5);
         let report = PoolTimeout::new(
             w.enqueued.elapsed(),

@@ -299,6 +299,25 @@ impl PoolState {
             .position(|s| matches!(&s.state, SlotState::Leased(l) if l.lease == lease))
     }
 
+    /// Every lease now, longest held first: the session, how long, the backend's pid.
+    pub(crate) fn holders(&self) -> Vec<actor_orm_core::Holder> {
+        let now = Instant::now();
+        let mut holders: Vec<actor_orm_core::Holder> = self
+            .slots
+            .iter()
+            .filter_map(|s| match &s.state {
+                SlotState::Leased(l) => {
+                    let mut h = actor_orm_core::Holder::new(l.label.as_str(), now - l.since);
+                    h.backend_pid = s.conn.backend_pid();
+                    Some(h)
+                }
+                _ => None,
+            })
+            .collect();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.held));
+        holders
+    }
+
     /// Takes back (and resets) every connection the ended session `actor` still holds.
     pub(crate) fn reclaim_for(
         &mut self,
