@@ -89,6 +89,9 @@ pub(crate) struct ReplicaSet {
     /// Reads that had a replica to go to but went to the primary (none caught up, or none in
     /// the rotation).
     pub(crate) primary_reads: AtomicU64,
+    /// How long a read waits for a replica's connection before it goes to the primary instead
+    /// (a replica that just went down, or whose pool is all in use).
+    pub(crate) wait: Duration,
 }
 
 impl ReplicaSet {
@@ -127,6 +130,10 @@ impl ReplicaSet {
             replicas,
             next: AtomicUsize::new(0),
             primary_reads: AtomicU64::new(0),
+            wait: config
+                .replica_check_interval
+                .max(Duration::from_millis(100))
+                * 4,
         });
         tokio::spawn(monitor(Arc::downgrade(&set), config.clone()));
         Ok(Some(set))

@@ -238,7 +238,8 @@ impl SessionCtx {
             let Ok(checkout) = replica.link.checkout(requester) else {
                 continue;
             };
-            let Ok(lease) = checkout.await else {
+            // Not for long: the primary can serve the read.
+            let Ok(Ok(lease)) = tokio::time::timeout(set.wait, checkout).await else {
                 continue;
             };
             if !replica.has_replayed(token) && !replica.check(&lease.conn, token).await {

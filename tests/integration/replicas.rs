@@ -123,5 +123,56 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
     // Without a token, a read goes to the replica at once.
     let s = pool.session().await.expect("session");
     assert_eq!(s.count(Note::query()).await.expect("count"), 2_000);
-    drop(primary);
+    s.close().await.expect("close");
+
+    // The replica goes down: reads go on (on the primary), it leaves the rotation, and comes
+    // back once it is up again.
+    drop(on_replica);
+    let mut replica = tokio::task::spawn_blocking(move || {
+        let mut replica = replica;
+        replica.stop_server().expect("stop the replica");
+        replica
+    })
+    .await
+    .expect("join");
+    for _ in 0..20 {
+        assert_eq!(count_notes(&pool).await, 2_000);
+    }
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async {
+            pool.replica_stats()
+                .iter()
+                .all(|r| !r.in_rotation && r.lag.is_none())
+        })
+        .await,
+        "a replica that does not answer left the rotation: {:?}",
+        pool.replica_stats()
+    );
+    let replica = tokio::task::spawn_blocking(move || {
+        replica.start_server().expect("start the replica");
+        replica
+    })
+    .await
+    .expect("join");
+    assert!(
+        crate::eventually(Duration::from_secs(10), || async {
+            pool.replica_stats().iter().all(|r| r.in_rotation)
+        })
+        .await,
+        "the replica came back: {:?}",
+        pool.replica_stats()
+    );
+    let served_before: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
+    assert_eq!(count_notes(&pool).await, 2_000);
+    let served: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
+    assert!(served > served_before, "reads on the replica again");
+    drop((primary, replica));
+}
+
+/// `SELECT count(*) FROM notes` in a session of its own (no token: a replica may serve it).
+async fn count_notes(pool: &Pool) -> i64 {
+    let s = pool.session().await.expect("session");
+    let n = s.count(Note::query()).await.expect("count");
+    s.close().await.expect("close");
+    n
 }
