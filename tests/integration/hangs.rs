@@ -53,6 +53,21 @@ struct Peaks {
 }
 
 /// Samples every 10 ms until dropped (see the module docs).
+/// Waits until the pool holds MAX idle connections, not merely MAX backends: a backend still in
+/// its startup shows in pg_stat_activity, and freezing it would leave that connect hanging.
+async fn all_idle(t: &Setup) {
+    assert!(
+        crate::eventually(Duration::from_secs(5), || async {
+            let stats = t.pool.stats().await.expect("stats");
+            stats.idle == MAX
+                && stats.connecting == 0
+                && crate::backends(&t.monitor, &t.app).await.len() == MAX
+        })
+        .await,
+        "the pool opened its {MAX} connections"
+    );
+}
+
 struct Sampler {
     peaks: Arc<Peaks>,
     stop: Arc<AtomicBool>,
@@ -447,15 +462,9 @@ async fn when_every_idle_backend_is_frozen_new_sessions_get_new_connections() {
     else {
         return;
     };
-    let app = t.app.clone();
-    assert!(
-        crate::eventually(Duration::from_secs(5), || async {
-            crate::backends(&t.monitor, &app).await.len() == MAX
-        })
-        .await
-    );
+    all_idle(&t).await;
     let sampler = Sampler::start(&t).await;
-    let pids: Vec<i32> = crate::backends(&t.monitor, &app)
+    let pids: Vec<i32> = crate::backends(&t.monitor, &t.app)
         .await
         .into_iter()
         .map(|(pid, _)| pid)
@@ -625,13 +634,7 @@ async fn a_cancel_not_yet_acted_on_never_lands_on_another_session() {
     else {
         return;
     };
-    let app = t.app.clone();
-    assert!(
-        crate::eventually(Duration::from_secs(5), || async {
-            crate::backends(&t.monitor, &app).await.len() == MAX
-        })
-        .await
-    );
+    all_idle(&t).await;
     let sampler = Sampler::start(&t).await;
     let a = t.pool.session().await.expect("session");
     let pid = pid_of(&a).await;
