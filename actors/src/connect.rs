@@ -248,6 +248,28 @@ pub(crate) fn is_fatal_connect_error(e: &Error) -> bool {
     }
 }
 
+/// Nothing listens at the address (connection refused) or the server is starting up or shutting
+/// down (57P03): an attempt costs the server nothing, so the pool tries again promptly instead of
+/// backing off — the first session after a restart is served soon after the server accepts.
+pub(crate) fn is_server_absent(e: &Error) -> bool {
+    if e.code() == Some("57P03") {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            )
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 pub(crate) fn copy_error(e: &Error) -> Error {
     match (e, e.as_db_error()) {
         (_, Some(db)) => Error::Database(Box::new(db.clone())),

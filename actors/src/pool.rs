@@ -562,9 +562,12 @@ impl PoolBuilder {
         statement_timeout
     );
     /// How long the pool waits before trying again after a connection attempt fails: `first`,
-    /// doubling after each failure in a row up to `most`. Default 25 ms up to 1 s — after a
-    /// server restart the pool is back within `most` of the server. Sessions waiting meanwhile
-    /// wait up to `acquire_timeout`.
+    /// doubling after each failure in a row up to `most`. Default 25 ms up to 1 s. While the
+    /// server is absent — the connection is refused, or the server answers that it is starting
+    /// up or shutting down — attempts cost it nothing, and the pool tries every 100 ms at most
+    /// (or every `first`, if longer): after a restart the first session is served within about
+    /// 100 ms of the server accepting connections. Once a connect succeeds, the pool opens what
+    /// sessions need at once. Sessions waiting meanwhile wait up to `acquire_timeout`.
     pub fn connect_backoff(mut self, first: Duration, most: Duration) -> Self {
         if let Ok(c) = &mut self.config {
             c.connect_backoff = (first.max(Duration::from_millis(1)), most.max(first));

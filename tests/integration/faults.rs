@@ -205,6 +205,64 @@ async fn a_server_restart_invalidates_the_old_generation_and_the_next_session_ju
     restarted.stop();
 }
 
+/// A server down for a while, then back: connect attempts back off (here up to 5 s), but while
+/// nothing listens they cost the server nothing and the pool tries every 100 ms, so the session
+/// waiting through the outage is served soon after the server accepts connections.
+#[tokio::test]
+async fn after_an_outage_the_first_session_is_served_soon_after_the_server_accepts() {
+    let Some(mut cluster) = crate::own_cluster().await else {
+        return;
+    };
+    let config = cluster.config().clone();
+    let pool = Pool::builder(config.clone())
+        .max_size(2)
+        .connect_backoff(Duration::from_millis(25), Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .expect("pool");
+    cluster.stop_server().expect("stop");
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let s = pool.session().await?;
+            s.raw_rows_autocommit("SELECT 1", vec![]).await?;
+            let served = Instant::now();
+            s.close().await?;
+            Ok::<_, Error>(served)
+        })
+    };
+    // Two seconds of failed attempts: doubling from 25 ms, the next step would be 1.6–3.2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failed = pool.stats().await.expect("stats").connect_failures;
+    assert!(failed >= 3, "the pool kept trying: {failed} failures");
+    let restarted = tokio::task::spawn_blocking(move || {
+        cluster.start_server().expect("start");
+        cluster
+    });
+    // When the server accepts: a plain connect, tried every 5 ms.
+    let accepting = loop {
+        if let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await {
+            drop(conn);
+            drop(client);
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let served = waiting.await.expect("join").expect("served after the outage");
+    let after = served.saturating_duration_since(accepting);
+    eprintln!(
+        "outage of 2 s: the waiting session was served {after:?} after the server accepted \
+         connections ({failed} connect failures meanwhile)"
+    );
+    assert!(
+        after < Duration::from_secs(1),
+        "no long back-off step was waited: {after:?}"
+    );
+    pool.close(Duration::from_secs(1)).await.expect("close");
+    restarted.await.expect("join").stop();
+}
+
 /// A session holds a connection across a server restart and then writes: its BEGIN finds the
 /// socket dead, and the session takes a new connection and goes on; the caller sees nothing.
 #[tokio::test]

@@ -2,13 +2,13 @@
 //! failed connect) changes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actor_orm_core::{Connection, Result};
 use ractor::ActorRef;
 
 use super::*;
-use crate::connect::{connect, copy_error, is_fatal_connect_error};
+use crate::connect::{connect, copy_error, is_fatal_connect_error, is_server_absent};
 use crate::supervisor::PoolMsg;
 
 impl PoolState {
@@ -74,6 +74,8 @@ impl PoolState {
                 if self.closing.is_some() {
                     return;
                 }
+                // Connects succeed again: open what is needed now, not at the next back-off step.
+                self.retry_scheduled = false;
                 let now = Instant::now();
                 let expires = self.config.max_lifetime.map(|l| {
                     let jitter = random_below(self.config.jitter().min(l), serial);
@@ -105,10 +107,7 @@ impl PoolState {
                 }
                 if !self.retry_scheduled && self.closing.is_none() {
                     self.retry_scheduled = true;
-                    let (first, most) = self.config.connect_backoff;
-                    let backoff = first
-                        .saturating_mul(1 << self.failures_in_row.min(16))
-                        .min(most);
+                    let backoff = retry_after(self.config.connect_backoff, self.failures_in_row, is_server_absent(&e));
                     let timer = myself.send_after(backoff, || PoolMsg::RetryConnect);
                     self.keep_timer(timer);
                 }
@@ -116,3 +115,18 @@ impl PoolState {
         }
     }
 }
+
+/// Time before the next connect attempt after `failures` failures in a row: `first` doubling up to
+/// `most`; while the server is absent (refused, starting up) at most [`ABSENT_PROBE`], since such
+/// an attempt costs the server nothing.
+pub(crate) fn retry_after((first, most): (Duration, Duration), failures: u32, absent: bool) -> Duration {
+    let backoff = first.saturating_mul(1 << failures.min(16)).min(most);
+    if absent {
+        backoff.min(ABSENT_PROBE.max(first))
+    } else {
+        backoff
+    }
+}
+
+/// The longest wait between connect attempts while nothing listens at the address.
+pub(crate) const ABSENT_PROBE: Duration = Duration::from_millis(100);

@@ -207,3 +207,20 @@ async fn lifetimes_are_jittered_and_retired_connections_refilled_without_demand(
     assert_eq!((stats.idle, stats.checkouts), (8, 0), "{stats:?}");
     assert!(fake.opened.load(Ordering::SeqCst) >= 16);
 }
+
+#[test]
+fn connect_retries_back_off_but_probe_promptly_while_the_server_is_absent() {
+    use super::connects::{ABSENT_PROBE, retry_after};
+    let steps = (Duration::from_millis(25), Duration::from_secs(1));
+    let backed: Vec<u128> = (1..=7)
+        .map(|n| retry_after(steps, n, false).as_millis())
+        .collect();
+    assert_eq!(backed, [50, 100, 200, 400, 800, 1000, 1000]);
+    // Refused or starting up: never longer than the probe interval.
+    for n in 1..40 {
+        assert!(retry_after(steps, n, true) <= ABSENT_PROBE);
+    }
+    // A first step longer than the probe interval is kept (the user asked for it).
+    let slow = (Duration::from_millis(500), Duration::from_secs(5));
+    assert_eq!(retry_after(slow, 3, true), Duration::from_millis(500));
+}
