@@ -87,6 +87,9 @@ pub use actor_orm_core::{
 };
 pub use actor_orm_core::{CopyFormat, QueryStream, StreamOptions, Streamable};
 pub use actor_orm_derive::{DbEnum, Model, embed_migrations};
+/// `#[actor_orm::test]`: a test in the sandbox (see [`testing::Sandbox`]).
+#[cfg(feature = "testing")]
+pub use actor_orm_derive::test;
 
 /// The names most programs need.
 pub mod prelude {

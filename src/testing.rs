@@ -43,10 +43,12 @@ use tokio_postgres::{Config, NoTls};
 
 mod metrics_text;
 mod pgbouncer;
+mod sandbox;
 mod standby;
 mod via;
 pub use metrics_text::MetricsRecorder;
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
+pub use sandbox::{Isolation, Sandbox, SandboxPool};
 pub use via::{TEST_VIA, through_pgbouncer};
 
 /// The server certificate's file in a TLS cluster's data directory.

@@ -65,6 +65,8 @@ pub struct PoolConfig {
     pub(crate) replica_lag_limit: Duration,
     pub(crate) replica_check_interval: Duration,
     pub(crate) autocommit_reads: bool,
+    /// The test sandbox (see `PoolBuilder::sandbox`).
+    pub(crate) sandbox: bool,
     pub(crate) dirty_check: bool,
     pub(crate) log_values: bool,
     pub(crate) n_plus_one: actor_orm_core::NPlusOne,
@@ -94,6 +96,7 @@ impl fmt::Debug for PoolConfig {
             .field("max_session_lifetime", &self.max_session_lifetime)
             .field("statement_mode", &self.statement_mode)
             .field("autocommit_reads", &self.autocommit_reads)
+            .field("sandbox", &self.sandbox)
             .field("dirty_check", &self.dirty_check)
             .field("log_values", &self.log_values)
             .field("n_plus_one", &self.n_plus_one)
@@ -168,6 +171,7 @@ impl PoolConfig {
             replica_lag_limit: Duration::from_secs(5),
             replica_check_interval: Duration::from_millis(250),
             autocommit_reads: true,
+            sandbox: false,
             dirty_check: true,
             log_values: false,
             n_plus_one: actor_orm_core::NPlusOne::default(),

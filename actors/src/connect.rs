@@ -63,6 +63,20 @@ pub(crate) async fn connect(
     // Closing the connection (a discard, the pool's close) ends the driver and its socket at
     // once, even when the server has stopped answering.
     conn.attach_driver(driver.abort_handle());
+    if config.sandbox {
+        // The test sandbox: one outer transaction, never committed (see `PoolBuilder::sandbox`).
+        let start = conn.batch(actor_orm_core::SANDBOX_START);
+        match tokio::time::timeout(config.connect_timeout, start).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::ConnectionLost {
+                    reason: "the new connection did not answer within connect_timeout".into(),
+                    cause: None,
+                });
+            }
+        }
+        conn.set_sandbox();
+    }
     if config.autocommit_reads {
         // One question (the server's default isolation), within the same time limit.
         match tokio::time::timeout(config.connect_timeout, conn.enable_autocommit_reads()).await {
@@ -305,6 +319,9 @@ pub(crate) async fn reset(
         if rollback || conn.was_interrupted() {
             conn.batch("ROLLBACK").await?;
         }
+        // In the test sandbox: the lease's savepoint released (or rolled back to), the next
+        // one taken.
+        conn.sandbox_next_lease().await?;
         match policy {
             ResetPolicy::Rollback => {}
             ResetPolicy::DiscardAll => {

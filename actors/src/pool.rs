@@ -590,10 +590,45 @@ impl PoolBuilder {
         self
     }
 
+    /// The test sandbox, as `#[actor_orm::test]` builds it: every session of the pool runs
+    /// inside one outer transaction on one connection, which is never committed — everything
+    /// is rolled back when the connection closes (the pool's close, the test's end, a panic,
+    /// the process killed). A session's BEGIN, COMMIT and ROLLBACK become a savepoint, its
+    /// release and a rollback to it; a statement outside a transaction is a savepoint of its
+    /// own, so a failed one fails alone, as in autocommit.
+    ///
+    /// Sessions take turns on the connection, one transaction (or one statement outside a
+    /// transaction) at a time: concurrent sessions are serialized and see each other's
+    /// commits. A session that keeps a transaction open makes the others wait (up to
+    /// `acquire_timeout`) until it commits or rolls back. Not for what needs real commits or
+    /// other connections: `LISTEN`/`NOTIFY`, locks seen from another connection, raw
+    /// `BEGIN`/`COMMIT` (refused) — give such tests a database of their own. A lost
+    /// connection is not replaced (what the test wrote went with it): sessions then get
+    /// [`Error::Config`](actor_orm_core::Error::Config).
+    ///
+    /// Sets `max_size` 1 and drops `max_lifetime` and `idle_timeout`; refuses read replicas.
+    pub fn sandbox(mut self) -> Self {
+        if let Ok(c) = &mut self.config {
+            c.sandbox = true;
+        }
+        self
+    }
+
     /// Checks the settings and starts the supervisor. Connections are opened as sessions need
     /// them (and `min_idle` of them at once, in the background).
     pub async fn build(self) -> Result<Pool> {
         let mut config = self.config?;
+        if config.sandbox && !config.replicas.is_empty() {
+            return Err(Error::Config(
+                "the test sandbox runs every session on one connection: it has no read replicas"
+                    .into(),
+            ));
+        }
+        if config.sandbox {
+            (config.max_size, config.min_idle) = (1, 1);
+            (config.max_lifetime, config.idle_timeout) = (None, None);
+            config.reset = ResetPolicy::Rollback;
+        }
         if let Some(name) = self.application_name {
             config.pg.application_name(&name);
             if let Some(listen) = &mut config.direct_pg {

@@ -44,6 +44,20 @@ impl SchemaModels {
     pub fn is_empty(&self) -> bool {
         self.metas.is_empty() && self.enums.is_empty()
     }
+
+    /// The SQL that creates these models' schema in an empty database: enum types, tables with
+    /// their keys and constraints, foreign keys, indexes (what the migration generator would
+    /// write from nothing).
+    ///
+    /// ```
+    /// use actor_orm_actors::SchemaModels;
+    /// assert_eq!(SchemaModels::new().create_sql(), "");
+    /// ```
+    pub fn create_sql(&self) -> String {
+        crate::generator::generate(&Schema::default(), &Schema::of_models(self))
+            .map(|m| m.up)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -43,6 +43,7 @@ pub(crate) struct SessionArgs {
     n_plus_one: actor_orm_core::NPlusOne,
     reset_timeout: std::time::Duration,
     statement_timeout: Option<std::time::Duration>,
+    sandbox: bool,
 }
 
 pub(crate) struct SessionCtx {
@@ -66,6 +67,9 @@ pub(crate) struct SessionCtx {
     reset_timeout: std::time::Duration,
     /// The pool's `statement_timeout`: how long one statement may run.
     statement_timeout: Option<std::time::Duration>,
+    /// The test sandbox: the connection is held one transaction (or one statement outside a
+    /// transaction) at a time, so that concurrent sessions take turns on it.
+    sandbox: bool,
 }
 
 impl Actor for SessionActor {
@@ -95,6 +99,7 @@ impl Actor for SessionActor {
             n_plus_one: args.n_plus_one,
             reset_timeout: args.reset_timeout,
             statement_timeout: args.statement_timeout,
+            sandbox: args.sandbox,
         })
     }
 
@@ -118,7 +123,10 @@ impl Actor for SessionActor {
             // Not boxed: the common message's state is small (its job's own future is boxed, and
             // so are the large, rare steps on the way), so an idle session's task stays small
             // without an allocation per message.
-            SessionMsg::Db(job) => ctx.run(myself.get_cell(), job).instrument(span).await,
+            SessionMsg::Db(job) => {
+                ctx.run(myself.get_cell(), job).instrument(span).await;
+                ctx.end_sandbox_turn();
+            }
             SessionMsg::Close { reply, last } => {
                 let _entered = span.enter();
                 // The connection is back in the pool (and handed to the next waiter) before
@@ -141,6 +149,7 @@ impl Actor for SessionActor {
                 let r = Box::pin(ctx.commit(myself.get_cell()))
                     .instrument(span)
                     .await;
+                ctx.end_sandbox_turn();
                 let _ = reply.send(r);
             }
             SessionMsg::Acquire(reply) => {
@@ -149,6 +158,7 @@ impl Actor for SessionActor {
             }
             SessionMsg::Rollback(reply) => {
                 let r = ctx.rollback().instrument(span).await;
+                ctx.end_sandbox_turn();
                 let _ = reply.send(r);
             }
         }
@@ -529,6 +539,16 @@ impl SessionCtx {
         self.condemned |= !link.checkin(lease.id, clean);
     }
 
+    /// In the test sandbox, a session holds the connection one transaction (or one statement
+    /// outside a transaction) at a time: with none open on the server, the lease goes back
+    /// and the next session takes its turn. What the session keeps (identity map, pending
+    /// changes) stays.
+    fn end_sandbox_turn(&mut self) {
+        if self.sandbox && self.lease.is_some() && !self.core.may_be_open() {
+            self.return_lease(false);
+        }
+    }
+
     /// Checks a connection out now, if the session has none.
     async fn acquire(&mut self, me: ractor::ActorCell) -> Result<()> {
         self.connection(me).await.map(drop)
@@ -556,6 +576,7 @@ pub(crate) async fn spawn(
         n_plus_one: pool.config().n_plus_one,
         reset_timeout: pool.config().reset_timeout,
         statement_timeout: pool.config().statement_timeout,
+        sandbox: pool.config().sandbox,
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor)
         .await

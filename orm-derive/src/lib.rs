@@ -13,6 +13,7 @@ mod attr;
 mod db_enum;
 mod embed;
 mod model;
+mod test_attr;
 
 /// Maps a struct with named fields to a table. See the `actor-orm` documentation for the
 /// `#[orm(...)]` keys.
@@ -45,3 +46,18 @@ pub fn embed_migrations(input: TokenStream) -> TokenStream {
 
 #[cfg(test)]
 mod tests;
+
+/// Turns an `async fn` taking an `actor_orm::Pool` into a test run in the test sandbox
+/// (`actor_orm::testing::Sandbox`): every session of the pool runs inside one transaction that
+/// is rolled back when the test ends, however it ends.
+///
+/// Arguments: `models(User, Post)` and `enums(Mood)` create the schema from the models;
+/// `migrations = "migrations"` applies a folder of migrations (relative to the crate); both
+/// are done once per test binary. `isolation = "database"` gives the test a database of its own
+/// with real commits instead.
+#[proc_macro_attribute]
+pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    test_attr::expand(args.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

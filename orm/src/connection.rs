@@ -17,6 +17,7 @@ use crate::cancel::CancelTarget;
 use crate::connector::{Connector, PlainConnector};
 use crate::error::{Error, Result};
 use crate::flight::Flight;
+use crate::sandbox::{Sandbox, tx_control};
 use crate::stream::RowsInFlight;
 
 /// How statements are sent.
@@ -63,6 +64,8 @@ pub struct Connection {
     log_values: AtomicBool,
     /// Array types over mapped types, by element name (unnamed statements only).
     types: Mutex<HashMap<String, tokio_postgres::types::Type>>,
+    /// In the test sandbox: its transaction control (see the `sandbox` module).
+    sandbox: Option<Sandbox>,
 }
 
 /// The statement log's target: `RUST_LOG=actor_orm::sql=debug` shows every statement.
@@ -155,7 +158,24 @@ impl Connection {
             cancel_target: None,
             log_values: AtomicBool::new(false),
             types: Mutex::default(),
+            sandbox: None,
         }
+    }
+
+    /// Makes this the test sandbox's connection, on which [`SANDBOX_START`](crate::SANDBOX_START)
+    /// has run: the ORM's BEGIN, COMMIT and ROLLBACK become savepoints of the outer
+    /// transaction (see [`sandbox_next_lease`](Self::sandbox_next_lease)).
+    pub fn set_sandbox(&mut self) {
+        self.sandbox = Some(Sandbox::default());
+    }
+
+    /// Whether this is the test sandbox's connection.
+    pub fn is_sandboxed(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    pub(crate) fn sandbox(&self) -> Option<&Sandbox> {
+        self.sandbox.as_ref()
     }
 
     /// Records the server process serving this connection (see [`backend_pid`](Self::backend_pid)).
@@ -617,6 +637,7 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<Vec<Row>> {
+        self.sandbox_allows(sql)?;
         self.record(sql);
         let binds = binds(&values.0, columns);
         match self.mode {
@@ -656,6 +677,7 @@ impl Connection {
     /// [`RowsInFlight`]); returns once the server has begun answering.
     pub(crate) async fn start_rows(&self, sql: &str, values: &Values) -> Result<RowsInFlight<'_>> {
         let started = log_start();
+        self.sandbox_allows(sql)?;
         let mark = self.flight.start();
         self.record(sql);
         let binds = binds(&values.0, None);
@@ -705,6 +727,7 @@ impl Connection {
         values: &Values,
         columns: Option<&[&str]>,
     ) -> Result<u64> {
+        self.sandbox_allows(sql)?;
         match self.mode {
             StatementMode::Prepared => {
                 self.record(sql);
@@ -738,6 +761,10 @@ impl Connection {
     /// read, ROLLBACK on return). Until the answer arrives the connection is not
     /// [idle](Self::is_idle). `false` when the connection is closed and nothing was sent.
     pub fn send_and_forget(self: &Arc<Self>, sql: &'static str) -> bool {
+        if self.sandbox.is_some() && tx_control(sql).is_some() {
+            // The sandbox translates it, and must know how it went: the caller waits instead.
+            return false;
+        }
         self.record(sql);
         self.count();
         if log_start().is_some() {
@@ -772,6 +799,16 @@ impl Connection {
     /// (`BEGIN ISOLATION LEVEL …` names an isolation level for one transaction only, and must
     /// not turn autocommit reads off for the connection's life).
     pub(crate) async fn batch_known(&self, sql: &str) -> Result<()> {
+        if self.sandbox.is_some()
+            && let Some(r) = self.sandbox_batch(sql).await
+        {
+            return r;
+        }
+        self.batch_sent(sql).await
+    }
+
+    /// Sends SQL text as it is, in one round trip.
+    pub(crate) async fn batch_sent(&self, sql: &str) -> Result<()> {
         self.record(sql);
         self.count();
         let started = log_start();

@@ -26,6 +26,7 @@ mod model;
 mod pg_type;
 mod query;
 mod relation;
+mod sandbox;
 mod session;
 mod stream;
 pub mod types;
@@ -90,6 +91,7 @@ pub use query::{
     Aggregate, DeleteWhere, Filter, NoAverage, OnConflict, Ordering, Project, Select, SelectPair,
     Selection, Summable, UpdateWhere, count_all,
 };
+pub use sandbox::SANDBOX_START;
 pub use relation::{
     BelongsTo, HasMany, HasOne, LoadFuture, Loader, ManyToMany, NPlusOne, Nested, Refine, Relation,
     Shape, Tree, With,

@@ -319,27 +319,13 @@ async fn busy_reads(pool: &Pool, rounds: usize) -> Vec<String> {
                 s.close().await
             }
         });
-        for r in join_all(reads).await {
+        for r in crate::join_all(reads).await {
             if let Err(e) = r {
                 errors.push(e.to_string());
             }
         }
     }
     errors
-}
-
-/// Runs futures concurrently and collects their results in order.
-async fn join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.expect("join"));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +359,7 @@ async fn a_backend_frozen_mid_read_is_never_handed_out_again() {
             pids
         }
     });
-    let results: Vec<Result<i32, String>> = join_all(reads).await.into_iter().flatten().collect();
+    let results: Vec<Result<i32, String>> = crate::join_all(reads).await.into_iter().flatten().collect();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "reads failed: {failed:?}");
     assert!(results.iter().all(|r| r.as_ref().ok() != Some(&pid)));
@@ -479,7 +465,7 @@ async fn when_every_idle_backend_is_frozen_new_sessions_get_new_connections() {
         let pool = pool.clone();
         async move { read_pid(&pool, Duration::from_secs(5)).await }
     });
-    let results = join_all(reads).await;
+    let results = crate::join_all(reads).await;
     eprintln!(
         "10 sessions served {:?} after every idle backend froze (health_check_timeout {check:?})",
         started.elapsed()

@@ -27,6 +27,7 @@ mod pool;
 mod reclaim;
 mod relations;
 mod replicas;
+mod sandbox;
 mod schemas;
 mod sessions;
 mod soak;
@@ -259,4 +260,18 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs futures concurrently and collects their results in order.
+pub async fn join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("join"));
+    }
+    out
 }

@@ -222,7 +222,11 @@ impl PoolState {
         // Handed out again only when known idle on the server: every statement answered
         // (a COMMIT or ROLLBACK sent without waiting, an abandoned read and its cancel).
         let idle = slot.conn.is_idle();
-        if !may_be_in_transaction && idle && self.config.reset == ResetPolicy::Rollback {
+        if !may_be_in_transaction
+            && idle
+            && self.config.reset == ResetPolicy::Rollback
+            && !self.config.sandbox
+        {
             slot.state = SlotState::Idle;
             self.dispatch(myself);
             self.finish_close_if_done(myself);

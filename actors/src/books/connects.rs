@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actor_orm_core::{Connection, Result};
+use actor_orm_core::{Connection, Error, Result};
 use ractor::ActorRef;
 
 use super::*;
@@ -50,6 +50,17 @@ impl PoolState {
         self.connecting += 1;
         let serial = self.next_serial;
         self.next_serial += 1;
+        if self.config.sandbox && self.counters.opened + self.counters.connect_failures > 0 {
+            // The sandbox's one connection held everything the test wrote: a new one would
+            // silently start from nothing.
+            let lost = Error::Config(
+                "the test sandbox's connection was lost, and with it everything the test \
+                 wrote: the sandbox does not open another"
+                    .into(),
+            );
+            let _ = myself.send_message(PoolMsg::Connected(serial, Err(lost)));
+            return;
+        }
         let config = self.config.clone();
         let me = myself.clone();
         tokio::spawn(async move {
