@@ -113,3 +113,58 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     cluster.stop();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actor_orm::test(models(Job))]
+    async fn an_iteration_takes_the_oldest_open_job_and_marks_it_done(pool: Pool) {
+        let setup = pool.session().await.expect("session");
+        for n in 1..=2 {
+            setup
+                .add(Job {
+                    id: 0,
+                    payload: format!("job {n}"),
+                    done: false,
+                    attempts: 0,
+                    worker: None,
+                })
+                .await
+                .expect("add");
+        }
+        setup.commit().await.expect("commit");
+        assert!(iteration(pool.clone(), 1, 0).await.expect("first"));
+        assert!(iteration(pool.clone(), 3, 0).await.expect("second"));
+        assert!(!iteration(pool.clone(), 1, 1).await.expect("queue empty"));
+        let jobs = setup
+            .all(Job::query().order_by(Job::ID.asc()))
+            .await
+            .expect("jobs");
+        let workers: Vec<_> = jobs
+            .iter()
+            .map(|j| (j.done, j.attempts, j.worker))
+            .collect();
+        assert_eq!(workers, [(true, 1, Some(1)), (true, 1, Some(3))]);
+    }
+
+    #[actor_orm::test(models(Job))]
+    async fn an_iteration_that_panics_puts_its_job_back(pool: Pool) {
+        let setup = pool.session().await.expect("session");
+        setup
+            .add(Job {
+                id: 0,
+                payload: "job".into(),
+                done: false,
+                attempts: 0,
+                worker: None,
+            })
+            .await
+            .expect("add");
+        setup.commit().await.expect("commit");
+        // Worker 2's fourth iteration panics holding its claim.
+        let panicked = tokio::spawn(iteration(pool.clone(), 2, 3)).await;
+        assert!(panicked.is_err_and(|e| e.is_panic()));
+        assert!(iteration(pool.clone(), 1, 0).await.expect("taken again"));
+    }
+}

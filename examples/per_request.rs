@@ -182,3 +182,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     cluster.stop();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actor_orm::test(models(User))]
+    async fn a_created_user_counts_its_visits(pool: Pool) {
+        let Json(ann) = create(State(pool.clone()), Json(NewUser { name: "ann".into() }))
+            .await
+            .map_err(|e| e.0)
+            .expect("create");
+        for _ in 0..2 {
+            let _visited = visit(State(pool.clone()), Path(ann.id))
+                .await
+                .map_err(|e| e.0)
+                .expect("visit");
+        }
+        let Json(seen) = visit(State(pool.clone()), Path(ann.id))
+            .await
+            .map_err(|e| e.0)
+            .expect("visit");
+        assert_eq!(seen.visits, 3);
+        let missing = visit(State(pool), Path(ann.id + 1)).await;
+        assert!(matches!(missing, Err(ApiError(Error::NotFound { .. }))));
+    }
+}

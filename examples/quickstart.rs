@@ -34,7 +34,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
 
-    // One session per unit of work: an actor with its own identity map and transaction.
     let session = pool.session().await?;
     session
         .raw_execute(ddl::drop_table::<User>(), vec![])
@@ -42,6 +41,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     session
         .raw_execute(ddl::create_table::<User>(), vec![])
         .await?;
+    session.commit().await?;
+    session.close().await?;
+    let without_email = tour(&pool).await?;
+    println!("users without an email: {without_email:?}");
+
+    println!("pool: {:?}", pool.stats().await?);
+    pool.close(Duration::from_secs(5)).await?;
+    cluster.stop();
+    println!("done");
+    Ok(())
+}
+
+/// Writes two users, then gives one an email; the users still without one.
+async fn tour(pool: &Pool) -> Result<Vec<User>> {
+    // One session per unit of work: an actor with its own identity map and transaction.
+    let session = pool.session().await?;
     let ann = session
         .insert(User {
             id: 0,
@@ -61,19 +76,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     session.close().await?; // or just drop it: the connection goes back either way
 
     let session = pool.session().await?;
-    let mut ann = session.get::<User>(ann.id).await?.ok_or("ann is missing")?;
+    let mut ann = session
+        .get::<User>(ann.id)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            table: "quickstart_users".into(),
+            key: ann.id.to_string(),
+        })?;
     ann.email = Some("ann@example.com".into());
     session.save(ann.clone()).await?; // UPDATE … SET "email" = $1 WHERE "id" = $2
     let without_email = session
         .all(User::query().filter(User::EMAIL.is_null()))
         .await?;
-    println!("users without an email: {without_email:?}");
     session.commit().await?;
     session.close().await?;
+    Ok(without_email)
+}
 
-    println!("pool: {:?}", pool.stats().await?);
-    pool.close(Duration::from_secs(5)).await?;
-    cluster.stop();
-    println!("done");
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // In the test sandbox: the table made from the model once per test binary, and every
+    // session of the test inside one transaction that is rolled back when it ends.
+    #[actor_orm::test(models(User))]
+    async fn the_tour_leaves_bob_without_an_email(pool: Pool) {
+        let without_email = tour(&pool).await.expect("tour");
+        assert_eq!(
+            without_email
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>(),
+            ["bob"]
+        );
+    }
 }

@@ -52,10 +52,11 @@ async fn committed(pool: &Pool) -> Result<Vec<String>> {
     Ok(rows.into_iter().map(|l| l.item).collect())
 }
 
+/// What the table holds after B's commit, and after A's.
 async fn scenario(
     pool: &Pool,
     shared: bool,
-) -> std::result::Result<(), Box<dyn std::error::Error>> {
+) -> std::result::Result<(Vec<String>, Vec<String>), Box<dyn std::error::Error>> {
     let clear = pool.session().await?;
     clear.raw_execute("DELETE FROM mixup_lines", vec![]).await?;
     clear.commit().await?;
@@ -81,7 +82,7 @@ async fn scenario(
         "one session per request"
     };
     println!("{label}: after B's commit the table holds {after_b:?}; after A's, {after_a:?}");
-    Ok(())
+    Ok((after_b, after_a))
 }
 
 #[tokio::main]
@@ -103,4 +104,27 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     pool.close(Duration::from_secs(5)).await?;
     cluster.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The sandbox: every session of the test inside one transaction, rolled back at the end.
+    #[actor_orm::test(models(Line))]
+    async fn each_request_commits_exactly_its_own_lines(pool: Pool) {
+        let (after_b, after_a) = scenario(&pool, false).await.expect("scenario");
+        assert_eq!(after_b, ["b1"], "B's commit holds only B's line");
+        assert_eq!(after_a, ["a1", "a2", "b1"]);
+    }
+
+    #[actor_orm::test(models(Line))]
+    async fn one_shared_session_mixes_them_up(pool: Pool) {
+        let (after_b, _) = scenario(&pool, true).await.expect("scenario");
+        assert_eq!(
+            after_b,
+            ["a1", "b1"],
+            "B's commit wrote A's half-built line"
+        );
+    }
 }

@@ -86,10 +86,10 @@ pub use actor_orm_core::{
     Writable, Xml, pg_type_name, rust_type_name,
 };
 pub use actor_orm_core::{CopyFormat, QueryStream, StreamOptions, Streamable};
-pub use actor_orm_derive::{DbEnum, Model, embed_migrations};
 /// `#[actor_orm::test]`: a test in the sandbox (see [`testing::Sandbox`]).
 #[cfg(feature = "testing")]
 pub use actor_orm_derive::test;
+pub use actor_orm_derive::{DbEnum, Model, embed_migrations};
 
 /// The names most programs need.
 pub mod prelude {

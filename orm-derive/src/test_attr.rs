@@ -95,7 +95,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let enums = &args.enums;
     let migrations = args.migrations.iter().map(|dir| {
         quote! {
-            .migrations_dir(::std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(#dir))
+            .migrations_dir(::std::path::Path::new(::core::env!("CARGO_MANIFEST_DIR")).join(#dir))
         }
     });
     let isolation = if args.database {

@@ -68,3 +68,49 @@ fn grammar_errors_name_the_problem_and_the_form() {
         error_of(quote::quote! { #[orm(table = "a")] struct A { #[orm(primary_key)] id: i64 } });
     insta::assert_snapshot!("struct_key_typo", table_typo);
 }
+
+#[test]
+fn test_attribute_expansion() {
+    let args = quote::quote! { models(User, Post), enums(Mood), migrations = "migrations" };
+    let item = quote::quote! {
+        #[ignore = "slow"]
+        async fn writes(pool: actor_orm::Pool) -> Result<(), String> {
+            pool.session().await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    };
+    let out = crate::test_attr::expand(args, item).expect("expands");
+    insta::assert_snapshot!(pretty(out));
+}
+
+#[test]
+fn test_attribute_refuses_what_it_cannot_run() {
+    for (args, item, says) in [
+        (
+            quote::quote! {},
+            quote::quote! { fn not_async(pool: Pool) {} },
+            "async fn",
+        ),
+        (
+            quote::quote! {},
+            quote::quote! { async fn no_pool() {} },
+            "one argument",
+        ),
+        (
+            quote::quote! { isolation = "schema" },
+            quote::quote! { async fn t(pool: Pool) {} },
+            "\"transaction\"",
+        ),
+        (
+            quote::quote! { tables(User) },
+            quote::quote! { async fn t(pool: Pool) {} },
+            "expected models",
+        ),
+    ] {
+        let err = crate::test_attr::expand(args, item)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(says), "{err}");
+    }
+}

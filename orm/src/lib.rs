@@ -91,11 +91,11 @@ pub use query::{
     Aggregate, DeleteWhere, Filter, NoAverage, OnConflict, Ordering, Project, Select, SelectPair,
     Selection, Summable, UpdateWhere, count_all,
 };
-pub use sandbox::SANDBOX_START;
 pub use relation::{
     BelongsTo, HasMany, HasOne, LoadFuture, Loader, ManyToMany, NPlusOne, Nested, Refine, Relation,
     Shape, Tree, With,
 };
+pub use sandbox::SANDBOX_START;
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use stream::{

@@ -37,8 +37,7 @@ pub(crate) fn tx_control(sql: &str) -> Option<TxControl> {
     let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
     let savepoint_or_prepared =
         second.is_some_and(|w| is(w, "to") || is(w, "prepared") || is(w, "savepoint"));
-    if is(first, "begin") || (is(first, "start") && second.is_some_and(|w| is(w, "transaction")))
-    {
+    if is(first, "begin") || (is(first, "start") && second.is_some_and(|w| is(w, "transaction"))) {
         Some(TxControl::Begin)
     } else if (is(first, "commit") || is(first, "end")) && !savepoint_or_prepared {
         Some(TxControl::Commit)

@@ -249,7 +249,10 @@ async fn after_an_outage_the_first_session_is_served_soon_after_the_server_accep
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let served = waiting.await.expect("join").expect("served after the outage");
+    let served = waiting
+        .await
+        .expect("join")
+        .expect("served after the outage");
     let after = served.saturating_duration_since(accepting);
     eprintln!(
         "outage of 2 s: the waiting session was served {after:?} after the server accepted \

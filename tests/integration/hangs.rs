@@ -359,7 +359,8 @@ async fn a_backend_frozen_mid_read_is_never_handed_out_again() {
             pids
         }
     });
-    let results: Vec<Result<i32, String>> = crate::join_all(reads).await.into_iter().flatten().collect();
+    let results: Vec<Result<i32, String>> =
+        crate::join_all(reads).await.into_iter().flatten().collect();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(failed.is_empty(), "reads failed: {failed:?}");
     assert!(results.iter().all(|r| r.as_ref().ok() != Some(&pid)));

@@ -20,7 +20,11 @@ const KEYS: [&str; 5] = ["a@x", "b@x", "c@x", "d@x", "e@x"];
 /// writes the same unique keys as every other, commits, and sees exactly its own rows.
 async fn write_the_same_keys(pool: Pool) {
     let s = pool.session().await.expect("session");
-    assert_eq!(s.count(User::query()).await.expect("count"), 0, "nothing persists");
+    assert_eq!(
+        s.count(User::query()).await.expect("count"),
+        0,
+        "nothing persists"
+    );
     for email in KEYS {
         s.insert(user(email)).await.expect("insert");
     }
@@ -69,7 +73,10 @@ async fn thirty_two_sandboxes_open_at_once_never_conflict_and_keep_nothing() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(seen, 0, "a sandbox's commit is a savepoint's release, never a commit");
+    assert_eq!(
+        seen, 0,
+        "a sandbox's commit is a savepoint's release, never a commit"
+    );
     drop(outside);
     crate::join_all(opened.into_iter().map(SandboxPool::finish)).await;
     let again: Vec<SandboxPool> =
@@ -77,7 +84,10 @@ async fn thirty_two_sandboxes_open_at_once_never_conflict_and_keep_nothing() {
     let reused = again.iter().filter(|s| s.reused()).count();
     crate::join_all(again.iter().map(|s| write_the_same_keys(s.pool().clone()))).await;
     crate::join_all(again.into_iter().map(SandboxPool::finish)).await;
-    assert!(reused >= 16, "the databases are reused, not cloned again: {reused} of 32");
+    assert!(
+        reused >= 16,
+        "the databases are reused, not cloned again: {reused} of 32"
+    );
 }
 
 async fn watch(sandbox: &SandboxPool) -> tokio_postgres::Client {
@@ -154,7 +164,10 @@ async fn a_failed_statement_fails_alone_as_in_autocommit(pool: Pool) {
     // Inside one: the transaction fails, as it would on a server of its own.
     let err = s.insert(user("before@x")).await.expect_err("duplicate key");
     assert_eq!(err.code(), Some("23505"), "{err:?}");
-    let err = s.commit().await.expect_err("the failed transaction rolls back");
+    let err = s
+        .commit()
+        .await
+        .expect_err("the failed transaction rolls back");
     assert!(matches!(err, Error::TransactionAborted), "{err:?}");
     s.insert(user("after@x")).await.expect("insert");
     s.commit().await.expect("the sandbox goes on");
@@ -239,10 +252,7 @@ async fn a_database_of_its_own_has_real_commits(pool: Pool) {
 async fn the_schema_can_come_from_a_migrations_folder(pool: Pool) {
     let s = pool.session().await.expect("session");
     let applied = s
-        .raw_rows(
-            "SELECT count(*) FROM actor_orm_migrations",
-            vec![],
-        )
+        .raw_rows("SELECT count(*) FROM actor_orm_migrations", vec![])
         .await
         .expect("the history table is there");
     let n: i64 = applied[0].get(0);
@@ -259,7 +269,11 @@ async fn the_cost_of_a_sandboxed_test_in_each_mode() {
         let runs = 10;
         let started = Instant::now();
         for _ in 0..runs {
-            let sb = sandbox().isolation(isolation).open().await.expect("sandbox");
+            let sb = sandbox()
+                .isolation(isolation)
+                .open()
+                .await
+                .expect("sandbox");
             let s = sb.pool().session().await.expect("session");
             assert_eq!(s.count(User::query()).await.expect("count"), 0);
             s.close().await.expect("close");

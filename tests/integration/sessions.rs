@@ -15,9 +15,8 @@ async fn count_users(pool: &actor_orm::Pool) -> i64 {
     crate::count_users(pool).await.expect("count")
 }
 
-#[tokio::test]
-async fn a_session_reads_writes_and_commits_through_its_actor() {
-    let (_db, pool) = setup("session_crud").await;
+#[actor_orm::test(models(User, Post), enums(Mood))]
+async fn a_session_reads_writes_and_commits_through_its_actor(pool: actor_orm::Pool) {
     let s = pool.named_session("crud").await.expect("session");
     assert!(s.label().starts_with("crud (created at "), "{}", s.label());
 
@@ -80,9 +79,8 @@ async fn a_session_reads_writes_and_commits_through_its_actor() {
     );
 }
 
-#[tokio::test]
-async fn a_database_error_is_a_reply_and_the_session_goes_on() {
-    let (_db, pool) = setup("session_errors").await;
+#[actor_orm::test(models(User, Post), enums(Mood))]
+async fn a_database_error_is_a_reply_and_the_session_goes_on(pool: actor_orm::Pool) {
     let s = pool.session().await.expect("session");
     s.insert(User::new("ann", 30)).await.expect("insert");
     s.commit().await.expect("commit");
@@ -119,9 +117,8 @@ async fn a_database_error_is_a_reply_and_the_session_goes_on() {
     assert!(s.is_running());
 }
 
-#[tokio::test]
-async fn every_clone_is_the_same_session_and_the_last_drop_ends_it() {
-    let (_db, pool) = setup("session_clones").await;
+#[actor_orm::test(models(User, Post), enums(Mood))]
+async fn every_clone_is_the_same_session_and_the_last_drop_ends_it(pool: actor_orm::Pool) {
     let s = pool.session().await.expect("session");
     let s2 = s.clone();
     s.add(User::new("ann", 30)).await.expect("add");
@@ -136,9 +133,8 @@ async fn every_clone_is_the_same_session_and_the_last_drop_ends_it() {
     assert_eq!(stats.in_use, 0);
 }
 
-#[tokio::test]
-async fn a_closed_session_answers_session_closed() {
-    let (_db, pool) = setup("session_closed").await;
+#[actor_orm::test(models(User, Post), enums(Mood))]
+async fn a_closed_session_answers_session_closed(pool: actor_orm::Pool) {
     let s = pool.session().await.expect("session");
     let clone = s.clone();
     s.close().await.expect("close");
@@ -149,9 +145,8 @@ async fn a_closed_session_answers_session_closed() {
     assert!(matches!(clone.commit().await, Err(Error::SessionClosed)));
 }
 
-#[tokio::test]
-async fn run_executes_many_operations_inside_the_actor() {
-    let (_db, pool) = setup("session_run").await;
+#[actor_orm::test(models(User, Post), enums(Mood))]
+async fn run_executes_many_operations_inside_the_actor(pool: actor_orm::Pool) {
     let s = pool.session().await.expect("session");
     let n = s
         .run(|state, conn| {

@@ -118,7 +118,11 @@ impl PoolState {
                 }
                 if !self.retry_scheduled && self.closing.is_none() {
                     self.retry_scheduled = true;
-                    let backoff = retry_after(self.config.connect_backoff, self.failures_in_row, is_server_absent(&e));
+                    let backoff = retry_after(
+                        self.config.connect_backoff,
+                        self.failures_in_row,
+                        is_server_absent(&e),
+                    );
                     let timer = myself.send_after(backoff, || PoolMsg::RetryConnect);
                     self.keep_timer(timer);
                 }
@@ -130,7 +134,11 @@ impl PoolState {
 /// Time before the next connect attempt after `failures` failures in a row: `first` doubling up to
 /// `most`; while the server is absent (refused, starting up) at most [`ABSENT_PROBE`], since such
 /// an attempt costs the server nothing.
-pub(crate) fn retry_after((first, most): (Duration, Duration), failures: u32, absent: bool) -> Duration {
+pub(crate) fn retry_after(
+    (first, most): (Duration, Duration),
+    failures: u32,
+    absent: bool,
+) -> Duration {
     let backoff = first.saturating_mul(1 << failures.min(16)).min(most);
     if absent {
         backoff.min(ABSENT_PROBE.max(first))

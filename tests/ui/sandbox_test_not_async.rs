@@ -1,0 +1,6 @@
+#[actor_orm::test]
+fn not_async(pool: actor_orm::Pool) {
+    drop(pool);
+}
+
+fn main() {}
