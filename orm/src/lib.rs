@@ -31,6 +31,7 @@ mod session;
 mod stream;
 pub mod types;
 mod unit_of_work;
+mod update_batch;
 
 #[cfg(test)]
 mod tests {

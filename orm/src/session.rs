@@ -20,6 +20,8 @@ use crate::query::{
 };
 use crate::unit_of_work::{self, Op, Pending, UnitOfWork};
 
+mod flush;
+
 /// Polls both futures, `a` first on every turn (so a request `a` sends goes out before `b`'s),
 /// until both are done.
 pub(crate) async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
@@ -1132,94 +1134,6 @@ impl SessionState {
         // Boxed: every read awaits a flush first, and would otherwise carry room for the largest
         // one in its own state (and allocate and copy that room) even with nothing to flush.
         Box::pin(self.flush_pending(conn)).await
-    }
-
-    async fn flush_pending(&mut self, conn: &Connection) -> Result<()> {
-        self.begin_if_needed(conn).await?;
-        let ops = self.work.take_ordered();
-        let result = self.send(conn, ops).await;
-        if matches!(result, Err(Error::Stale { .. } | Error::NotFound { .. })) {
-            // Part of the unit of work may be written already, and the rest is dropped: the
-            // transaction must not be committed as it is (COMMIT now rolls it back).
-            self.mark_failed();
-        }
-        self.note(result)
-    }
-
-    async fn send(&mut self, conn: &Connection, ops: Vec<Op>) -> Result<()> {
-        let mut i = 0;
-        while i < ops.len() {
-            match &ops[i] {
-                Op::Insert { returning, .. } => {
-                    // A run of inserts goes out as multi-row statements.
-                    let returning = *returning;
-                    let start = i;
-                    while i < ops.len()
-                        && matches!(&ops[i], Op::Insert { returning: r, .. } if *r == returning)
-                    {
-                        i += 1;
-                    }
-                    let run = inserted_models(&ops[start..i]);
-                    for batch in batches(&run) {
-                        let built = batch_insert(conn, &batch, returning).await?;
-                        if !returning {
-                            conn.execute(&built.sql, &built.values, Some(&built.columns))
-                                .await?;
-                            continue;
-                        }
-                        let rows = conn
-                            .query(&built.sql, &built.values, Some(&built.columns))
-                            .await?;
-                        for (model, row) in batch.iter().zip(rows.iter()) {
-                            model.remember(row, &mut self.identity)?;
-                        }
-                    }
-                    continue;
-                }
-                Op::Update {
-                    model,
-                    key,
-                    columns,
-                    expected_version,
-                    checked,
-                } => {
-                    let meta = model.meta();
-                    let values = model.values()?;
-                    let key_values: Vec<Value> =
-                        meta.key_columns().map(|(i, _)| values[i].clone()).collect();
-                    let built = unit_of_work::build_update(
-                        meta,
-                        &values,
-                        &key_values,
-                        columns,
-                        *expected_version,
-                        checked,
-                    )?;
-                    let rows = conn
-                        .query(&built.sql, &built.values, Some(&built.columns))
-                        .await?;
-                    match rows.first() {
-                        Some(row) => model.remember(row, &mut self.identity)?,
-                        None => return Err(missing_row(meta, key, *expected_version, checked)),
-                    }
-                }
-                Op::Delete {
-                    meta,
-                    key,
-                    key_values,
-                    expected_version,
-                } => {
-                    let built = unit_of_work::build_delete(meta, key_values, *expected_version);
-                    let n = conn.execute(&built.sql, &built.values, None).await?;
-                    if n == 0 {
-                        return Err(missing_row(meta, key, *expected_version, &[]));
-                    }
-                    self.identity.remove(meta, key);
-                }
-            }
-            i += 1;
-        }
-        Ok(())
     }
 
     /// UPDATE every row matching a filter; returns how many. `M`'s rows are forgotten by the

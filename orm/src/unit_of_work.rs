@@ -250,7 +250,7 @@ fn unchanged_condition(meta: &ModelMeta, checked: &[(usize, Value)]) -> Result<O
     Ok(each.into_iter().reduce(ExprTrait::and))
 }
 
-fn coerce_version(ty: crate::SqlType, v: i64) -> Value {
+pub(crate) fn coerce_version(ty: crate::SqlType, v: i64) -> Value {
     match ty {
         crate::SqlType::SmallInt => Value::SmallInt(i16::try_from(v).ok()),
         crate::SqlType::Integer => Value::Int(i32::try_from(v).ok()),

@@ -564,7 +564,8 @@ async fn a_bad_value_in_a_batch_is_a_typed_error_naming_its_column_and_nothing_i
         matches!(&err, Error::TypeMismatch { column, expected, .. } if column == "n" && expected == "integer"),
         "{err:?}"
     );
-    assert_eq!(s.tx_state(), TxState::Active);
+    // Refused while the flush was planned: nothing was sent, not even the BEGIN.
+    assert_eq!(s.tx_state(), TxState::Idle);
     // Too long for varchar(3): the server refuses the whole statement.
     s.add_all(vec![row(1, "abc"), row(2, "abcd")]).expect("add");
     let err = s.flush(&conn).await.expect_err("too long");

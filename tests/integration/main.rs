@@ -15,6 +15,7 @@ mod core_work;
 mod deadlines;
 mod failover;
 mod faults;
+mod flush;
 mod generated;
 mod hangs;
 mod listen;
