@@ -592,6 +592,30 @@ impl Session {
         self.local(move |s| s.save(model)).await
     }
 
+    /// [`save`](Self::save) for many models, in one message: all are checked first, and if one
+    /// is refused none is queued. Rows of one table changing the same columns go out as one
+    /// `UPDATE … FROM unnest(…)` at the flush, each still checked against what was loaded.
+    ///
+    /// ```no_run
+    /// # use actor_orm_core::{Keyed, Model, Writable};
+    /// # async fn demo<U: Model + Keyed + Writable>(
+    /// #     s: actor_orm_actors::Session,
+    /// #     change: impl Fn(&mut U),
+    /// # ) -> actor_orm_core::Result<()> {
+    /// let mut rows = s.all(actor_orm_core::Select::<U>::new()).await?;
+    /// rows.iter_mut().for_each(change);
+    /// s.save_all(rows).await?;
+    /// s.commit().await // one UPDATE for all of them, then COMMIT
+    /// # }
+    /// ```
+    pub async fn save_all<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
+        &self,
+        models: impl IntoIterator<Item = M>,
+    ) -> Result<()> {
+        let models: Vec<M> = models.into_iter().collect();
+        self.local(move |s| s.save_all(models)).await
+    }
+
     /// Queues `model`'s row for DELETE at the next flush.
     pub async fn delete<M: Model + actor_orm_core::Keyed + actor_orm_core::Writable>(
         &self,

@@ -1103,6 +1103,30 @@ impl SessionState {
         Ok(())
     }
 
+    /// [`save`](Self::save) for many models. All are checked first; if one is refused (a bad
+    /// value, no key), none is queued. Changed rows of one table that change the same columns
+    /// go out as one statement at the flush.
+    pub fn save_all<M: Model + crate::Keyed + crate::Writable>(
+        &mut self,
+        models: impl IntoIterator<Item = M>,
+    ) -> Result<()> {
+        let models: Vec<M> = models.into_iter().collect();
+        let meta = M::meta();
+        for model in &models {
+            model.key()?;
+            let values = model.values()?;
+            for (col, v) in meta.columns.iter().zip(values) {
+                if !col.primary_key && !col.version {
+                    col.sql_type.coerce(v, col.name)?;
+                }
+            }
+        }
+        for model in models {
+            self.save(model)?;
+        }
+        Ok(())
+    }
+
     /// Queues a DELETE of this row (checking its version, if the model has one).
     pub fn delete<M: Model + crate::Keyed + crate::Writable>(&mut self, model: &M) -> Result<()> {
         let meta = M::meta();
