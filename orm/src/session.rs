@@ -128,8 +128,10 @@ pub struct SessionState {
     causal: u64,
     /// When the session's work must be done by (see [`set_deadline`](Self::set_deadline)).
     deadline: Option<std::time::Instant>,
-    /// Single-key reads sent to the server, by statement (the N+1 detector).
-    key_reads: HashMap<&'static str, u32>,
+    /// Single-key reads sent to the server, by statement (the N+1 detector). Keyed by the
+    /// address of the statement's text, which is built once per model and kept: hashing a
+    /// pointer costs a few instructions where hashing the text cost hundreds on every read.
+    key_reads: HashMap<usize, u32, rustc_hash::FxBuildHasher>,
     n_plus_one: NPlusOne,
     /// Rows loaded before a REPEATABLE READ or SERIALIZABLE transaction began: never served to
     /// reads in it (they would escape its snapshot), only compared with by the dirty-column
@@ -646,7 +648,7 @@ impl SessionState {
             NPlusOne::Warn(n) => (n, false),
             NPlusOne::Error(n) => (n, true),
         };
-        let count = self.key_reads.entry(sql).or_insert(0);
+        let count = self.key_reads.entry(sql.as_ptr() as usize).or_insert(0);
         *count += 1;
         let count = *count;
         if count <= threshold {
