@@ -157,7 +157,8 @@ impl Actor for SessionActor {
                 let _ = reply.send(r);
             }
             SessionMsg::Rollback(reply) => {
-                let r = ctx.rollback().instrument(span).await;
+                // Boxed: a rollback's state (a statement's) would sit in every idle session.
+                let r = Box::pin(ctx.rollback()).instrument(span).await;
                 ctx.end_sandbox_turn();
                 let _ = reply.send(r);
             }
@@ -193,9 +194,11 @@ impl SessionCtx {
             tracing::info!("the session's idle connection closed; taking another");
             self.lose_connection();
         }
+        // Boxed: a replica's check is a query, whose state would otherwise sit in every idle
+        // session's task (3 KiB of its 10), replicas or not.
         if route_read
             && let Some(set) = self.pool.replicas.clone()
-            && let Some(conn) = self.replica_connection(&me, &set).await
+            && let Some(conn) = Box::pin(self.replica_connection(&me, &set)).await
         {
             return Ok(conn);
         }
@@ -206,11 +209,15 @@ impl SessionCtx {
         let checkout = self.pool.checkout(requester)?;
         let lease = match self.core.deadline() {
             // Dropping the checkout at the deadline takes the request out of the queue.
-            Some(d) => tokio::time::timeout_at(tokio::time::Instant::from_std(d), checkout)
-                .await
-                .map_err(|_| Error::DeadlineExceeded {
-                    what: "no connection became free before the deadline".into(),
-                })??,
+            // Boxed: a timer's state would sit in every idle session, deadline or not.
+            Some(d) => Box::pin(tokio::time::timeout_at(
+                tokio::time::Instant::from_std(d),
+                checkout,
+            ))
+            .await
+            .map_err(|_| Error::DeadlineExceeded {
+                what: "no connection became free before the deadline".into(),
+            })??,
             None => checkout.await?,
         };
         let conn = lease.conn.clone();

@@ -1345,16 +1345,13 @@ async fn run() -> Res<()> {
             "(anchor)",
         ));
     }
-    writeln!(
-        out,
-        "\n## Ratios (same run)\n\n| measure | actor-orm | target |\n|---|---:|---|"
-    )?;
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.svg");
     chart::draw(&chart, &r, &rows)?;
     writeln!(
         out,
-        "\nThe chart: [`BENCHMARKS.svg`](BENCHMARKS.svg) (ratios against their targets; latency \
-         distributions of the point read and the request cycle)."
+        "\n## Ratios (same run)\n\nThe chart: [`BENCHMARKS.svg`](BENCHMARKS.svg) (ratios \
+         against their targets; latency distributions of the point read and the request \
+         cycle).\n\n| measure | actor-orm | target |\n|---|---:|---|"
     )?;
     for (what, v, target) in rows {
         let unit = if what.contains("per second") {

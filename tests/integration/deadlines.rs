@@ -15,15 +15,32 @@ fn soon(ms: u64) -> Option<Instant> {
 async fn a_statement_past_the_deadline_is_cancelled_and_the_session_goes_on() {
     let (db, pool, monitor) = crate::pool_with_monitor("deadline_statement", |b| b).await;
     let s = pool.session().await.expect("session");
-    s.set_deadline(soon(300)).await.expect("deadline");
+    let pid_of = |rows: Vec<tokio_postgres::Row>| rows.first().map(|r| r.get::<_, i32>(0));
+    let before = pid_of(
+        s.raw_rows_autocommit("SELECT pg_backend_pid()", vec![])
+            .await
+            .expect("pid"),
+    );
+    let started = Instant::now();
+    s.set_deadline(soon(200)).await.expect("deadline");
     let err = s
-        .raw_rows("SELECT pg_sleep(30)", vec![])
+        .raw_rows("SELECT pg_sleep(5)", vec![])
         .await
         .expect_err("past the deadline");
+    let took = started.elapsed();
     assert!(err.is_deadline_exceeded(), "{err:?}");
+    eprintln!(
+        "deadline 200 ms, pg_sleep(5): DeadlineExceeded after {took:?} ({:+.0}%)",
+        (took.as_secs_f64() / 0.2 - 1.0) * 100.0
+    );
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_secs(5),
+        "at the deadline, not before it and not at the statement's end: {took:?}"
+    );
     // Cancelled on the server, not left running.
     if !db.through_pooler() {
         let app = db.name().to_owned();
+        let idle = Instant::now();
         assert!(
             crate::eventually(Duration::from_secs(5), || async {
                 crate::backends(&monitor, &app)
@@ -34,10 +51,21 @@ async fn a_statement_past_the_deadline_is_cancelled_and_the_session_goes_on() {
             .await,
             "the statement was cancelled"
         );
+        eprintln!("the backend was idle {:?} after the error", idle.elapsed());
     }
     s.rollback().await.expect("rollback");
     s.set_deadline(None).await.expect("no deadline");
     assert_eq!(s.count(User::query()).await.expect("count"), 0);
+    // The same connection goes on serving the session: nothing was discarded.
+    if !db.through_pooler() {
+        let after = pid_of(
+            s.raw_rows_autocommit("SELECT pg_backend_pid()", vec![])
+                .await
+                .expect("pid"),
+        );
+        assert_eq!(after, before, "the connection was reused");
+    }
+    assert_eq!(pool.stats().await.expect("stats").discards, 0);
 }
 
 #[tokio::test]
