@@ -359,7 +359,7 @@ fn column_list(meta: &ModelMeta, included: &[usize]) -> String {
 
 /// `$1::schema.type[], $2::…[]`: one array parameter per column, cast to the column's type as
 /// the server reported it.
-fn unnest_casts(types: &[tokio_postgres::types::Type]) -> Vec<String> {
+pub(crate) fn unnest_casts(types: &[tokio_postgres::types::Type]) -> Vec<String> {
     types
         .iter()
         .enumerate()
@@ -372,6 +372,16 @@ fn unnest_casts(types: &[tokio_postgres::types::Type]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// One array parameter per column, from each column's values.
+pub(crate) fn arrays(by_column: Vec<Vec<Value>>) -> Values {
+    Values(
+        by_column
+            .into_iter()
+            .map(|items| Value::Array(sea_query::ArrayType::String, Some(Box::new(items))))
+            .collect(),
+    )
 }
 
 /// `INSERT INTO t (a, b) VALUES ($1, $2)`: prepared (never run) to learn the columns' types.
@@ -425,13 +435,9 @@ pub(crate) fn build_insert_unnest(
             slot.push(col.sql_type.coerce(v, col.name)?);
         }
     }
-    let values = by_column
-        .into_iter()
-        .map(|items| Value::Array(sea_query::ArrayType::String, Some(Box::new(items))))
-        .collect();
     Ok(Built {
         sql,
-        values: Values(values),
+        values: arrays(by_column),
         columns: included.iter().map(|&i| meta.columns[i].name).collect(),
     })
 }

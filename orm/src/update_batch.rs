@@ -148,11 +148,7 @@ pub(crate) fn build(
         names.push("\"__version\"".into());
     }
     names.extend((0..shape.checked.len()).map(|n| format!("\"__was_{n}\"")));
-    let arrays: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{}.{}[]", i + 1, q(t.schema()), q(t.name())))
-        .collect();
+    let arrays = crate::unit_of_work::unnest_casts(types);
     let mut set: Vec<String> = shape
         .set
         .iter()
@@ -236,13 +232,9 @@ pub(crate) fn build(
             }
         }
     }
-    let values = by_column
-        .into_iter()
-        .map(|items| Value::Array(sea_query::ArrayType::String, Some(Box::new(items))))
-        .collect();
     Ok(Built {
         sql,
-        values: sea_query::Values(values),
+        values: crate::unit_of_work::arrays(by_column),
         columns: parameter_columns
             .iter()
             .map(|&i| meta.columns[i].name)

@@ -186,16 +186,17 @@ async fn begin_an_expression_filter_or_the_setting_keep_reads_inside() {
     let (db, pool, monitor) = setup("autocommit_inside", |b| b.max_size(1)).await;
 
     // An explicit begin.
+    // Each pid is asked inside the open transaction: behind a transaction pooler that is when
+    // the session's server connection is its own.
     let s = pool.session().await.expect("session");
-    let pid = pid_of(&s).await;
     s.begin().await.expect("begin");
     s.get::<User>(1).await.expect("get");
+    let pid = pid_of(&s).await;
     assert_eq!(state_of(&monitor, pid).await, "idle in transaction");
     s.close().await.expect("close");
 
     // A filter from a hand-written expression may call anything: it runs inside.
     let s = pool.session().await.expect("session");
-    let pid = pid_of(&s).await;
     let by_expr = Filter::from_expr(Expr::col("age").gt(35));
     assert_eq!(
         s.all(User::query().filter(by_expr))
@@ -204,6 +205,7 @@ async fn begin_an_expression_filter_or_the_setting_keep_reads_inside() {
             .len(),
         2
     );
+    let pid = pid_of(&s).await;
     assert_eq!(state_of(&monitor, pid).await, "idle in transaction");
     s.close().await.expect("close");
     drop(pool);
@@ -211,8 +213,8 @@ async fn begin_an_expression_filter_or_the_setting_keep_reads_inside() {
     // `autocommit_reads(false)`: every read opens the transaction.
     let pool = crate::pool_on(&db, |b| b.max_size(1).autocommit_reads(false)).await;
     let s = pool.session().await.expect("session");
-    let pid = pid_of(&s).await;
     s.get::<User>(1).await.expect("get");
+    let pid = pid_of(&s).await;
     assert_eq!(state_of(&monitor, pid).await, "idle in transaction");
     s.close().await.expect("close");
 }
