@@ -27,8 +27,37 @@ enum Snapshot {
 /// buffer, which stays allocated while any of them is held; that is why small results are kept
 /// as copies instead.
 struct Batch {
-    keys: Vec<Key>,
+    keys: BatchKeys,
     rows: Vec<Row>,
+}
+
+/// A batch's keys: given with it, or read from the key columns of its rows when the batch is
+/// indexed (no key is built while loading, and none is held by a result never looked up).
+enum BatchKeys {
+    Given(Vec<Key>),
+    /// The key columns' positions in each row (integer, text or uuid columns).
+    InRows(Vec<usize>),
+}
+
+impl Batch {
+    /// The key of each row (`None` for a row whose key cannot be read: never indexed, so a
+    /// lookup of it goes to the database).
+    fn keys(&self) -> Vec<Option<Key>> {
+        match &self.keys {
+            BatchKeys::Given(keys) => keys.iter().cloned().map(Some).collect(),
+            BatchKeys::InRows(columns) => self
+                .rows
+                .iter()
+                .map(|row| {
+                    let parts: Option<Vec<_>> = columns
+                        .iter()
+                        .map(|&i| crate::types::decode_key_part(row, i).ok())
+                        .collect();
+                    parts.map(Key::new)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Each key's snapshot. Keys come from data, so the hasher is seeded at random (foldhash, as
@@ -52,13 +81,16 @@ impl Table {
     /// newer load of a key replaces an older one exactly as if it had been indexed on arrival.
     fn index(&mut self) -> &mut KeyIndex {
         for (b, batch) in self.batches.iter().enumerate().skip(self.indexed) {
-            self.index.reserve(batch.keys.len());
-            for (r, key) in batch.keys.iter().enumerate() {
+            self.index.reserve(batch.rows.len());
+            for (r, key) in batch.keys().into_iter().enumerate() {
+                let Some(key) = key else {
+                    continue;
+                };
                 let snapshot = Snapshot::Batched {
                     batch: index_u32(b),
                     row: index_u32(r),
                 };
-                self.index.insert(key.clone(), snapshot);
+                self.index.insert(key, snapshot);
             }
         }
         self.indexed = self.batches.len();
@@ -74,9 +106,10 @@ impl Table {
         if self.indexed == self.batches.len() {
             return self.index.len();
         }
-        let mut keys: HashSet<&Key, foldhash::fast::RandomState> = self.index.keys().collect();
+        let mut keys: HashSet<Key, foldhash::fast::RandomState> =
+            self.index.keys().cloned().collect();
         for batch in &self.batches[self.indexed..] {
-            keys.extend(batch.keys.iter());
+            keys.extend(batch.keys().into_iter().flatten());
         }
         keys.len()
     }
@@ -145,6 +178,20 @@ impl IdentityMap {
     /// are indexed when a row of `M` is next looked up.
     pub fn insert_rows<M: Model>(&mut self, keys: Vec<Key>, rows: Vec<Row>) {
         debug_assert_eq!(keys.len(), rows.len());
+        self.insert_batch::<M>(BatchKeys::Given(keys), rows);
+    }
+
+    /// [`insert_rows`](Self::insert_rows) whose keys are read from the rows' columns at
+    /// `key_columns` (integer, text or uuid) when the table is next looked up.
+    pub(crate) fn insert_rows_keyed_by<M: Model>(
+        &mut self,
+        key_columns: Vec<usize>,
+        rows: Vec<Row>,
+    ) {
+        self.insert_batch::<M>(BatchKeys::InRows(key_columns), rows);
+    }
+
+    fn insert_batch<M: Model>(&mut self, keys: BatchKeys, rows: Vec<Row>) {
         if rows.is_empty() || !M::meta().has_key() {
             return;
         }

@@ -743,6 +743,25 @@ impl SessionState {
             }
             return Ok(models);
         }
+        // Keys of integer, text or uuid columns are read from the rows when the table is next
+        // looked up (a key built per row while loading cost a copy of every value of the row,
+        // and 32 bytes a row held); other keys are built now.
+        let key_columns: Vec<usize> = M::meta().key_columns().map(|(i, _)| i).collect();
+        let readable = rows.first().is_some_and(|first| {
+            key_columns.iter().all(|&i| {
+                first
+                    .columns()
+                    .get(i)
+                    .is_some_and(|c| crate::types::is_key_part_type(c.type_()))
+            })
+        });
+        if readable {
+            for row in &rows {
+                models.push(M::from_row(row, &positions)?);
+            }
+            self.identity.insert_rows_keyed_by::<M>(key_columns, rows);
+            return Ok(models);
+        }
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
             let model = M::from_row(row, &positions)?;

@@ -623,6 +623,24 @@ pub mod json {
     }
 }
 
+/// Whether [`decode_key_part`] reads a column of this type.
+pub(crate) fn is_key_part_type(ty: &Type) -> bool {
+    #[cfg(feature = "uuid")]
+    if *ty == Type::UUID {
+        return true;
+    }
+    matches!(
+        *ty,
+        Type::INT2
+            | Type::INT4
+            | Type::INT8
+            | Type::TEXT
+            | Type::VARCHAR
+            | Type::BPCHAR
+            | Type::NAME
+    )
+}
+
 /// Column `idx` of `row` as a key value, whatever its integer width or text type: for grouping
 /// rows by a column that holds another table's key.
 pub(crate) fn decode_key_part(row: &Row, idx: usize) -> Result<Value> {
