@@ -1,8 +1,9 @@
 //! The identity map: one entry per (table, primary key) loaded in a session.
 //!
 //! Small results are kept as copies of their models. A large result is kept as it came: its rows
-//! in one batch with their keys beside them, and the batch is indexed by key only when the
-//! session first looks a row of that table up. A session that reads 100,000 rows and never looks
+//! in one batch (their keys read from the rows' key columns, or given beside them for key types
+//! that cannot be read so), and the batch is indexed by key only when the session first looks a
+//! row of that table up. A session that reads 100,000 rows and never looks
 //! one up again (an export, a report) pays for no hash table; one that does pays once, on its
 //! first lookup, what it would have paid while loading.
 
