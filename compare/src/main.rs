@@ -28,6 +28,7 @@ mod pgbench;
 mod pooler;
 mod relations;
 mod replicas;
+mod sandbox;
 mod streaming;
 mod tls;
 
@@ -866,7 +867,12 @@ async fn writes(s: &Systems, r: &mut Results) -> Res<()> {
     s.raw.batch_execute("BEGIN").await?;
     s.raw.execute(&stmt, &[&ids]).await?;
     s.raw.batch_execute("COMMIT").await?;
-    r.add(w, m, "raw: one UPDATE … FROM unnest", t.elapsed().as_secs_f64() * 1e3);
+    r.add(
+        w,
+        m,
+        "raw: one UPDATE … FROM unnest",
+        t.elapsed().as_secs_f64() * 1e3,
+    );
 
     let loaded = sea_write::Entity::find().all(&s.sea).await?;
     let t = Instant::now();
@@ -1005,7 +1011,9 @@ async fn run() -> Res<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let cluster = tokio::task::spawn_blocking(Cluster::from_env).await??;
+    // The process's shared cluster: the sandbox of workload 16 uses the same one.
+    let cluster: &'static Cluster =
+        tokio::task::spawn_blocking(actor_orm::testing::shared_cluster).await??;
     let pinned = match (PINNED.get(), cluster.postmaster_pid()) {
         (Some(true), Some(postmaster)) => {
             let moved = pin_server(postmaster, 1);
@@ -1057,7 +1065,7 @@ async fn run() -> Res<()> {
         None
     };
     let replica_bench = if on("15") {
-        match replicas::ReplicaBench::set_up(&cluster, db.name(), POOL).await {
+        match replicas::ReplicaBench::set_up(cluster, db.name(), POOL).await {
             Ok(b) => Some(b),
             Err(e) => {
                 eprintln!("workload 15 (read replica) skipped: {e}");
@@ -1079,7 +1087,7 @@ async fn run() -> Res<()> {
         None
     };
     let bench = if on("9") {
-        Some(pgbench::Bench::set_up(&cluster).await?)
+        Some(pgbench::Bench::set_up(cluster).await?)
     } else {
         None
     };
@@ -1124,6 +1132,9 @@ async fn run() -> Res<()> {
         }
         if let Some(replica) = &replica_bench {
             replica.round(&mut r).await?;
+        }
+        if on("16") {
+            sandbox::round(&mut r).await?;
         }
     }
 
@@ -1295,7 +1306,8 @@ async fn run() -> Res<()> {
             "update 1,000 loaded rows (save_all): time vs one hand-written UPDATE … FROM unnest \
              (the floor; lower is better)"
                 .into(),
-            r.get(w6, "ms", "actor-orm save_all") / r.get(w6, "ms", "raw: one UPDATE … FROM unnest"),
+            r.get(w6, "ms", "actor-orm save_all")
+                / r.get(w6, "ms", "raw: one UPDATE … FROM unnest"),
             "(measured)",
         ),
         (
@@ -1325,6 +1337,7 @@ async fn run() -> Res<()> {
     rows.extend(streaming::ratios(&r));
     rows.extend(pooler::ratios(&r));
     rows.extend(replicas::ratios(&r));
+    rows.extend(sandbox::ratios(&r));
     for clients in pgbench::CLIENTS {
         let w = format!("9. pgbench TPC-B-like, {clients} client(s), scale 10");
         let target = if clients == 32 {
