@@ -23,6 +23,17 @@ struct Job {
     worker: Option<i32>,
 }
 
+/// A job not yet done by anyone.
+fn new_job(payload: String) -> Job {
+    Job {
+        id: 0,
+        payload,
+        done: false,
+        attempts: 0,
+        worker: None,
+    }
+}
+
 /// One iteration of worker `w`: its own session, its own transaction. Claims the oldest job no
 /// other worker holds, does it, marks it done. `Ok(false)` when the queue is empty.
 async fn iteration(pool: Pool, w: i32, iteration: u32) -> Result<bool> {
@@ -76,13 +87,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .raw_execute(ddl::create_table::<Job>(), vec![])
         .await?;
     setup
-        .add_without_returning((1..=40).map(|n| Job {
-            id: 0,
-            payload: format!("job {n}"),
-            done: false,
-            attempts: 0,
-            worker: None,
-        }))
+        .add_without_returning((1..=40).map(|n| new_job(format!("job {n}"))))
         .await?;
     setup.commit().await?;
     setup.close().await?;
@@ -122,16 +127,7 @@ mod tests {
     async fn an_iteration_takes_the_oldest_open_job_and_marks_it_done(pool: Pool) {
         let setup = pool.session().await.expect("session");
         for n in 1..=2 {
-            setup
-                .add(Job {
-                    id: 0,
-                    payload: format!("job {n}"),
-                    done: false,
-                    attempts: 0,
-                    worker: None,
-                })
-                .await
-                .expect("add");
+            setup.add(new_job(format!("job {n}"))).await.expect("add");
         }
         setup.commit().await.expect("commit");
         assert!(iteration(pool.clone(), 1, 0).await.expect("first"));
@@ -151,16 +147,7 @@ mod tests {
     #[actor_orm::test(models(Job))]
     async fn an_iteration_that_panics_puts_its_job_back(pool: Pool) {
         let setup = pool.session().await.expect("session");
-        setup
-            .add(Job {
-                id: 0,
-                payload: "job".into(),
-                done: false,
-                attempts: 0,
-                worker: None,
-            })
-            .await
-            .expect("add");
+        setup.add(new_job("job".into())).await.expect("add");
         setup.commit().await.expect("commit");
         // Worker 2's fourth iteration panics holding its claim.
         let panicked = tokio::spawn(iteration(pool.clone(), 2, 3)).await;

@@ -607,6 +607,19 @@ impl PoolBuilder {
     /// [`Error::Config`](actor_orm_core::Error::Config).
     ///
     /// Sets `max_size` 1 and drops `max_lifetime` and `idle_timeout`; refuses read replicas.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> actor_orm_core::Result<()> {
+    /// let pool = actor_orm_actors::Pool::builder("postgres://postgres@localhost/app_test")
+    ///     .sandbox()
+    ///     .build()
+    ///     .await?;
+    /// let s = pool.session().await?;
+    /// s.raw_execute("DELETE FROM users", vec![]).await?;
+    /// s.commit().await?; // a savepoint released: the other sessions of the pool see it
+    /// pool.close(std::time::Duration::from_secs(5)).await?; // and now it is all rolled back
+    /// # Ok(()) }
+    /// ```
     pub fn sandbox(mut self) -> Self {
         if let Ok(c) = &mut self.config {
             c.sandbox = true;

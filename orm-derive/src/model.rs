@@ -61,14 +61,7 @@ fn declared(e: &crate::attr::Entry, example: &str) -> Result<Declared> {
         let to = e.required("to", example)?.string(example)?.value();
         out.through = Some((through, from, to));
     } else {
-        out.by = e
-            .required("by", example)?
-            .string(example)?
-            .value()
-            .split(',')
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect();
+        out.by = column_names(&e.required("by", example)?.string(example)?.value());
     }
     for part in &e.list {
         let k = part.key.to_string();
@@ -89,18 +82,19 @@ fn declared(e: &crate::attr::Entry, example: &str) -> Result<Declared> {
     Ok(out)
 }
 
+/// `"a, b"` as `["a", "b"]`: a comma-separated list of column names, blanks dropped.
+fn column_names(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 /// `index(columns = "a, b", unique = true, name = "…")` on the struct: (name, columns, unique).
 fn struct_index(e: &crate::attr::Entry) -> Result<(Option<String>, Vec<String>, bool)> {
     let example =
         "index(columns = \"last_name, first_name\", unique = true, name = \"people_by_name\")";
-    let columns: Vec<String> = e
-        .required("columns", example)?
-        .string(example)?
-        .value()
-        .split(',')
-        .map(|c| c.trim().to_owned())
-        .filter(|c| !c.is_empty())
-        .collect();
+    let columns = column_names(&e.required("columns", example)?.string(example)?.value());
     if columns.is_empty() {
         return Err(Error::new(
             e.key.span(),

@@ -107,11 +107,12 @@ impl Table {
         if self.indexed == self.batches.len() {
             return self.index.len();
         }
-        let mut keys: HashSet<Key, foldhash::fast::RandomState> =
-            self.index.keys().cloned().collect();
-        for batch in &self.batches[self.indexed..] {
-            keys.extend(batch.keys().into_iter().flatten());
-        }
+        let pending: Vec<Key> = self.batches[self.indexed..]
+            .iter()
+            .flat_map(|b| b.keys().into_iter().flatten())
+            .collect();
+        let mut keys: HashSet<&Key, foldhash::fast::RandomState> = self.index.keys().collect();
+        keys.extend(pending.iter());
         keys.len()
     }
 }

@@ -520,6 +520,12 @@ pub(crate) fn same_batch(batch: &[&dyn Pending], next: &dyn Pending) -> bool {
         && (batch.len() + 1) * meta.columns.len().max(1) <= MAX_PARAMS
 }
 
+/// Whether an UPDATE writes this column's value (the key identifies the row, the version is
+/// incremented by the server, a generated column is computed by it).
+pub(crate) fn set_by_update(col: &crate::ColumnMeta) -> bool {
+    !(col.primary_key || col.version || col.generated)
+}
+
 /// UPDATE … SET changed columns [, version = version + 1] WHERE key [AND version]
 /// [AND each checked column IS NOT DISTINCT FROM its loaded value] RETURNING *.
 pub(crate) fn build_update(
@@ -535,7 +541,7 @@ pub(crate) fn build_update(
     let mut names = Vec::new();
     for &i in columns {
         let col = &meta.columns[i];
-        if col.primary_key || col.version || col.generated {
+        if !set_by_update(col) {
             continue;
         }
         stmt.value(col.name, col.sql_type.coerce(values[i].clone(), col.name)?);

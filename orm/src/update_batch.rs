@@ -50,10 +50,7 @@ impl Shape {
         let set: Vec<usize> = columns
             .iter()
             .copied()
-            .filter(|&i| {
-                let c = &meta.columns[i];
-                !(c.primary_key || c.version || c.generated)
-            })
+            .filter(|&i| crate::unit_of_work::set_by_update(&meta.columns[i]))
             .collect();
         let checked: Vec<usize> = checked.iter().map(|(i, _)| *i).collect();
         let generated = checked.iter().any(|&i| meta.columns[i].generated)
@@ -90,12 +87,7 @@ impl Shape {
 /// `INSERT INTO t (a, b) OVERRIDING SYSTEM VALUE VALUES ($1, $2)`, prepared (never run) to learn
 /// the columns' types — identity columns included.
 pub(crate) fn type_probe(meta: &ModelMeta, columns: &[usize]) -> String {
-    let mut distinct: Vec<usize> = Vec::with_capacity(columns.len());
-    for &c in columns {
-        if !distinct.contains(&c) {
-            distinct.push(c);
-        }
-    }
+    let distinct = distinct(columns);
     let names: Vec<String> = distinct
         .iter()
         .map(|&i| crate::quote_ident(meta.columns[i].name))
@@ -109,15 +101,21 @@ pub(crate) fn type_probe(meta: &ModelMeta, columns: &[usize]) -> String {
     )
 }
 
-/// The type of each of `columns` (in order, repeats allowed), from the probe's answer for their
-/// distinct list.
-pub(crate) fn types_in_order(columns: &[usize], probe_types: &[Type]) -> Option<Vec<Type>> {
+/// `columns` without repeats, in order of first appearance (a written column is also checked).
+fn distinct(columns: &[usize]) -> Vec<usize> {
     let mut distinct: Vec<usize> = Vec::with_capacity(columns.len());
     for &c in columns {
         if !distinct.contains(&c) {
             distinct.push(c);
         }
     }
+    distinct
+}
+
+/// The type of each of `columns` (in order, repeats allowed), from the probe's answer for their
+/// distinct list.
+pub(crate) fn types_in_order(columns: &[usize], probe_types: &[Type]) -> Option<Vec<Type>> {
+    let distinct = distinct(columns);
     columns
         .iter()
         .map(|c| {

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::Config;
@@ -154,24 +154,29 @@ impl Sandbox {
         if self.isolation == Isolation::Transaction {
             builder = builder.sandbox();
         }
-        let built = builder.build().await;
-        let mut sandbox = SandboxPool {
-            pool: None,
+        let pool = match builder.build().await {
+            Ok(pool) => pool,
+            Err(e) => {
+                // Not handed out: the database goes as a panicked test's does.
+                template.drop_database(database).await;
+                return Err(cluster_error("start the sandbox's pool", e));
+            }
+        };
+        Ok(SandboxPool {
+            pool,
             database: Some(database),
             config,
             template,
             isolation: self.isolation,
             reused,
-        };
-        sandbox.pool = Some(built.map_err(|e| cluster_error("start the sandbox's pool", e))?);
-        Ok(sandbox)
+        })
     }
 }
 
 /// A sandbox's pool and database, from [`Sandbox::open`]. Dropped without
 /// [`finish`](Self::finish) (a panic), its database is dropped with it.
 pub struct SandboxPool {
-    pool: Option<Pool>,
+    pool: Pool,
     database: Option<String>,
     config: Config,
     template: Arc<Template>,
@@ -191,11 +196,8 @@ impl std::fmt::Debug for SandboxPool {
 
 impl SandboxPool {
     /// The pool every session of the test comes from.
-    ///
-    /// # Panics
-    /// Never after [`Sandbox::open`] returned it.
     pub fn pool(&self) -> &Pool {
-        self.pool.as_ref().expect("the pool lives until finish")
+        &self.pool
     }
 
     /// The database's connection settings, for watching it from outside the sandbox (rows a
@@ -212,9 +214,7 @@ impl SandboxPool {
     /// Ends the sandbox: the pool closed (its transaction rolled back with its connection),
     /// the database back on the free list — or, isolated by database, dropped.
     pub async fn finish(mut self) {
-        if let Some(pool) = self.pool.take() {
-            let _ = pool.close(Duration::from_secs(5)).await;
-        }
+        let _ = self.pool.close(Duration::from_secs(5)).await;
         if let Some(name) = self.database.take() {
             match self.isolation {
                 Isolation::Transaction => self.template.give_back(name),
@@ -287,7 +287,7 @@ impl Template {
 
 type Templates = HashMap<u64, Arc<tokio::sync::OnceCell<Arc<Template>>>>;
 
-static TEMPLATES: Mutex<Option<Templates>> = Mutex::new(None);
+static TEMPLATES: LazyLock<Mutex<Templates>> = LazyLock::new(Mutex::default);
 
 /// The template for this schema, built on first use in this process.
 async fn template_for(
@@ -308,11 +308,7 @@ async fn template_for(
         let mut templates = TEMPLATES
             .lock()
             .map_err(|_| cluster_error("build the sandbox's template", "a test panicked"))?;
-        templates
-            .get_or_insert_with(HashMap::new)
-            .entry(key.finish())
-            .or_default()
-            .clone()
+        templates.entry(key.finish()).or_default().clone()
     };
     cell.get_or_try_init(|| build_template(create, migrations))
         .await

@@ -221,6 +221,19 @@ pub async fn pool_with_monitor(
     (db, pool, monitor)
 }
 
+/// The names of every user the session sees, sorted.
+pub async fn user_names(s: &actor_orm::Session) -> Vec<String> {
+    let mut names: Vec<String> = s
+        .all(models::User::query())
+        .await
+        .expect("all")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    names.sort();
+    names
+}
+
 /// `SELECT count(*) FROM users` in a session of its own, closed afterwards.
 pub async fn count_users(pool: &Pool) -> actor_orm::Result<i64> {
     let s = pool.session().await?;

@@ -6,6 +6,19 @@ use std::time::Duration;
 
 use actor_orm::{Model, Pool};
 
+/// Waits until every replica of `pool` is in the rotation (or out of it, with `wanted` false),
+/// failing with `what` and the replicas' numbers after `limit`.
+async fn in_rotation_within(pool: &Pool, wanted: bool, limit: Duration, what: &str) {
+    assert!(
+        crate::eventually(limit, || async {
+            pool.replica_stats().iter().all(|r| r.in_rotation == wanted)
+        })
+        .await,
+        "{what}: {:?}",
+        pool.replica_stats()
+    );
+}
+
 #[derive(Model, Clone, Debug, PartialEq)]
 #[orm(table_name = "notes")]
 pub struct Note {
@@ -42,14 +55,13 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
         .build()
         .await
         .expect("pool");
-    assert!(
-        crate::eventually(Duration::from_secs(10), || async {
-            pool.replica_stats().iter().all(|r| r.in_rotation)
-        })
-        .await,
-        "the replica joined the rotation: {:?}",
-        pool.replica_stats()
-    );
+    in_rotation_within(
+        &pool,
+        true,
+        Duration::from_secs(10),
+        "the replica joined the rotation",
+    )
+    .await;
 
     let round = |pool: Pool, range: std::ops::Range<i64>| async move {
         let mut stale = 0;
@@ -88,27 +100,25 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
         pool.replica_stats().iter().map(|r| r.reads).sum::<u64>() - served_before;
     assert_eq!(stale, 0, "stale reads with replay paused");
     assert_eq!(served_paused, 0, "the paused replica served reads");
-    assert!(
-        crate::eventually(Duration::from_secs(5), || async {
-            pool.replica_stats().iter().all(|r| !r.in_rotation)
-        })
-        .await,
-        "a replica past the lag limit left the rotation: {:?}",
-        pool.replica_stats()
-    );
+    in_rotation_within(
+        &pool,
+        false,
+        Duration::from_secs(5),
+        "a replica past the lag limit left the rotation",
+    )
+    .await;
 
     on_replica
         .batch_execute("SELECT pg_wal_replay_resume()")
         .await
         .expect("resume");
-    assert!(
-        crate::eventually(Duration::from_secs(10), || async {
-            pool.replica_stats().iter().all(|r| r.in_rotation)
-        })
-        .await,
-        "the replica came back: {:?}",
-        pool.replica_stats()
-    );
+    in_rotation_within(
+        &pool,
+        true,
+        Duration::from_secs(10),
+        "the replica came back",
+    )
+    .await;
     let primary_before = pool.primary_reads();
     let served_before: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
     let stale = round(pool.clone(), 1_000..2_000).await;
@@ -154,14 +164,13 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
     })
     .await
     .expect("join");
-    assert!(
-        crate::eventually(Duration::from_secs(10), || async {
-            pool.replica_stats().iter().all(|r| r.in_rotation)
-        })
-        .await,
-        "the replica came back: {:?}",
-        pool.replica_stats()
-    );
+    in_rotation_within(
+        &pool,
+        true,
+        Duration::from_secs(10),
+        "the replica came back",
+    )
+    .await;
     let served_before: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
     assert_eq!(count_notes(&pool).await, 2_000);
     let served: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();

@@ -14,19 +14,6 @@ fn user(name: &str) -> User {
     User::new(name, 30)
 }
 
-/// The users' names, sorted.
-async fn names(s: &actor_orm::Session) -> Vec<String> {
-    let mut names: Vec<String> = s
-        .all(User::query())
-        .await
-        .expect("all")
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
-    names.sort();
-    names
-}
-
 const KEYS: [&str; 5] = ["a@x", "b@x", "c@x", "d@x", "e@x"];
 
 /// What each of the 32 tests does: starts from nothing (no earlier test's writes persist),
@@ -131,7 +118,7 @@ async fn two_concurrent_sessions_each_commit_and_the_test_sees_both(pool: Pool) 
         w.await.expect("join").expect("each session commits");
     }
     let s = pool.session().await.expect("session");
-    assert_eq!(names(&s).await, ["one@x", "two@x"]);
+    assert_eq!(crate::user_names(&s).await, ["one@x", "two@x"]);
 }
 
 #[actor_orm::test(models(User, Post), enums(Mood))]
@@ -148,7 +135,7 @@ async fn a_rollback_and_a_dropped_session_undo_only_their_own_work(pool: Pool) {
     dropped.flush().await.expect("flush");
     drop(dropped);
     let s = pool.session().await.expect("session");
-    assert_eq!(names(&s).await, ["kept@x"]);
+    assert_eq!(crate::user_names(&s).await, ["kept@x"]);
 }
 
 #[actor_orm::test(models(User, Post), enums(Mood))]
@@ -172,7 +159,7 @@ async fn a_failed_statement_fails_alone_as_in_autocommit(pool: Pool) {
     assert!(matches!(err, Error::TransactionAborted), "{err:?}");
     s.insert(user("after@x")).await.expect("insert");
     s.commit().await.expect("the sandbox goes on");
-    assert_eq!(names(&s).await, ["after@x", "before@x"]);
+    assert_eq!(crate::user_names(&s).await, ["after@x", "before@x"]);
 }
 
 #[actor_orm::test(models(User, Post), enums(Mood))]

@@ -190,15 +190,7 @@ async fn concurrent_requests_each_commit_exactly_their_own_objects() {
 
     async fn names(pool: &actor_orm::Pool) -> Vec<String> {
         let s = pool.session().await.expect("session");
-        let mut v: Vec<String> = s
-            .all(User::query())
-            .await
-            .expect("all")
-            .into_iter()
-            .map(|u| u.name)
-            .collect();
-        v.sort();
-        v
+        crate::user_names(&s).await
     }
 
     // One session per request.
