@@ -237,10 +237,14 @@ async fn after_an_outage_the_first_session_is_served_soon_after_the_server_accep
             Ok::<_, Error>(served)
         })
     };
-    // Two seconds of failed attempts: doubling from 25 ms, the next step would be 1.6–3.2 s.
+    // Two seconds of failed attempts: doubling from 25 ms, that would be 6 attempts and the next
+    // step 1.6–3.2 s away; probing every 100 ms at most, it is about 20.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failed = pool.stats().await.expect("stats").connect_failures;
-    assert!(failed >= 3, "the pool kept trying: {failed} failures");
+    assert!(
+        failed >= 10,
+        "the pool kept probing while nothing listened: {failed} failures in 2 s"
+    );
     let restarted = tokio::task::spawn_blocking(move || {
         cluster.start_server().expect("start");
         cluster
@@ -263,8 +267,10 @@ async fn after_an_outage_the_first_session_is_served_soon_after_the_server_accep
         "outage of 2 s: the waiting session was served {after:?} after the server accepted \
          connections ({failed} connect failures meanwhile)"
     );
+    // The figure is the report; the bound only catches a back-off step of seconds (under a
+    // loaded machine a 100 ms probe and the session's own work can take a few hundred ms).
     assert!(
-        after < Duration::from_secs(1),
+        after < Duration::from_secs(3),
         "no long back-off step was waited: {after:?}"
     );
     pool.close(Duration::from_secs(1)).await.expect("close");
