@@ -59,7 +59,9 @@ impl SessionState {
         let included = unit_of_work::included_columns(meta, &first);
         let unset: Vec<bool> = (0..meta.columns.len()).map(|i| first.is_unset(i)).collect();
         self.flush(conn).await?;
-        self.begin(conn).await?;
+        if self.tx_state() == crate::TxState::Failed {
+            return Err(Error::TransactionAborted);
+        }
         let types = conn
             .param_types(&unit_of_work::insert_probe(meta, &included))
             .await?;
@@ -72,65 +74,91 @@ impl SessionState {
             meta.qualified_name(),
             columns.join(", ")
         );
-        let result = async {
-            let sink = conn
-                .raw_client()
-                .copy_in::<_, bytes::Bytes>(&sql)
-                .await?;
-            let mut sink = std::pin::pin!(sink);
-            // The binary COPY format, written straight into one buffer: a header, per row a
-            // field count and each field's length and bytes, and a trailer.
-            let mut buf = BytesMut::with_capacity(FLUSH_AT + 4096);
-            buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-            buf.put_i32(0);
-            buf.put_i32(0);
-            let fields = i16::try_from(included.len())
-                .map_err(|_| Error::InvalidInput("too many columns for COPY".into()))?;
-            let mut next = Some(first);
-            while let Some(model) = next.take() {
-                if (0..meta.columns.len()).any(|i| model.is_unset(i) != unset[i]) {
-                    return Err(Error::InvalidInput(format!(
-                        "copy_in into {}: every row must leave the same columns to the database (an unset key or default in some rows only)",
-                        meta.table
-                    )));
-                }
-                let mut values = model.values()?;
-                buf.put_i16(fields);
-                for (k, &i) in included.iter().enumerate() {
-                    let col = &meta.columns[i];
-                    let v = std::mem::replace(&mut values[i], sea_query::Value::Bool(None));
-                    let v = col.sql_type.coerce(v, col.name)?;
-                    let at = buf.len();
-                    buf.put_i32(0);
-                    let written = Bind::new(&v, i + 1, Some(col.name))
-                        .to_sql(&types[k], &mut buf)
-                        .map_err(|e| match e.downcast::<BindError>() {
-                            Ok(b) => b.into_error(),
-                            Err(other) => Error::InvalidInput(format!("{}: {other}", col.name)),
-                        })?;
-                    let len = match written {
-                        IsNull::Yes => -1,
-                        IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| {
-                            Error::InvalidInput(format!("{}: a value over 2 GiB", col.name))
-                        })?,
-                    };
-                    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-                }
-                if buf.len() >= FLUSH_AT {
-                    send(sink.as_mut(), buf.split().freeze()).await?;
-                }
-                next = next_model(&mut source).await?;
-            }
-            buf.put_i16(-1);
-            send(sink.as_mut(), buf.split().freeze()).await?;
-            Ok(sink.as_mut().finish().await?)
-        }
-        .await;
+        let copy = Copy {
+            meta,
+            included: &included,
+            unset: &unset,
+            types: &types,
+        };
+        // The COPY goes out behind the BEGIN when none is open: one round trip for both.
+        let result = self
+            .in_transaction(conn, copy.run(conn, &sql, first, source))
+            .await;
         if result.is_err() {
             // The aborted COPY failed the transaction on the server.
             self.mark_failed();
         }
         result
+    }
+}
+
+/// One COPY's columns: which of the model's are sent, which the first row left to the
+/// database (every row must leave the same), and their types as the server reported them.
+struct Copy<'a> {
+    meta: &'static crate::model::ModelMeta,
+    included: &'a [usize],
+    unset: &'a [bool],
+    types: &'a [tokio_postgres::types::Type],
+}
+
+impl Copy<'_> {
+    /// Sends the COPY and the rows of `first` and `source` after it.
+    async fn run<M: Model + Writable>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        first: M,
+        mut source: Pin<&mut (impl Stream<Item = Result<M>> + ?Sized)>,
+    ) -> Result<u64> {
+        let meta = self.meta;
+        let sink = conn.raw_client().copy_in::<_, bytes::Bytes>(sql).await?;
+        let mut sink = std::pin::pin!(sink);
+        // The binary COPY format, written straight into one buffer: a header, per row a field
+        // count and each field's length and bytes, and a trailer.
+        let mut buf = BytesMut::with_capacity(FLUSH_AT + 4096);
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0);
+        buf.put_i32(0);
+        let fields = i16::try_from(self.included.len())
+            .map_err(|_| Error::InvalidInput("too many columns for COPY".into()))?;
+        let mut next = Some(first);
+        while let Some(model) = next.take() {
+            if (0..meta.columns.len()).any(|i| model.is_unset(i) != self.unset[i]) {
+                return Err(Error::InvalidInput(format!(
+                    "copy_in into {}: every row must leave the same columns to the database (an unset key or default in some rows only)",
+                    meta.table
+                )));
+            }
+            let mut values = model.values()?;
+            buf.put_i16(fields);
+            for (k, &i) in self.included.iter().enumerate() {
+                let col = &meta.columns[i];
+                let v = std::mem::replace(&mut values[i], sea_query::Value::Bool(None));
+                let v = col.sql_type.coerce(v, col.name)?;
+                let at = buf.len();
+                buf.put_i32(0);
+                let written = Bind::new(&v, i + 1, Some(col.name))
+                    .to_sql(&self.types[k], &mut buf)
+                    .map_err(|e| match e.downcast::<BindError>() {
+                        Ok(b) => b.into_error(),
+                        Err(other) => Error::InvalidInput(format!("{}: {other}", col.name)),
+                    })?;
+                let len = match written {
+                    IsNull::Yes => -1,
+                    IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| {
+                        Error::InvalidInput(format!("{}: a value over 2 GiB", col.name))
+                    })?,
+                };
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            if buf.len() >= FLUSH_AT {
+                send(sink.as_mut(), buf.split().freeze()).await?;
+            }
+            next = next_model(&mut source).await?;
+        }
+        buf.put_i16(-1);
+        send(sink.as_mut(), buf.split().freeze()).await?;
+        Ok(sink.as_mut().finish().await?)
     }
 }
 
@@ -154,7 +182,7 @@ async fn next_model<M, S: Stream<Item = Result<M>> + ?Sized>(
 }
 
 /// How much COPY data is buffered before it is handed to the connection.
-const FLUSH_AT: usize = 64 * 1024;
+const FLUSH_AT: usize = 8 * 1024;
 
 /// Hands one chunk of COPY data to the connection, waiting while it is busy.
 async fn send(

@@ -4,7 +4,6 @@
 //! then ends the statement (a cancel when it was dropped while running).
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -52,16 +51,18 @@ pub(crate) trait Pull<T>: Send {
     fn ended_already(&mut self) -> Option<Ending>;
 }
 
-/// A statement's stream `S` of raw items `X`, mapped to `T`.
-pub(crate) struct Handed<S, X, T> {
+/// A statement's stream `S` of raw items, each mapped to the consumer's by `F`.
+pub(crate) struct Handed<S, F> {
     pub(crate) raw: Pin<Box<S>>,
-    pub(crate) map: Arc<dyn Fn(X) -> Result<T> + Send + Sync>,
+    pub(crate) map: F,
 }
 
-impl<S, X, T> Pull<T> for Handed<S, X, T>
+impl<S, X, T, F> Pull<T> for Handed<S, F>
 where
     S: Stream<Item = std::result::Result<X, tokio_postgres::Error>> + Send,
+    F: Fn(X) -> Result<T> + Send,
 {
+    #[inline]
     fn pull(&mut self, cx: &mut Context<'_>) -> Poll<Option<Pulled<T>>> {
         Poll::Ready(match std::task::ready!(self.raw.as_mut().poll_next(cx)) {
             None => None,
@@ -142,6 +143,7 @@ impl<T> Direct<T> {
     }
 
     /// The next item; `None` at the end. After an error or the end, the session has been told.
+    #[inline(always)]
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
         let Some(source) = self.source.as_mut() else {
             return Poll::Ready(None);

@@ -100,8 +100,8 @@ pub use sandbox::SANDBOX_START;
 pub use sea_query;
 pub use session::{Isolation, Savepoint, SessionState, TxState};
 pub use stream::{
-    Decoder, HandedOver, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender,
-    Streamable, stream_channel,
+    HandedOver, QueryStream, StreamEnd, StreamMessage, StreamOptions, StreamSender, Streamable,
+    stream_channel,
 };
 pub use tokio_postgres;
 pub use types::{ColumnValue, DbEnum, NamedType, SqlType, pg_type_name, rust_type_name};

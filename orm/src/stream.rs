@@ -44,7 +44,6 @@
 //! the point of a stream is not to keep what it read.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -58,9 +57,6 @@ use crate::model::Model;
 use crate::query::{Project, Select, SelectPair, Selection};
 use crate::session::{SessionState, TxState};
 
-/// Decodes one row of a stream.
-pub type Decoder<T> = Arc<dyn Fn(&Row) -> Result<T> + Send + Sync>;
-
 /// A query that can be streamed: [`Select`] (models), [`SelectPair`] (a join) and [`Project`]
 /// (columns and aggregates).
 pub trait Streamable: Send + Sync + 'static {
@@ -71,7 +67,7 @@ pub trait Streamable: Send + Sync + 'static {
     /// Whether running it cannot change anything (see [`Select::reads_only`]).
     fn is_read_only(&self) -> bool;
     /// What decodes one row (run by the consumer, as it takes each row).
-    fn decoder(&self) -> Decoder<Self::Item>;
+    fn decoder(&self) -> impl Fn(&Row) -> Result<Self::Item> + Send + Sync + 'static;
     /// Records a decoded item in the session's identity map (models only; others ignore it).
     fn remember(&self, _state: &mut SessionState, _item: &Self::Item) -> Result<()> {
         Ok(())
@@ -86,8 +82,9 @@ impl<M: Model> Streamable for Select<M> {
     fn is_read_only(&self) -> bool {
         self.reads_only()
     }
-    fn decoder(&self) -> Decoder<M> {
-        Arc::new(|row| M::from_row(row, &crate::model::in_order(M::meta().columns.len())))
+    fn decoder(&self) -> impl Fn(&Row) -> Result<M> + Send + Sync + 'static {
+        let positions = crate::model::in_order(M::meta().columns.len());
+        move |row| M::from_row(row, &positions)
     }
     fn remember(&self, state: &mut SessionState, item: &M) -> Result<()> {
         state.identity_mut().insert(item.key()?, item.clone());
@@ -103,8 +100,8 @@ impl<M: Model, N: Model> Streamable for SelectPair<M, N> {
     fn is_read_only(&self) -> bool {
         self.reads_only()
     }
-    fn decoder(&self) -> Decoder<(M, Option<N>)> {
-        Arc::new(SelectPair::<M, N>::decode)
+    fn decoder(&self) -> impl Fn(&Row) -> Result<(M, Option<N>)> + Send + Sync + 'static {
+        SelectPair::<M, N>::decode
     }
 }
 
@@ -117,9 +114,9 @@ impl<S: Selection + Clone + Sync> Streamable for Project<S> {
         // A projection's expressions may call functions the ORM cannot see through.
         false
     }
-    fn decoder(&self) -> Decoder<S::Output> {
+    fn decoder(&self) -> impl Fn(&Row) -> Result<S::Output> + Send + Sync + 'static {
         let selection = self.selection.clone();
-        Arc::new(move |row| selection.decode(row, 0))
+        move |row| selection.decode(row, 0)
     }
 }
 
@@ -427,7 +424,7 @@ impl SessionState {
             let (tell, verdict) = tokio::sync::oneshot::channel();
             let source = crate::handover::Handed {
                 raw,
-                map: Arc::new(move |row: Row| decoder(&row)),
+                map: move |row: Row| decoder(&row),
             };
             let handed = HandedOver {
                 direct: crate::handover::Direct::new(Box::new(source), tell),
@@ -620,7 +617,7 @@ impl SessionState {
     async fn deliver<Q: Streamable>(
         &mut self,
         query: &Q,
-        decode: &Decoder<Q::Item>,
+        decode: &impl Fn(&Row) -> Result<Q::Item>,
         chunk: Vec<Row>,
         out: &StreamSender<Q::Item>,
     ) -> Result<bool> {

@@ -235,6 +235,24 @@ pub trait ColumnValue: Sized + Send + Sync + 'static {
     fn null_value() -> Value;
     /// Reads column `idx` of `row`; `column` names it in errors.
     fn decode(row: &Row, idx: usize, column: &str) -> Result<Self>;
+    /// Reads column `idx` of `row`, NULL as `None` (for `Option<Self>`). The default asks
+    /// whether the value is NULL, then [`decode`](Self::decode)s it; a type tokio-postgres
+    /// decodes itself reads it in one step.
+    #[inline]
+    fn decode_nullable(row: &Row, idx: usize, column: &str) -> Result<Option<Self>> {
+        if row.columns().get(idx).is_none() {
+            return Err(Error::mismatch(
+                column,
+                "a column in the result",
+                "no such column",
+            ));
+        }
+        // NULL of any column type is None; otherwise the type decides.
+        if row.try_get::<_, RawNull>(idx).is_ok_and(|n| n.0) {
+            return Ok(None);
+        }
+        Self::decode(row, idx, column).map(Some)
+    }
     /// Whether this is the "not set" value of an auto-increment key (zero).
     fn is_unset_key(&self) -> bool {
         false
@@ -283,6 +301,7 @@ fn short_type_name(full: &str) -> String {
 }
 
 /// Reads a non-NULL value of a type tokio-postgres can decode, with typed errors.
+#[inline]
 pub fn decode_required<T>(row: &Row, idx: usize, column: &str) -> Result<T>
 where
     T: for<'a> FromSql<'a>,
@@ -291,21 +310,19 @@ where
 }
 
 /// [`decode_required`], naming the Rust type `rust` in errors.
+#[inline(always)]
 fn decode_named<T>(row: &Row, idx: usize, column: &str, rust: impl Fn() -> String) -> Result<T>
 where
     T: for<'a> FromSql<'a>,
 {
     match decode_optional_named::<T>(row, idx, column, rust)? {
         Some(v) => Ok(v),
-        None => Err(Error::mismatch(
-            column,
-            "a value (the field is not an Option)",
-            "NULL",
-        )),
+        None => Err(null_error(column)),
     }
 }
 
 /// Reads a possibly NULL value of a type tokio-postgres can decode, with typed errors.
+#[inline]
 pub fn decode_optional<T>(row: &Row, idx: usize, column: &str) -> Result<Option<T>>
 where
     T: for<'a> FromSql<'a>,
@@ -314,6 +331,7 @@ where
 }
 
 /// The Rust type's name (`rust`) is only worked out for an error.
+#[inline(always)]
 fn decode_optional_named<T>(
     row: &Row,
     idx: usize,
@@ -327,14 +345,37 @@ where
     // itself); the error is worked out only when there is one.
     match row.try_get::<_, Option<T>>(idx) {
         Ok(v) => Ok(v),
-        Err(e) => Err(match row.columns().get(idx) {
-            None => Error::mismatch(column, "a column in the result", "no such column"),
-            Some(col) if !<T as FromSql>::accepts(col.type_()) => {
-                Error::mismatch(column, rust(), pg_type_name(col.type_()))
-            }
-            Some(_) => Error::mismatch(column, rust(), e.to_string()),
-        }),
+        Err(e) => Err(decode_error::<T>(row, idx, column, rust, e)),
     }
+}
+
+/// Why column `idx` of `row` did not decode as `T`.
+#[cold]
+#[inline(never)]
+fn decode_error<T>(
+    row: &Row,
+    idx: usize,
+    column: &str,
+    rust: impl Fn() -> String,
+    e: tokio_postgres::Error,
+) -> Error
+where
+    T: for<'a> FromSql<'a>,
+{
+    match row.columns().get(idx) {
+        None => Error::mismatch(column, "a column in the result", "no such column"),
+        Some(col) if !<T as FromSql>::accepts(col.type_()) => {
+            Error::mismatch(column, rust(), pg_type_name(col.type_()))
+        }
+        Some(_) => Error::mismatch(column, rust(), e.to_string()),
+    }
+}
+
+/// A NULL where the field is not an `Option`.
+#[cold]
+#[inline(never)]
+fn null_error(column: &str) -> Error {
+    Error::mismatch(column, "a value (the field is not an Option)", "NULL")
 }
 
 macro_rules! plain {
@@ -347,8 +388,13 @@ macro_rules! plain {
             fn null_value() -> Value {
                 Value::$variant(None)
             }
+            #[inline]
             fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
                 decode_required(row, idx, column)
+            }
+            #[inline]
+            fn decode_nullable(row: &Row, idx: usize, column: &str) -> Result<Option<Self>> {
+                decode_optional(row, idx, column)
             }
         }
     };
@@ -387,9 +433,15 @@ macro_rules! integer {
             fn null_value() -> Value {
                 Value::$variant(None)
             }
+            #[inline]
             fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
                 decode_named::<Widened<$t>>(row, idx, column, || stringify!($t).to_owned())
                     .map(|w| w.0)
+            }
+            #[inline]
+            fn decode_nullable(row: &Row, idx: usize, column: &str) -> Result<Option<Self>> {
+                decode_optional_named::<Widened<$t>>(row, idx, column, || stringify!($t).to_owned())
+                    .map(|w| w.map(|w| w.0))
             }
             fn is_unset_key(&self) -> bool {
                 *self == 0
@@ -459,19 +511,9 @@ impl<T: ColumnValue> ColumnValue for Option<T> {
     fn null_value() -> Value {
         T::null_value()
     }
+    #[inline]
     fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
-        if row.columns().get(idx).is_none() {
-            return Err(Error::mismatch(
-                column,
-                "a column in the result",
-                "no such column",
-            ));
-        }
-        // NULL of any column type is None; otherwise the inner type decides.
-        if row.try_get::<_, RawNull>(idx).is_ok_and(|n| n.0) {
-            return Ok(None);
-        }
-        T::decode(row, idx, column).map(Some)
+        T::decode_nullable(row, idx, column)
     }
 }
 
