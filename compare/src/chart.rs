@@ -17,7 +17,7 @@ const LOG_MAX: f64 = 2.0;
 
 /// A target as written in the ratio table (`≤ 1.03×`, `≥ 10×`): at most or at least, and the
 /// number; `None` for "(measured)" and targets in other units.
-fn target(text: &str) -> Option<(bool, f64)> {
+pub(crate) fn target(text: &str) -> Option<(bool, f64)> {
     let at_most = text.starts_with('≤') || text.starts_with('<');
     let at_least = text.starts_with('≥');
     if !(at_most || at_least) || !text.ends_with('×') {
@@ -36,11 +36,14 @@ fn x_of(ratio: f64) -> i32 {
 }
 
 pub(crate) fn draw(path: &std::path::Path, r: &Results, rows: &[(String, f64, &str)]) -> Res<()> {
-    let bars: Vec<(&str, f64, bool, f64)> = rows
+    // A target's floor (see `floor_of`) is drawn on its bar as a blue tick.
+    let bars: Vec<(&str, f64, bool, f64, Option<f64>)> = rows
         .iter()
-        .filter_map(|(what, v, t)| {
+        .enumerate()
+        .filter_map(|(i, (what, v, t))| {
             let (at_most, goal) = target(t)?;
-            (!v.is_nan()).then_some((what.as_str(), *v, at_most, goal))
+            let floor = crate::floor_of(rows, i);
+            (!v.is_nan()).then_some((what.as_str(), *v, at_most, goal, floor))
         })
         .collect();
     let panels = [
@@ -54,7 +57,7 @@ pub(crate) fn draw(path: &std::path::Path, r: &Results, rows: &[(String, f64, &s
     root.fill(&WHITE)?;
     let font = |size: i32| ("sans-serif", size).into_font();
     root.draw(&Text::new(
-        "Ratios against each target (log scale, 0.1× to 100×): green met, red missed; the black line is the target",
+        "Ratios against each target (log scale, 0.1× to 100×): green met, red missed; black line: the target; blue tick: the floor measured in the same run",
         (10, 20),
         font(15),
     ))?;
@@ -66,7 +69,7 @@ pub(crate) fn draw(path: &std::path::Path, r: &Results, rows: &[(String, f64, &s
         ))?;
         root.draw(&Text::new(format!("{x}×"), (px - 10, 40), font(11)))?;
     }
-    for (i, (what, v, at_most, goal)) in bars.iter().enumerate() {
+    for (i, (what, v, at_most, goal, floor)) in bars.iter().enumerate() {
         let y = 52 + ROW * i as i32;
         let met = if *at_most { v <= goal } else { v >= goal };
         let color = if met {
@@ -85,6 +88,13 @@ pub(crate) fn draw(path: &std::path::Path, r: &Results, rows: &[(String, f64, &s
             vec![(gx, y - 2), (gx, y + ROW - 4)],
             BLACK.stroke_width(2),
         ))?;
+        if let Some(floor) = floor {
+            let fx = x_of(*floor);
+            root.draw(&PathElement::new(
+                vec![(fx, y - 2), (fx, y + ROW - 4)],
+                RGBColor(40, 90, 220).stroke_width(3),
+            ))?;
+        }
         root.draw(&Text::new(
             format!("{v:.2}×"),
             (x_of(*v).max(x_of(0.1)) + 4, y + 3),

@@ -24,6 +24,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 mod chart;
+mod floors;
 mod pgbench;
 mod pooler;
 mod relations;
@@ -313,6 +314,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// p10, p25, p50, p75, p90 and p99 of sorted latencies (the chart draws them; the table shows
 /// them too).
 fn add_distribution(r: &mut Results, w: &str, sys: &'static str, sorted: &[Duration]) {
+    if sys.starts_with("floor:") {
+        // A floor is read against the p50 only.
+        r.add(w, "p50 µs", sys, us(percentile(sorted, 0.5)));
+        return;
+    }
     for (name, p) in [
         ("p10 µs", 0.10),
         ("p25 µs", 0.25),
@@ -458,7 +464,7 @@ fn prepared_read<'a>(
     })
 }
 
-async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
+async fn point_reads(s: &Arc<Systems>, r: &mut Results) -> Res<()> {
     let w = "1. point read by primary key";
     let stmt_sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
     let raw_stmt = s.raw.prepare(stmt_sql).await?;
@@ -468,10 +474,21 @@ async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
     let b8_stmt = b8.prepare(stmt_sql).await?;
     let session = s.orm.session().await?;
     let session_ref = &session;
+    let (reader, reader_done) = floors::reader().await?;
+    let raw_stmt_ref = &raw_stmt;
+    let reader_ref = &reader;
     let results = interleaved(
         N,
         vec![
             ("raw tokio-postgres", prepared_read(&s.raw, &raw_stmt)),
+            (
+                floors::READ,
+                op(move |i| async move {
+                    let read = floors::What::Read(s.clone(), raw_stmt_ref.clone(), key(i));
+                    black_box(floors::ask(reader_ref, read).await?);
+                    Ok(())
+                }),
+            ),
             ("deadpool-postgres", prepared_read(&dp, &dp_stmt)),
             ("bb8-postgres", prepared_read(&b8, &b8_stmt)),
             (
@@ -497,6 +514,8 @@ async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
     }
     drop((dp, b8));
     session.close().await?;
+    reader.stop(None);
+    reader_done.await?;
 
     // 2. The same key again in one session: the identity map answers.
     let session = s.orm.session().await?;
@@ -527,6 +546,8 @@ async fn point_reads(s: &Systems, r: &mut Results) -> Res<()> {
 
 async fn request_cycles(s: &Systems, r: &mut Results) -> Res<()> {
     let w = "3. request cycle (checkout, point read, return)";
+    let spares = floors::Spares::default();
+    let spares_ref = &spares;
     let sql = "SELECT id, name, email, age FROM bench_users WHERE id = $1";
     let results = interleaved(
         N,
@@ -562,6 +583,15 @@ async fn request_cycles(s: &Systems, r: &mut Results) -> Res<()> {
                     black_box(session.get::<BenchUser>(key(i)).await?);
                     session.commit().await?;
                     drop(session);
+                    Ok(())
+                }),
+            ),
+            (
+                floors::CYCLE,
+                op(move |i| async move {
+                    let conn = s.deadpool.get().await?;
+                    let read = floors::What::PooledRead(conn, key(i));
+                    black_box(spares_ref.session(read).await?);
                     Ok(())
                 }),
             ),
@@ -627,6 +657,7 @@ async fn contended(s: &Arc<Systems>, workers: usize, size: usize, r: &mut Result
     let w = format!("4. contended: {workers} workers × 10 on {size} connections");
     let sel = "SELECT 1 req/s";
     let chk = "checkout+return req/s";
+    let floor = Arc::new((s.deadpool.clone(), floors::Spares::default()));
     let batches: Vec<(&str, &str, Batch)> = vec![
         (
             sel,
@@ -682,6 +713,21 @@ async fn contended(s: &Arc<Systems>, workers: usize, size: usize, r: &mut Result
             chk,
             "actor-orm",
             batch!(workers, s.orm, |p| { p.session().await?.acquire().await? }),
+        ),
+        (
+            sel,
+            floors::CYCLE,
+            batch!(workers, floor, |f| {
+                let conn = f.0.get().await?;
+                f.1.session(floors::What::PooledSelect1(conn)).await?
+            }),
+        ),
+        (
+            chk,
+            floors::CHECKOUT,
+            batch!(workers, floor, |f| {
+                f.1.session(floors::What::Ping).await?
+            }),
         ),
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(BATCHES); batches.len()];
@@ -951,6 +997,13 @@ async fn idle_sessions(s: &Systems, r: &mut Results) -> Res<()> {
     );
     drop(sessions);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let bare = floors::idle_bytes(n, || CURRENT.load(Ordering::Relaxed)).await?;
+    r.add(
+        "8. 10,000 live idle sessions",
+        "bytes per session",
+        floors::IDLE,
+        bare,
+    );
     Ok(())
 }
 
@@ -1213,6 +1266,18 @@ async fn run() -> Res<()> {
             "≤ 1.03×",
         ),
         (
+            "floor: point read asked of a bare ractor actor holding the raw client vs raw \
+             (an actor in the path, nothing else; lower is better)"
+                .into(),
+            p50(w1, floors::READ) / p50(w1, "raw tokio-postgres"),
+            "(floor)",
+        ),
+        (
+            "point read p50 vs that floor (the session's own work; lower is better)".into(),
+            p50(w1, "actor-orm") / p50(w1, floors::READ),
+            "(measured)",
+        ),
+        (
             "identity-map hit: speed-up over a database read".into(),
             p50(w1, "actor-orm") / p50("2. same key again in one session", "actor-orm"),
             "≥ 30×",
@@ -1221,6 +1286,13 @@ async fn run() -> Res<()> {
             "request cycle p50 vs deadpool-postgres (lower is better)".into(),
             p50(w3, "actor-orm") / p50(w3, "deadpool-postgres"),
             "≤ 0.80×",
+        ),
+        (
+            "floor: request cycle, a deadpool connection handed with the read to a spare bare \
+             ractor actor, then a message ending it, vs deadpool (lower is better)"
+                .into(),
+            p50(w3, floors::CYCLE) / p50(w3, "deadpool-postgres"),
+            "(floor)",
         ),
         (
             "request cycle p50 vs SeaORM (lower is better)".into(),
@@ -1233,9 +1305,24 @@ async fn run() -> Res<()> {
             "≥ 1.10×",
         ),
         (
+            format!(
+                "floor: contended SELECT 1, 64 on {POOL}: deadpool connections handed to spare \
+                 bare ractor actors vs best of deadpool/bb8"
+            ),
+            r.get(&w4a, "SELECT 1 req/s", floors::CYCLE) / best_pool(&w4a, "SELECT 1 req/s"),
+            "(floor)",
+        ),
+        (
             "contended SELECT 1, 256 on 4: throughput vs best of deadpool/bb8".into(),
             r.get(&w4b, "SELECT 1 req/s", "actor-orm") / best_pool(&w4b, "SELECT 1 req/s"),
             "≥ 1.10×",
+        ),
+        (
+            "floor: contended SELECT 1, 256 on 4: deadpool connections handed to spare bare \
+             ractor actors vs best of deadpool/bb8"
+                .into(),
+            r.get(&w4b, "SELECT 1 req/s", floors::CYCLE) / best_pool(&w4b, "SELECT 1 req/s"),
+            "(floor)",
         ),
         (
             format!("contended checkout only, 64 on {POOL}: throughput vs best of deadpool/bb8"),
@@ -1247,6 +1334,13 @@ async fn run() -> Res<()> {
             format!("contended checkout only, 64 on {POOL}: actor-orm checkouts per second"),
             r.get(&w4a, "checkout+return req/s", "actor-orm"),
             "≥ 1,000,000 /s",
+        ),
+        (
+            "floor: spare bare ractor actors asked once and told once, per second, 64 workers \
+             (a checkout's ceiling when each session is an actor)"
+                .into(),
+            r.get(&w4a, "checkout+return req/s", floors::CHECKOUT),
+            "(floor)",
         ),
         (
             "insert 1,000: speed vs SeaORM insert_many".into(),
@@ -1262,6 +1356,13 @@ async fn run() -> Res<()> {
             "insert 1,000: speed-up over 1,000 single-row round trips".into(),
             r.get(w5, "ms", "raw: 1,000 single-row INSERTs") / r.get(w5, "ms", "actor-orm"),
             "≥ 10×",
+        ),
+        (
+            "floor: insert 1,000: raw COPY BINARY, speed-up over 1,000 single-row round trips \
+             (the fastest way in)"
+                .into(),
+            r.get(w5, "ms", "raw: 1,000 single-row INSERTs") / r.get(w5, "ms", "raw: COPY BINARY"),
+            "(floor)",
         ),
         (
             "copy_in 1,000: time vs raw COPY BINARY (lower is better)".into(),
@@ -1298,6 +1399,14 @@ async fn run() -> Res<()> {
             "≥ 10×",
         ),
         (
+            "floor: update 1,000: one hand-written UPDATE … FROM unnest, speed-up over 1,000 raw \
+             single-row UPDATEs (no client does better)"
+                .into(),
+            r.get(w6, "ms", "raw tokio-postgres")
+                / r.get(w6, "ms", "raw: one UPDATE … FROM unnest"),
+            "(floor)",
+        ),
+        (
             "update 1,000 loaded rows (save_all): speed vs SeaORM".into(),
             r.get(w6, "ms", "SeaORM") / r.get(w6, "ms", "actor-orm save_all"),
             "(measured)",
@@ -1318,6 +1427,16 @@ async fn run() -> Res<()> {
                 "actor-orm",
             ) / 1024.0,
             "≤ 4 KiB",
+        ),
+        (
+            "floor: live idle ractor actor with no state, KiB (allocated bytes / 10,000 actors)"
+                .into(),
+            r.get(
+                "8. 10,000 live idle sessions",
+                "bytes per session",
+                floors::IDLE,
+            ) / 1024.0,
+            "(floor)",
         ),
     ];
     let mut rows = rows;
@@ -1366,7 +1485,7 @@ async fn run() -> Res<()> {
          against their targets; latency distributions of the point read and the request \
          cycle).\n\n| measure | actor-orm | target |\n|---|---:|---|"
     )?;
-    for (what, v, target) in rows {
+    for (what, v, target) in &rows {
         let unit = if what.contains("per second") {
             " /s"
         } else if what.contains("KiB") {
@@ -1378,14 +1497,107 @@ async fn run() -> Res<()> {
         } else {
             "×"
         };
-        writeln!(out, "| {what} | {}{unit} | {target} |", fmt(v))?;
+        writeln!(out, "| {what} | {}{unit} | {target} |", fmt(*v))?;
     }
+    write_gaps(&mut out, &rows)?;
     print!("{out}");
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     std::fs::write(&path, &out)?;
     eprintln!("wrote {}", path.display());
     main.orm.close(Duration::from_secs(5)).await?;
     small.orm.close(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// The targets this run missed, each with its floor when one was measured: whether the floor
+/// itself meets the target (if not, no change to the ORM's own layers can), and how far above
+/// the floor the ORM is (its own share of the gap).
+/// A target of the ratio table as a bound: at most (`≤`, `<`) or at least (`≥`), and its
+/// number (`≥ 1,000,000 /s` is 1000000).
+fn bound(text: &str) -> Option<(bool, f64)> {
+    let at_most = text.starts_with('≤') || text.starts_with('<');
+    if !(at_most || text.starts_with('≥')) {
+        return None;
+    }
+    let number: String = text
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    number.parse().ok().map(|n| (at_most, n))
+}
+
+/// The floor of row `i`'s target: the `(floor)` row right after it, or after the rows of the
+/// same workload and target that follow it (a floor stands right after the targets it bounds).
+pub(crate) fn floor_of(rows: &[(String, f64, &str)], i: usize) -> Option<f64> {
+    let (what, _, target) = rows.get(i)?;
+    let workload: String = what.chars().take(24).collect();
+    rows.iter()
+        .skip(i + 1)
+        .find(|(w, _, t)| !(t == target && w.starts_with(&workload)))
+        .filter(|(_, f, t)| *t == "(floor)" && !f.is_nan())
+        .map(|(_, f, _)| *f)
+}
+
+fn write_gaps(out: &mut String, rows: &[(String, f64, &str)]) -> Res<()> {
+    let mut lines = Vec::new();
+    for (i, (what, v, t)) in rows.iter().enumerate() {
+        let Some((at_most, goal)) = bound(t) else {
+            continue;
+        };
+        let unit = if t.ends_with('×') {
+            "×"
+        } else if t.ends_with("/s") {
+            " /s"
+        } else {
+            " KiB"
+        };
+        let met = if at_most { *v <= goal } else { *v >= goal };
+        if met || v.is_nan() {
+            continue;
+        }
+        let line = match floor_of(rows, i) {
+            Some(f) => {
+                let f = &f;
+                let floor_meets = if at_most { *f <= goal } else { *f >= goal };
+                let verdict = if floor_meets {
+                    "the floor meets the target: the rest of the gap is the ORM's own"
+                } else {
+                    "the floor itself misses the target"
+                };
+                // How far actor-orm is from its floor, in the direction the target counts.
+                let off = if at_most { v / f } else { f / v };
+                let own = if off >= 1.0 {
+                    format!(
+                        "actor-orm is {}× off its floor: that share is its own",
+                        fmt(off)
+                    )
+                } else {
+                    format!(
+                        "actor-orm does better than this floor, by {}×",
+                        fmt(1.0 / off)
+                    )
+                };
+                format!(
+                    "- {what}: {}{unit} against {t}; floor {}{unit} ({verdict}); {own}",
+                    fmt(*v),
+                    fmt(*f),
+                )
+            }
+            None => format!("- {what}: {}{unit} against {t}; no floor measured", fmt(*v)),
+        };
+        lines.push(line);
+    }
+    if !lines.is_empty() {
+        writeln!(
+            out,
+            "\n## Missed targets and their floors (same run)\n\nA floor is the same work with \
+             only what the design cannot remove (the rows marked `floor:` above): a ractor actor \
+             in the path, an actor per session, PgBouncer's own hop, one hand-written statement.\n"
+        )?;
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+    }
     Ok(())
 }
 

@@ -9,18 +9,26 @@ use std::hint::black_box;
 use actor_orm::StatementMode;
 use actor_orm::testing::{PgBouncer, PgBouncerOptions};
 
-use crate::{BenchUser, N, Res, Results, interleaved, key, op, percentile, pool_cycles, us};
+use crate::{
+    BenchUser, N, Res, Results, by_hand, interleaved, key, op, percentile, pool_cycles, us,
+};
 
 const W_READ: &str = "14. through PgBouncer: point read";
 const W_CYCLE: &str = "14. through PgBouncer: request cycle";
 const DIRECT: &str = "actor-orm direct, prepared";
 const UNNAMED: &str = "actor-orm direct, unnamed";
 const BOUNCED: &str = "actor-orm through PgBouncer (unnamed)";
+/// The pooler's own cost: raw tokio-postgres with unnamed statements (`query_typed`), straight to
+/// the server and through the same PgBouncer.
+const RAW_DIRECT: &str = "floor: raw tokio-postgres direct, unnamed";
+const RAW_BOUNCED: &str = "floor: raw tokio-postgres through PgBouncer, unnamed";
 
 pub(crate) struct PoolerBench {
     direct: actor_orm::Pool,
     unnamed: actor_orm::Pool,
     bounced: actor_orm::Pool,
+    raw_direct: tokio_postgres::Client,
+    raw_bounced: tokio_postgres::Client,
     // Stopped (and removed) when the harness ends.
     _bouncer: PgBouncer,
 }
@@ -51,10 +59,17 @@ impl PoolerBench {
         };
         let mut direct_config = pg.clone();
         direct_config.dbname(dbname);
+        let raw = |config: tokio_postgres::Config| async move {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Res::Ok(client)
+        };
         Ok(PoolerBench {
             direct: build(direct_config.clone(), None).await?,
-            unnamed: build(direct_config, Some(StatementMode::Unnamed)).await?,
+            unnamed: build(direct_config.clone(), Some(StatementMode::Unnamed)).await?,
             bounced: build(bouncer.config_for(dbname), None).await?,
+            raw_direct: raw(direct_config).await?,
+            raw_bounced: raw(bouncer.config_for(dbname)).await?,
             _bouncer: bouncer,
         })
     }
@@ -70,7 +85,7 @@ impl PoolerBench {
         for (_, pool) in &systems {
             sessions.push(pool.session().await?);
         }
-        let ops = systems
+        let mut ops: Vec<_> = systems
             .iter()
             .zip(&sessions)
             .map(|((name, _), session)| {
@@ -83,6 +98,25 @@ impl PoolerBench {
                 )
             })
             .collect();
+        for (name, client) in [
+            (RAW_DIRECT, &self.raw_direct),
+            (RAW_BOUNCED, &self.raw_bounced),
+        ] {
+            ops.push((
+                name,
+                op(move |i| async move {
+                    let k = key(i);
+                    let rows = client
+                        .query_typed(
+                            "SELECT id, name, email, age FROM bench_users WHERE id = $1",
+                            &[(&k, tokio_postgres::types::Type::INT8)],
+                        )
+                        .await?;
+                    black_box(rows.first().map(by_hand));
+                    Ok(())
+                }),
+            ));
+        }
         for (sys, l) in interleaved(N, ops).await? {
             r.add(W_READ, "p50 µs", sys, us(percentile(&l, 0.5)));
         }
@@ -105,6 +139,13 @@ pub(crate) fn ratios(r: &Results) -> Vec<(String, f64, &'static str)> {
             "point read through PgBouncer (unnamed) vs direct unnamed (lower is better)".into(),
             r.get(W_READ, "p50 µs", BOUNCED) / r.get(W_READ, "p50 µs", UNNAMED),
             "≤ 1.05×",
+        ),
+        (
+            "floor: point read of raw tokio-postgres through PgBouncer vs direct, unnamed \
+             statements both (PgBouncer's own cost; lower is better)"
+                .into(),
+            r.get(W_READ, "p50 µs", RAW_BOUNCED) / r.get(W_READ, "p50 µs", RAW_DIRECT),
+            "(floor)",
         ),
         (
             "point read through PgBouncer vs direct prepared, the default each way (lower is better)"
