@@ -642,6 +642,43 @@ impl Session {
         .await
     }
 
+    /// Queues an UPDATE of every row matching a filter for the next flush instead of running it
+    /// now: it runs where it was queued among the session's changes, its row count unread, and
+    /// at [`commit`](Self::commit) it goes out with the pending inserts and the COMMIT in one
+    /// round trip. See [`SessionState::defer_update_where`](actor_orm_core::SessionState::defer_update_where).
+    ///
+    /// ```no_run
+    /// # use actor_orm::prelude::*;
+    /// # #[derive(Model, Clone, Debug)]
+    /// # struct Teller { #[orm(primary_key)] id: i64, balance: i64 }
+    /// # async fn f(session: &Session) -> actor_orm::Result<()> {
+    /// session.defer_update_where(
+    ///     UpdateWhere::<Teller>::key(7).set(Teller::BALANCE, Teller::BALANCE.add(100)),
+    /// )
+    /// .await?;
+    /// session.commit().await?; // the UPDATE and the COMMIT in one round trip
+    /// # Ok(()) }
+    /// ```
+    pub async fn defer_update_where<M: Model + actor_orm_core::Writable>(
+        &self,
+        update: UpdateWhere<M>,
+    ) -> Result<()> {
+        self.local(move |s| s.defer_update_where(update)).await
+    }
+
+    /// [`defer_update_where`](Self::defer_update_where) for a DELETE of every row matching a
+    /// filter.
+    pub async fn defer_delete_where<M: Model + actor_orm_core::Writable>(
+        &self,
+        delete: DeleteWhere<M>,
+    ) -> Result<()> {
+        self.local(move |s| {
+            s.defer_delete_where(delete);
+            Ok(())
+        })
+        .await
+    }
+
     /// [`update_where`](Self::update_where) that reads the updated rows back (`RETURNING`),
     /// e.g. one row by key: `UpdateWhere::<Account>::key(7).set(..)`.
     pub async fn update_returning<M: Model + actor_orm_core::Writable>(

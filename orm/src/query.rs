@@ -576,6 +576,9 @@ impl<S: Selection> Project<S> {
 /// (which forgets `M`'s rows when it runs). A new value may be a bound value, another column or
 /// an [`Expression`] over the row's columns, so that a change is computed by the server from the
 /// row as it is when the UPDATE runs: `balance = balance + $1` cannot lose a concurrent update.
+/// On a model with a `#[orm(version)]` column the version goes up by one in every row changed
+/// (unless the UPDATE sets it), so that a session holding an older copy of such a row finds it
+/// stale when it saves it, instead of overwriting the change.
 ///
 /// ```
 /// use actor_orm_core::UpdateWhere;
@@ -653,6 +656,16 @@ impl<M: Model> UpdateWhere<M> {
         for (i, node) in &self.sets {
             let col = &meta.columns[*i];
             stmt.value(col.name, node.to_set_expr(col)?);
+        }
+        // A versioned row changed by an expression is a new version: a session that loaded it
+        // before must find it stale when it saves, or the expression's change would be lost.
+        if let Some((v, col)) = meta.version_column()
+            && !self.sets.iter().any(|(i, _)| *i == v)
+        {
+            stmt.value(
+                col.name,
+                sea_query::Expr::col(sea_query::Alias::new(col.name)).add(1),
+            );
         }
         if let Some(key) = &self.key {
             stmt.and_where(crate::model::key_in::<M>(&[key])?);

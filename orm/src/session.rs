@@ -377,11 +377,12 @@ impl SessionState {
 
     /// Flushes, then commits. A transaction that had failed is rolled back and reported.
     ///
-    /// When everything pending is an INSERT (and the transaction is open), the INSERTs and the
-    /// COMMIT go out together, in one round trip: an insert has no outcome the client must check
-    /// before committing (a failing one aborts the transaction, and the server answers the COMMIT
-    /// behind it with a ROLLBACK), and a commit forgets what was loaded, so they read nothing
-    /// back.
+    /// When everything pending is an INSERT or a deferred statement
+    /// ([`defer_update_where`](Self::defer_update_where)) and the transaction is open, they and
+    /// the COMMIT go out together, in one round trip: none has an outcome the client must check
+    /// before committing (a failing one aborts the transaction, and the server answers the
+    /// COMMIT behind it with a ROLLBACK), and a commit forgets what was loaded, so they read
+    /// nothing back.
     pub async fn commit(&mut self, conn: &Connection) -> Result<()> {
         let r = self.commit_inner(conn).await;
         self.wrote = false;
@@ -393,8 +394,8 @@ impl SessionState {
     }
 
     async fn commit_inner(&mut self, conn: &Connection) -> Result<()> {
-        if self.tx == TxState::Active && !self.work.is_empty() && self.work.only_inserts() {
-            return self.commit_inserts(conn).await;
+        if self.tx == TxState::Active && !self.work.is_empty() && self.work.only_unchecked() {
+            return self.commit_unchecked(conn).await;
         }
         if self.tx != TxState::Failed {
             self.flush(conn).await?;
@@ -424,24 +425,35 @@ impl SessionState {
         }
     }
 
-    async fn commit_inserts(&mut self, conn: &Connection) -> Result<()> {
+    async fn commit_unchecked(&mut self, conn: &Connection) -> Result<()> {
         let ops = self.work.take_ordered();
-        let run = inserted_models(&ops);
         // Every statement is built, prepared and its values encoded before any is sent: each
         // then goes out on its first poll, in order, with COMMIT right behind them, and none can
         // be refused on the client after the COMMIT has gone (which would commit the rest).
         let mut statements = Vec::new();
-        for batch in batches(&run) {
-            let ready = match batch_insert(conn, &batch, false).await {
-                Ok(built) => conn
-                    .prepare_checked(&built.sql, &built.values, Some(&built.columns))
-                    .await
-                    .map(|()| built),
-                Err(e) => Err(e),
-            };
-            match ready {
-                Ok(built) => statements.push(built),
-                Err(e) => return self.note(Err(e)),
+        let mut i = 0;
+        while i < ops.len() {
+            let start = i;
+            while i < ops.len() && matches!(ops[i], Op::Insert { .. }) {
+                i += 1;
+            }
+            for batch in batches(&inserted_models(&ops[start..i])) {
+                match batch_insert(conn, &batch, false).await {
+                    Ok(built) => statements.push(built),
+                    Err(e) => return self.note(Err(e)),
+                }
+            }
+            if let Some(Op::Statement { sql, values, .. }) = ops.get(i) {
+                statements.push(flush::deferred(sql, values));
+                i += 1;
+            }
+        }
+        for built in &statements {
+            let checked = conn
+                .prepare_checked(&built.sql, &built.values, Some(&built.columns))
+                .await;
+            if let Err(e) = checked {
+                return self.note(Err(e));
             }
         }
         let inserts = in_order(
@@ -1192,6 +1204,36 @@ impl SessionState {
         let (sql, values) = update.build()?;
         self.identity.forget_table(M::meta());
         self.run_execute(conn, &sql, &values).await
+    }
+
+    /// Queues an UPDATE of every row matching a filter for the next flush, where it runs in the
+    /// order it was queued among the session's other changes (after those made before it,
+    /// before those made after it); its row count is not read. For writes the caller does not
+    /// need an answer from — counters, balances moved by an expression — so that they travel
+    /// with the rest of the unit of work: at [`commit`](Self::commit), with only inserts and
+    /// deferred statements pending in an open transaction, all of them and the COMMIT go out in
+    /// one round trip. A failing one fails the flush (or the commit) like any statement: nothing
+    /// of the transaction is committed. `M`'s rows are forgotten by the identity map now, so a
+    /// read of them goes to the server — after the flush that runs this.
+    pub fn defer_update_where<M: Model + crate::Writable>(
+        &mut self,
+        update: UpdateWhere<M>,
+    ) -> Result<()> {
+        let (sql, values) = update.build()?;
+        self.defer(M::meta(), sql, values);
+        Ok(())
+    }
+
+    /// [`defer_update_where`](Self::defer_update_where) for a DELETE of every row matching a
+    /// filter.
+    pub fn defer_delete_where<M: Model + crate::Writable>(&mut self, delete: DeleteWhere<M>) {
+        let (sql, values) = delete.build();
+        self.defer(M::meta(), sql, values);
+    }
+
+    fn defer(&mut self, meta: &'static crate::model::ModelMeta, sql: String, values: Values) {
+        self.identity.forget_table(meta);
+        self.work.ops.push(Op::Statement { meta, sql, values });
     }
 
     /// UPDATE every row matching a filter and read the updated rows back (`RETURNING`): the

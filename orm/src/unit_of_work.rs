@@ -58,13 +58,20 @@ pub(crate) enum Op {
         key_values: Vec<Value>,
         expected_version: Option<i64>,
     },
+    /// A deferred `UPDATE … WHERE` or `DELETE … WHERE` of `meta`'s table: run where it was
+    /// queued among the other changes, its row count not read.
+    Statement {
+        meta: &'static ModelMeta,
+        sql: String,
+        values: Values,
+    },
 }
 
 impl Op {
     fn meta(&self) -> &'static ModelMeta {
         match self {
             Op::Insert { model: m, .. } | Op::Update { model: m, .. } => m.meta(),
-            Op::Delete { meta, .. } => meta,
+            Op::Delete { meta, .. } | Op::Statement { meta, .. } => meta,
         }
     }
 }
@@ -92,9 +99,12 @@ impl UnitOfWork {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
-    /// Whether every pending change is an INSERT (nothing whose outcome the client must check).
-    pub(crate) fn only_inserts(&self) -> bool {
-        self.ops.iter().all(|o| matches!(o, Op::Insert { .. }))
+    /// Whether every pending change is an INSERT or a deferred statement: nothing whose outcome
+    /// the client must check before committing.
+    pub(crate) fn only_unchecked(&self) -> bool {
+        self.ops
+            .iter()
+            .all(|o| matches!(o, Op::Insert { .. } | Op::Statement { .. }))
     }
     /// Drops every pending change.
     pub fn clear(&mut self) {
@@ -148,8 +158,29 @@ impl UnitOfWork {
 
     /// Orders the pending changes so foreign keys hold: inserts parents first, then updates, then
     /// deletes children first; within one table the caller's order is kept.
+    /// The pending changes in the order a flush runs them: between two deferred statements
+    /// (which stay where they were queued), inserts first, parents before children, then
+    /// updates, then deletes, children before parents.
     pub(crate) fn take_ordered(&mut self) -> Vec<Op> {
         let ops = std::mem::take(&mut self.ops);
+        let mut out = Vec::with_capacity(ops.len());
+        let mut segment = Vec::new();
+        for op in ops {
+            if matches!(op, Op::Statement { .. }) {
+                out.extend(Self::ordered(std::mem::take(&mut segment)));
+                out.push(op);
+            } else {
+                segment.push(op);
+            }
+        }
+        out.extend(Self::ordered(segment));
+        out
+    }
+
+    fn ordered(ops: Vec<Op>) -> Vec<Op> {
+        if ops.len() < 2 {
+            return ops;
+        }
         let metas: Vec<&'static ModelMeta> = {
             let mut seen = HashSet::new();
             ops.iter()
@@ -164,7 +195,7 @@ impl UnitOfWork {
             match op {
                 Op::Insert { .. } => inserts.push(op),
                 Op::Update { .. } => updates.push(op),
-                Op::Delete { .. } => deletes.push(op),
+                Op::Delete { .. } | Op::Statement { .. } => deletes.push(op),
             }
         }
         // Stable sorts keep the caller's order within one rank.

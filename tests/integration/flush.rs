@@ -2,7 +2,7 @@
 //! lost-update check per row, every statement of a flush goes out back to back behind its BEGIN,
 //! and a failure anywhere — a stale row the server did not even call an error — commits nothing.
 
-use actor_orm::{Error, SessionState, TxState};
+use actor_orm::{DeleteWhere, Error, SessionState, TxState, UpdateWhere};
 
 use crate::models::*;
 
@@ -216,4 +216,193 @@ async fn the_first_error_of_a_pipelined_flush_is_the_callers_and_nothing_commits
         .await
         .expect("count")[0];
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (5, 100));
+}
+
+/// Deferred statements (`defer_update_where`) travel with the unit of work: at commit, with
+/// only inserts and deferred statements pending in an open transaction, all of them and the
+/// COMMIT are sent without waiting for any answer. Shown with the deferred UPDATE stuck behind
+/// another transaction's row lock: the COMMIT has already been sent while it waits.
+#[tokio::test]
+async fn deferred_updates_go_out_with_the_commit_without_waiting() {
+    let (db, conn) = crate::connect("flush_deferred").await;
+    create_schema(&conn).await;
+    conn.batch("INSERT INTO accounts (id, balance, version) VALUES (1, 100, 1), (2, 100, 1)")
+        .await
+        .expect("rows");
+    let conn = std::sync::Arc::new(conn);
+    let locker = crate::connect_again(&db).await;
+    locker
+        .batch("BEGIN; SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+        .await
+        .expect("lock");
+    let mut s = SessionState::new();
+    // The transaction is open (as after the request's first write).
+    s.update_where(
+        &conn,
+        UpdateWhere::<Account>::key(2).set(Account::BALANCE, Account::BALANCE.add(1_i64)),
+    )
+    .await
+    .expect("open");
+    s.defer_update_where(
+        UpdateWhere::<Account>::key(1).set(Account::BALANCE, Account::BALANCE.add(5_i64)),
+    )
+    .expect("defer");
+    s.add_without_returning(vec![User::new("history", 1)])
+        .expect("add");
+    assert_eq!(s.pending(), 2, "nothing sent yet");
+    conn.record_statements(true);
+    let committing = tokio::spawn({
+        let conn = conn.clone();
+        async move { s.commit(&conn).await }
+    });
+    // Wait until the deferred UPDATE is waiting for the lock.
+    let watcher = crate::connect_again(&db).await;
+    let mut waiting = false;
+    for _ in 0..500 {
+        let rows = watcher
+            .query(
+                "SELECT count(*)::int8 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE%accounts%'",
+                &actor_orm::sea_query::Values(vec![]),
+                None,
+            )
+            .await
+            .expect("activity");
+        if rows[0].get::<_, i64>(0) == 1 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the deferred UPDATE never waited for the lock");
+    let sent = conn.take_statements();
+    assert!(
+        sent.iter().any(|q| q == "COMMIT"),
+        "COMMIT waits for the UPDATE's answer: {sent:?}"
+    );
+    assert!(!committing.is_finished());
+    locker.batch("COMMIT").await.expect("release");
+    committing.await.expect("task").expect("commit");
+    let row = &watcher
+        .query(
+            "SELECT (SELECT string_agg(balance::text, ',' ORDER BY id) FROM accounts), (SELECT count(*)::int8 FROM users)",
+            &actor_orm::sea_query::Values(vec![]),
+            None,
+        )
+        .await
+        .expect("state")[0];
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("105,101".to_owned(), 1)
+    );
+}
+
+/// A deferred statement that fails fails the commit, and nothing of the transaction is
+/// committed: not the inserts sent with it, not what ran before.
+#[tokio::test]
+async fn a_failing_deferred_statement_commits_nothing() {
+    let (_db, conn) = crate::connect("flush_deferred_fails").await;
+    create_schema(&conn).await;
+    conn.batch(
+        "ALTER TABLE accounts ADD CHECK (balance >= 0);
+         INSERT INTO accounts (id, balance, version) VALUES (1, 100, 1), (2, 100, 1)",
+    )
+    .await
+    .expect("rows");
+    let mut s = SessionState::new();
+    s.update_where(
+        &conn,
+        UpdateWhere::<Account>::key(2).set(Account::BALANCE, Account::BALANCE.add(1_i64)),
+    )
+    .await
+    .expect("open");
+    s.add(User::new("before", 1)).expect("add");
+    s.defer_update_where(
+        UpdateWhere::<Account>::key(1).set(Account::BALANCE, Account::BALANCE.sub(500_i64)),
+    )
+    .expect("defer");
+    s.add(User::new("after", 1)).expect("add");
+    let err = s.commit(&conn).await.expect_err("the check constraint");
+    assert_eq!(err.code(), Some("23514"), "{err:?}");
+    assert_eq!(s.tx_state(), TxState::Idle, "the transaction is over");
+    let row = &conn
+        .query(
+            "SELECT (SELECT string_agg(balance::text, ',' ORDER BY id) FROM accounts), (SELECT count(*)::int8 FROM users)",
+            &actor_orm::sea_query::Values(vec![]),
+            None,
+        )
+        .await
+        .expect("state")[0];
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("100,100".to_owned(), 0)
+    );
+}
+
+/// A deferred statement runs where it was queued: after the changes made before it and before
+/// those made after it; a read flushes it first; and a save of a row it changed is checked
+/// against what was loaded, as against any other writer.
+#[tokio::test]
+async fn a_deferred_statement_runs_where_it_was_queued() {
+    let (_db, conn) = crate::connect("flush_deferred_order").await;
+    create_schema(&conn).await;
+    conn.batch("INSERT INTO accounts (id, balance, version) VALUES (1, 100, 1)")
+        .await
+        .expect("rows");
+    let mut s = SessionState::new();
+    s.add(User::new("ann", 30)).expect("add");
+    s.defer_update_where(UpdateWhere::<User>::new().set(User::AGE, User::AGE.add(1_i32)))
+        .expect("defer");
+    s.add(User::new("bob", 30)).expect("add");
+    s.commit(&conn)
+        .await
+        .expect("commit (two round trips: no transaction was open)");
+    let ages: Vec<(String, i32)> = s
+        .all(&conn, User::query().order_by(User::NAME.asc()))
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|u| (u.name, u.age))
+        .collect();
+    assert_eq!(ages, [("ann".to_owned(), 31), ("bob".to_owned(), 30)]);
+
+    // A read after it sees its effect: the read flushes it first.
+    s.defer_delete_where(DeleteWhere::<User>::new(User::NAME.eq("bob")));
+    let names: Vec<String> = s
+        .all(&conn, User::query())
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["ann"]);
+    s.commit(&conn).await.expect("commit");
+
+    // A loaded row changed by a deferred statement, then saved: the save's check sees the
+    // deferred change and the row is stale; nothing commits.
+    let mut account = s
+        .get::<Account>(&conn, 1_i64)
+        .await
+        .expect("get")
+        .expect("row");
+    s.defer_update_where(
+        UpdateWhere::<Account>::key(1).set(Account::BALANCE, Account::BALANCE.add(5_i64)),
+    )
+    .expect("defer");
+    account.balance = 50;
+    s.save(account).expect("save");
+    match s.commit(&conn).await.expect_err("stale") {
+        Error::Stale { .. } => {}
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    s.rollback(&conn).await.expect("rollback");
+    let balance: i64 = conn
+        .query(
+            "SELECT balance FROM accounts WHERE id = 1",
+            &actor_orm::sea_query::Values(vec![]),
+            None,
+        )
+        .await
+        .expect("balance")[0]
+        .get(0);
+    assert_eq!(balance, 100);
 }

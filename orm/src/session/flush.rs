@@ -32,6 +32,8 @@ enum Step<'a> {
     Updates(Vec<&'a Op>),
     Update(&'a Op),
     Delete(&'a Op),
+    /// A deferred statement: its row count is not read.
+    Statement,
 }
 
 enum Answer {
@@ -88,6 +90,7 @@ impl SessionState {
                         return Err(stale(ops[at]));
                     }
                 }
+                (Step::Statement, Answer::Count(_)) => {}
                 (Step::Delete(op), Answer::Count(n)) => {
                     if n == 0 {
                         return Err(stale(op));
@@ -134,6 +137,10 @@ fn stale(op: &Op) -> Error {
         Op::Insert { model, .. } => Error::NotFound {
             table: model.meta().table.into(),
             key: "(an inserted row)".into(),
+        },
+        Op::Statement { meta, .. } => Error::NotFound {
+            table: meta.table.into(),
+            key: "(the rows of a deferred statement)".into(),
         },
     }
 }
@@ -204,6 +211,9 @@ async fn plan<'a>(conn: &Connection, ops: &'a [Op]) -> Result<Vec<(Step<'a>, Bui
                 let built = unit_of_work::build_delete(meta, key_values, *expected_version);
                 steps.push((Step::Delete(&ops[i]), built));
             }
+            Op::Statement { sql, values, .. } => {
+                steps.push((Step::Statement, deferred(sql, values)));
+            }
         }
         i += 1;
     }
@@ -263,11 +273,21 @@ async fn update_run<'a>(
     Ok(Some(((Step::Updates(group), built), end)))
 }
 
+/// A deferred statement as the flush sends it.
+pub(super) fn deferred(sql: &str, values: &sea_query::Values) -> Built {
+    Built {
+        sql: sql.to_owned(),
+        values: values.clone(),
+        columns: Vec::new(),
+    }
+}
+
 /// Sends every statement back to back and collects their answers, in order.
 async fn send(conn: &Connection, steps: &[(Step<'_>, Built)]) -> Vec<Result<Answer>> {
     in_order(steps.iter().map(|(step, b)| async move {
         match step {
             Step::Delete(_)
+            | Step::Statement
             | Step::Inserts {
                 returning: false, ..
             } => conn
