@@ -18,16 +18,10 @@ const LOG_MAX: f64 = 2.0;
 /// A target as written in the ratio table (`≤ 1.03×`, `≥ 10×`): at most or at least, and the
 /// number; `None` for "(measured)" and targets in other units.
 pub(crate) fn target(text: &str) -> Option<(bool, f64)> {
-    let at_most = text.starts_with('≤') || text.starts_with('<');
-    let at_least = text.starts_with('≥');
-    if !(at_most || at_least) || !text.ends_with('×') {
+    if !text.ends_with('×') {
         return None;
     }
-    let number: String = text
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    number.parse().ok().map(|n| (at_most, n))
+    crate::bound(text)
 }
 
 fn x_of(ratio: f64) -> i32 {

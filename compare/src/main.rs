@@ -1514,7 +1514,7 @@ async fn run() -> Res<()> {
 /// the floor the ORM is (its own share of the gap).
 /// A target of the ratio table as a bound: at most (`≤`, `<`) or at least (`≥`), and its
 /// number (`≥ 1,000,000 /s` is 1000000).
-fn bound(text: &str) -> Option<(bool, f64)> {
+pub(crate) fn bound(text: &str) -> Option<(bool, f64)> {
     let at_most = text.starts_with('≤') || text.starts_with('<');
     if !(at_most || text.starts_with('≥')) {
         return None;

@@ -182,14 +182,17 @@ async fn next_model<M, S: Stream<Item = Result<M>> + ?Sized>(
 }
 
 /// How much COPY data is buffered before it is handed to the connection.
-const FLUSH_AT: usize = 8 * 1024;
+const FLUSH_AT: usize = 4 * 1024;
 
-/// Hands one chunk of COPY data to the connection, waiting while it is busy.
+/// Hands one chunk of COPY data to the connection and waits until it has gone out, so that the
+/// server works on it while the next chunk is encoded (queued without waiting, every chunk
+/// would reach the connection only once the encoding yields: at the end of a small COPY).
 async fn send(
     mut sink: std::pin::Pin<&mut CopyInSink<bytes::Bytes>>,
     chunk: bytes::Bytes,
 ) -> Result<()> {
     std::future::poll_fn(|cx| sink.as_mut().poll_ready(cx)).await?;
     sink.as_mut().start_send(chunk)?;
+    std::future::poll_fn(|cx| sink.as_mut().poll_flush(cx)).await?;
     Ok(())
 }

@@ -282,16 +282,8 @@ async fn deferred_updates_go_out_with_the_commit_without_waiting() {
     assert!(!committing.is_finished());
     locker.batch("COMMIT").await.expect("release");
     committing.await.expect("task").expect("commit");
-    let row = &watcher
-        .query(
-            "SELECT (SELECT string_agg(balance::text, ',' ORDER BY id) FROM accounts), (SELECT count(*)::int8 FROM users)",
-            &actor_orm::sea_query::Values(vec![]),
-            None,
-        )
-        .await
-        .expect("state")[0];
     assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        balances_and_users(&watcher).await,
         ("105,101".to_owned(), 1)
     );
 }
@@ -324,18 +316,7 @@ async fn a_failing_deferred_statement_commits_nothing() {
     let err = s.commit(&conn).await.expect_err("the check constraint");
     assert_eq!(err.code(), Some("23514"), "{err:?}");
     assert_eq!(s.tx_state(), TxState::Idle, "the transaction is over");
-    let row = &conn
-        .query(
-            "SELECT (SELECT string_agg(balance::text, ',' ORDER BY id) FROM accounts), (SELECT count(*)::int8 FROM users)",
-            &actor_orm::sea_query::Values(vec![]),
-            None,
-        )
-        .await
-        .expect("state")[0];
-    assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, i64>(1)),
-        ("100,100".to_owned(), 0)
-    );
+    assert_eq!(balances_and_users(&conn).await, ("100,100".to_owned(), 0));
 }
 
 /// A deferred statement runs where it was queued: after the changes made before it and before
@@ -405,4 +386,17 @@ async fn a_deferred_statement_runs_where_it_was_queued() {
         .expect("balance")[0]
         .get(0);
     assert_eq!(balance, 100);
+}
+
+/// The accounts' balances in key order, and how many users there are.
+async fn balances_and_users(conn: &actor_orm::Connection) -> (String, i64) {
+    let row = &conn
+        .query(
+            "SELECT (SELECT string_agg(balance::text, ',' ORDER BY id) FROM accounts), (SELECT count(*)::int8 FROM users)",
+            &actor_orm::sea_query::Values(vec![]),
+            None,
+        )
+        .await
+        .expect("state")[0];
+    (row.get(0), row.get(1))
 }
