@@ -648,14 +648,12 @@ impl Session {
     /// round trip. See [`SessionState::defer_update_where`](actor_orm_core::SessionState::defer_update_where).
     ///
     /// ```no_run
-    /// # use actor_orm::prelude::*;
-    /// # #[derive(Model, Clone, Debug)]
-    /// # struct Teller { #[orm(primary_key)] id: i64, balance: i64 }
-    /// # async fn f(session: &Session) -> actor_orm::Result<()> {
-    /// session.defer_update_where(
-    ///     UpdateWhere::<Teller>::key(7).set(Teller::BALANCE, Teller::BALANCE.add(100)),
-    /// )
-    /// .await?;
+    /// # use actor_orm_actors::Session;
+    /// # use actor_orm_core::{Column, SingleKey, UpdateWhere, Writable};
+    /// # async fn demo<Teller: Writable + SingleKey>(session: Session, balance: Column<Teller, i64>) -> actor_orm_core::Result<()> {
+    /// session
+    ///     .defer_update_where(UpdateWhere::<Teller>::key(7_i64).set(balance, balance.add(100_i64)))
+    ///     .await?;
     /// session.commit().await?; // the UPDATE and the COMMIT in one round trip
     /// # Ok(()) }
     /// ```

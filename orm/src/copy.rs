@@ -62,6 +62,13 @@ impl SessionState {
         if self.tx_state() == crate::TxState::Failed {
             return Err(Error::TransactionAborted);
         }
+        if conn.mode() != crate::StatementMode::Prepared {
+            // Behind a pooler the type probe is a statement prepared and closed on the server:
+            // both must reach the same server connection, which only a transaction holds. With
+            // prepared statements the probe is the statement cache's, and the COPY goes out
+            // behind the BEGIN below.
+            self.begin(conn).await?;
+        }
         let types = conn
             .param_types(&unit_of_work::insert_probe(meta, &included))
             .await?;
