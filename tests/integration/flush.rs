@@ -236,17 +236,8 @@ async fn deferred_updates_go_out_with_the_commit_without_waiting() {
         .await
         .expect("lock");
     let mut s = SessionState::new();
-    // The transaction is open (as after the request's first write).
-    s.update_where(
-        &conn,
-        UpdateWhere::<Account>::key(2).set(Account::BALANCE, Account::BALANCE.add(1_i64)),
-    )
-    .await
-    .expect("open");
-    s.defer_update_where(
-        UpdateWhere::<Account>::key(1).set(Account::BALANCE, Account::BALANCE.add(5_i64)),
-    )
-    .expect("defer");
+    open_with_a_write(&mut s, &conn).await;
+    s.defer_update_where(deposit(1, 5)).expect("defer");
     s.add_without_returning(vec![User::new("history", 1)])
         .expect("add");
     assert_eq!(s.pending(), 2, "nothing sent yet");
@@ -316,17 +307,9 @@ async fn a_failing_deferred_statement_commits_nothing() {
     .await
     .expect("rows");
     let mut s = SessionState::new();
-    s.update_where(
-        &conn,
-        UpdateWhere::<Account>::key(2).set(Account::BALANCE, Account::BALANCE.add(1_i64)),
-    )
-    .await
-    .expect("open");
+    open_with_a_write(&mut s, &conn).await;
     s.add(User::new("before", 1)).expect("add");
-    s.defer_update_where(
-        UpdateWhere::<Account>::key(1).set(Account::BALANCE, Account::BALANCE.sub(500_i64)),
-    )
-    .expect("defer");
+    s.defer_update_where(deposit(1, -500)).expect("defer");
     s.add(User::new("after", 1)).expect("add");
     let err = s.commit(&conn).await.expect_err("the check constraint");
     assert_eq!(err.code(), Some("23514"), "{err:?}");
@@ -380,10 +363,7 @@ async fn a_deferred_statement_runs_where_it_was_queued() {
         .await
         .expect("get")
         .expect("row");
-    s.defer_update_where(
-        UpdateWhere::<Account>::key(1).set(Account::BALANCE, Account::BALANCE.add(5_i64)),
-    )
-    .expect("defer");
+    s.defer_update_where(deposit(1, 5)).expect("defer");
     account.balance = 50;
     s.save(account).expect("save");
     match s.commit(&conn).await.expect_err("stale") {
@@ -414,4 +394,14 @@ async fn balances_and_users(conn: &actor_orm::Connection) -> (String, i64) {
         .await
         .expect("state")[0];
     (row.get(0), row.get(1))
+}
+
+/// `balance = balance + amount` for account `id`.
+fn deposit(id: i64, amount: i64) -> UpdateWhere<Account> {
+    UpdateWhere::<Account>::key(id).set(Account::BALANCE, Account::BALANCE.add(amount))
+}
+
+/// Opens the session's transaction the way a request's first write does (account 2 + 1).
+async fn open_with_a_write(s: &mut SessionState, conn: &actor_orm::Connection) {
+    s.update_where(conn, deposit(2, 1)).await.expect("open");
 }
