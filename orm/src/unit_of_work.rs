@@ -163,6 +163,9 @@ impl UnitOfWork {
     /// updates, then deletes, children before parents.
     pub(crate) fn take_ordered(&mut self) -> Vec<Op> {
         let ops = std::mem::take(&mut self.ops);
+        if !ops.iter().any(|o| matches!(o, Op::Statement { .. })) {
+            return Self::ordered(ops);
+        }
         let mut out = Vec::with_capacity(ops.len());
         let mut segment = Vec::new();
         for op in ops {
@@ -195,6 +198,7 @@ impl UnitOfWork {
             match op {
                 Op::Insert { .. } => inserts.push(op),
                 Op::Update { .. } => updates.push(op),
+                // A deferred statement never reaches here: it splits the changes into runs.
                 Op::Delete { .. } | Op::Statement { .. } => deletes.push(op),
             }
         }

@@ -94,10 +94,9 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
         .batch_execute("SELECT pg_wal_replay_pause()")
         .await
         .expect("pause");
-    let served_before: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
+    let served_before = replica_reads(&pool);
     let stale = round(pool.clone(), 0..1_000).await;
-    let served_paused: u64 =
-        pool.replica_stats().iter().map(|r| r.reads).sum::<u64>() - served_before;
+    let served_paused: u64 = replica_reads(&pool) - served_before;
     assert_eq!(stale, 0, "stale reads with replay paused");
     assert_eq!(served_paused, 0, "the paused replica served reads");
     in_rotation_within(
@@ -120,9 +119,9 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
     )
     .await;
     let primary_before = pool.primary_reads();
-    let served_before: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
+    let served_before = replica_reads(&pool);
     let stale = round(pool.clone(), 1_000..2_000).await;
-    let to_replica = pool.replica_stats().iter().map(|r| r.reads).sum::<u64>() - served_before;
+    let to_replica = replica_reads(&pool) - served_before;
     let to_primary = pool.primary_reads() - primary_before;
     eprintln!("replay running: {to_replica} reads on the replica, {to_primary} on the primary");
     assert_eq!(stale, 0, "stale reads with replay running");
@@ -171,9 +170,9 @@ async fn reads_follow_the_causal_token_and_never_see_stale_data() {
         "the replica came back",
     )
     .await;
-    let served_before: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
+    let served_before = replica_reads(&pool);
     assert_eq!(count_notes(&pool).await, 2_000);
-    let served: u64 = pool.replica_stats().iter().map(|r| r.reads).sum();
+    let served = replica_reads(&pool);
     assert!(served > served_before, "reads on the replica again");
     drop((primary, replica));
 }
@@ -184,4 +183,9 @@ async fn count_notes(pool: &Pool) -> i64 {
     let n = s.count(Note::query()).await.expect("count");
     s.close().await.expect("close");
     n
+}
+
+/// Reads served by the pool's replicas so far.
+fn replica_reads(pool: &actor_orm::Pool) -> u64 {
+    pool.replica_stats().iter().map(|r| r.reads).sum()
 }
