@@ -374,6 +374,16 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
         }
     };
     let values = fields.iter().map(value_of);
+    // A field written as a COPY field, straight from the struct (no `Value` for plain types).
+    let encoders = fields.iter().enumerate().map(|(i, f)| {
+        let ident = &f.ident;
+        if f.json {
+            let value = value_of(f);
+            quote!(#i => #krate::__private::encode_value(#value, column, ty, out),)
+        } else {
+            quote!(#i => #krate::ColumnValue::encode(&self.#ident, column, ty, out),)
+        }
+    });
     // The key alone, without converting every other field.
     let key_values: Vec<_> = fields
         .iter()
@@ -592,6 +602,21 @@ pub(crate) fn expand(input: TokenStream) -> Result<TokenStream> {
 
             fn key_values(&self) -> #krate::Result<::std::vec::Vec<#krate::__private::Value>> {
                 ::core::result::Result::Ok(::std::vec![#(#key_values),*])
+            }
+
+            fn encode_column(
+                &self,
+                index: usize,
+                column: &#krate::ColumnMeta,
+                ty: &#krate::__private::Type,
+                out: &mut #krate::__private::BytesMut,
+            ) -> #krate::Result<#krate::__private::IsNull> {
+                match index {
+                    #(#encoders)*
+                    _ => ::core::result::Result::Err(#krate::Error::InvalidInput(::std::format!(
+                        "{}: no column {} in {}", column.name, index, #table
+                    ))),
+                }
             }
 
             fn is_unset(&self, index: usize) -> bool {

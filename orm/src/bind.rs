@@ -389,3 +389,28 @@ fn array_type(ty: &sea_query::ArrayType) -> Type {
         _ => Type::UNKNOWN,
     }
 }
+
+/// Writes `value`, checked against and converted for `column` as a bound parameter is, in
+/// PostgreSQL's binary format for the server type `ty` (a COPY field): a value that does not
+/// fit is the same typed error an INSERT gives, naming the column.
+pub fn encode_value(
+    value: Value,
+    column: &crate::model::ColumnMeta,
+    ty: &Type,
+    out: &mut BytesMut,
+) -> crate::error::Result<IsNull> {
+    let value = column.sql_type.coerce(value, column.name)?;
+    Bind::new(&value, 0, Some(column.name))
+        .to_sql(ty, out)
+        .map_err(|e| encode_error(e, column.name))
+}
+
+/// An encoding failure as the crate's error: a [`BindError`] as itself, anything else
+/// (tokio-postgres's own encoders) naming the column.
+#[cold]
+pub(crate) fn encode_error(e: BoxError, column: &str) -> Error {
+    match e.downcast::<BindError>() {
+        Ok(b) => b.into_error(),
+        Err(other) => Error::InvalidInput(format!("{column}: {other}")),
+    }
+}

@@ -529,7 +529,7 @@ impl Connection {
         }
     }
 
-    async fn statement(&self, sql: &str) -> Result<Statement> {
+    pub(crate) async fn statement(&self, sql: &str) -> Result<Statement> {
         if let Some(stmt) = self.cache.lock().ok().and_then(|c| c.get(sql).cloned()) {
             return Ok(stmt);
         }

@@ -7,10 +7,9 @@ use std::task::{Context, Poll};
 use bytes::{BufMut as _, BytesMut};
 use futures_core::Stream;
 use futures_sink::Sink;
-use tokio_postgres::CopyInSink;
-use tokio_postgres::types::{IsNull, ToSql};
+use tokio_postgres::types::IsNull;
+use tokio_postgres::{CopyInSink, ToStatement};
 
-use crate::bind::{Bind, BindError};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::model::{Model, Writable};
@@ -87,10 +86,17 @@ impl SessionState {
             unset: &unset,
             types: &types,
         };
-        // The COPY goes out behind the BEGIN when none is open: one round trip for both.
-        let result = self
-            .in_transaction(conn, copy.run(conn, &sql, first, source))
-            .await;
+        // The COPY goes out behind the BEGIN when none is open: one round trip for both. With
+        // prepared statements it is prepared once per connection, as every statement is (a
+        // round trip less on each later COPY); behind a pooler, for this COPY alone.
+        let result = if conn.mode() == crate::StatementMode::Prepared {
+            let statement = conn.statement(&sql).await?;
+            self.in_transaction(conn, copy.run(conn, &statement, first, source))
+                .await
+        } else {
+            self.in_transaction(conn, copy.run(conn, sql.as_str(), first, source))
+                .await
+        };
         if result.is_err() {
             // The aborted COPY failed the transaction on the server.
             self.mark_failed();
@@ -113,12 +119,15 @@ impl Copy<'_> {
     async fn run<M: Model + Writable>(
         &self,
         conn: &Connection,
-        sql: &str,
+        statement: &(impl ToStatement + Sync + ?Sized),
         first: M,
         mut source: Pin<&mut (impl Stream<Item = Result<M>> + ?Sized)>,
     ) -> Result<u64> {
         let meta = self.meta;
-        let sink = conn.raw_client().copy_in::<_, bytes::Bytes>(sql).await?;
+        let sink = conn
+            .raw_client()
+            .copy_in::<_, bytes::Bytes>(statement)
+            .await?;
         let mut sink = std::pin::pin!(sink);
         // The binary COPY format, written straight into one buffer: a header, per row a field
         // count and each field's length and bytes, and a trailer.
@@ -136,20 +145,13 @@ impl Copy<'_> {
                     meta.table
                 )));
             }
-            let mut values = model.values()?;
             buf.put_i16(fields);
-            for (k, &i) in self.included.iter().enumerate() {
+            for (&i, ty) in self.included.iter().zip(self.types) {
                 let col = &meta.columns[i];
-                let v = std::mem::replace(&mut values[i], sea_query::Value::Bool(None));
-                let v = col.sql_type.coerce(v, col.name)?;
                 let at = buf.len();
                 buf.put_i32(0);
-                let written = Bind::new(&v, i + 1, Some(col.name))
-                    .to_sql(&self.types[k], &mut buf)
-                    .map_err(|e| match e.downcast::<BindError>() {
-                        Ok(b) => b.into_error(),
-                        Err(other) => Error::InvalidInput(format!("{}: {other}", col.name)),
-                    })?;
+                // Straight from the model's field, checked as an INSERT's bound value is.
+                let written = model.encode_column(i, col, ty, &mut buf)?;
                 let len = match written {
                     IsNull::Yes => -1,
                     IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| {

@@ -130,8 +130,12 @@ pub fn quote_ident(name: &str) -> String {
 /// Items the derive's generated code uses; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use bytes::BytesMut;
     pub use sea_query::Value;
     pub use tokio_postgres::Row;
+    pub use tokio_postgres::types::{IsNull, Type};
+
+    pub use crate::bind::encode_value;
 
     #[cfg(feature = "json")]
     pub use crate::types::json;

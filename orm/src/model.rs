@@ -249,6 +249,28 @@ pub trait Model: Clone + Send + Sync + 'static {
     /// Builds the model from a row; `positions[i]` is where column `i` is in the row.
     fn from_row(row: &Row, positions: &[usize]) -> Result<Self>;
 
+    /// Writes column `index` (described by `column`) as a field of a binary COPY, for the
+    /// server type `ty`, with the checks and typed errors of binding it to an INSERT. The derive
+    /// writes each field directly ([`ColumnValue::encode`]); the default goes through
+    /// [`values`](Self::values).
+    fn encode_column(
+        &self,
+        index: usize,
+        column: &ColumnMeta,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull> {
+        let mut values = self.values()?;
+        if index >= values.len() {
+            return Err(crate::Error::InvalidInput(format!(
+                "{}: no column {index} in {} values",
+                column.name,
+                values.len()
+            )));
+        }
+        crate::bind::encode_value(values.swap_remove(index), column, ty, out)
+    }
+
     /// The primary key's values, in key order (the derive reads only the key fields).
     fn key_values(&self) -> Result<Vec<Value>> {
         let values = self.values()?;

@@ -20,11 +20,13 @@
 //! [`Error::TypeMismatch`](crate::Error::TypeMismatch) when it does not — never sent with the
 //! wrong width.
 
+use bytes::BytesMut;
 use sea_query::{ArrayType, Value};
 use tokio_postgres::Row;
-use tokio_postgres::types::{FromSql, Kind, Type};
+use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type};
 
 use crate::error::{Error, Result};
+use crate::model::ColumnMeta;
 
 /// A PostgreSQL column type, as declared by a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +259,31 @@ pub trait ColumnValue: Sized + Send + Sync + 'static {
     fn is_unset_key(&self) -> bool {
         false
     }
+    /// Writes the value as `column`'s field of a binary COPY, for the server type `ty`: the
+    /// same checks and conversions as binding it to an INSERT, with the same typed errors. The
+    /// default goes through [`to_value`](Self::to_value); the built-in types write themselves
+    /// when the column and the server agree on their own type.
+    #[inline]
+    fn encode(&self, column: &ColumnMeta, ty: &Type, out: &mut BytesMut) -> Result<IsNull> {
+        crate::bind::encode_value(self.to_value(), column, ty, out)
+    }
+}
+
+/// The fast path of [`ColumnValue::encode`]: a value written by its own `ToSql` where its
+/// column is declared with the type's own SQL type and the server's type is one the Rust type
+/// encodes exactly as a bound value would be (no coercion, no width change); any other
+/// combination goes through the bound-value path.
+macro_rules! encode_exactly {
+    ($t:ty, $($ok:ident)|+) => {
+        #[inline]
+        fn encode(&self, column: &ColumnMeta, ty: &Type, out: &mut BytesMut) -> Result<IsNull> {
+            if column.sql_type == Self::SQL_TYPE && matches!(*ty, $(Type::$ok)|+) {
+                return ToSql::to_sql(self, ty, out)
+                    .map_err(|e| crate::bind::encode_error(e, column.name));
+            }
+            crate::bind::encode_value(self.to_value(), column, ty, out)
+        }
+    };
 }
 
 /// A PostgreSQL type as a user writes it: `integer`, not `int4`; `text[]`, not `_text`.
@@ -379,9 +406,11 @@ fn null_error(column: &str) -> Error {
 }
 
 macro_rules! plain {
-    ($t:ty, $sql:expr, $variant:ident) => {
+    ($t:ty, $sql:expr, $variant:ident $(, $($ok:ident)|+)? $(; { $($own:tt)* })?) => {
         impl ColumnValue for $t {
             const SQL_TYPE: SqlType = $sql;
+            $(encode_exactly!($t, $($ok)|+);)?
+            $($($own)*)?
             fn to_value(&self) -> Value {
                 Value::$variant(Some(self.clone()))
             }
@@ -424,9 +453,10 @@ widened!(i32, INT2, INT4);
 widened!(i64, INT2, INT4, INT8);
 
 macro_rules! integer {
-    ($t:ty, $sql:expr, $variant:ident) => {
+    ($t:ty, $sql:expr, $variant:ident, $ok:ident) => {
         impl ColumnValue for $t {
             const SQL_TYPE: SqlType = $sql;
+            encode_exactly!($t, $ok);
             fn to_value(&self) -> Value {
                 Value::$variant(Some(*self))
             }
@@ -450,27 +480,47 @@ macro_rules! integer {
     };
 }
 
-plain!(bool, SqlType::Bool, Bool);
-integer!(i16, SqlType::SmallInt, SmallInt);
-integer!(i32, SqlType::Integer, Int);
-integer!(i64, SqlType::BigInt, BigInt);
-plain!(f32, SqlType::Real, Float);
-plain!(f64, SqlType::Double, Double);
-plain!(String, SqlType::Text, String);
+plain!(bool, SqlType::Bool, Bool, BOOL);
+integer!(i16, SqlType::SmallInt, SmallInt, INT2);
+integer!(i32, SqlType::Integer, Int, INT4);
+integer!(i64, SqlType::BigInt, BigInt, INT8);
+plain!(f32, SqlType::Real, Float, FLOAT4);
+plain!(f64, SqlType::Double, Double, FLOAT8);
+plain!(String, SqlType::Text, String; {
+    /// Text is written as its UTF-8 bytes where the column is `text` and the server expects a
+    /// text type, after the check a bound value gets (no NUL).
+    #[inline]
+    fn encode(&self, column: &ColumnMeta, ty: &Type, out: &mut BytesMut) -> Result<IsNull> {
+        if column.sql_type == SqlType::Text
+            && matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)
+        {
+            check_text(self, column.name)?;
+            out.extend_from_slice(self.as_bytes());
+            return Ok(IsNull::No);
+        }
+        crate::bind::encode_value(self.to_value(), column, ty, out)
+    }
+});
 #[cfg(feature = "uuid")]
-plain!(uuid::Uuid, SqlType::Uuid, Uuid);
+plain!(uuid::Uuid, SqlType::Uuid, Uuid, UUID);
 #[cfg(feature = "chrono")]
-plain!(chrono::NaiveDate, SqlType::Date, ChronoDate);
+plain!(chrono::NaiveDate, SqlType::Date, ChronoDate, DATE);
 #[cfg(feature = "chrono")]
-plain!(chrono::NaiveDateTime, SqlType::Timestamp, ChronoDateTime);
+plain!(
+    chrono::NaiveDateTime,
+    SqlType::Timestamp,
+    ChronoDateTime,
+    TIMESTAMP
+);
 #[cfg(feature = "chrono")]
 plain!(
     chrono::DateTime<chrono::Utc>,
     SqlType::TimestampTz,
-    ChronoDateTimeUtc
+    ChronoDateTimeUtc,
+    TIMESTAMPTZ
 );
 #[cfg(feature = "decimal")]
-plain!(rust_decimal::Decimal, SqlType::Numeric, Decimal);
+plain!(rust_decimal::Decimal, SqlType::Numeric, Decimal, NUMERIC);
 
 impl ColumnValue for Vec<u8> {
     const SQL_TYPE: SqlType = SqlType::Bytea;
@@ -514,6 +564,14 @@ impl<T: ColumnValue> ColumnValue for Option<T> {
     #[inline]
     fn decode(row: &Row, idx: usize, column: &str) -> Result<Self> {
         T::decode_nullable(row, idx, column)
+    }
+    #[inline]
+    fn encode(&self, column: &ColumnMeta, ty: &Type, out: &mut BytesMut) -> Result<IsNull> {
+        match self {
+            Some(v) => v.encode(column, ty, out),
+            // A NULL as the bound-value path writes it (a type of its own may refuse a column).
+            None => crate::bind::encode_value(T::null_value(), column, ty, out),
+        }
     }
 }
 
@@ -711,4 +769,103 @@ pub(crate) fn decode_key_part(row: &Row, idx: usize) -> Result<Value> {
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value written by its own [`ColumnValue::encode`] and through the bound-value path
+    /// (`to_value`, coercion, bind): bytes, or the error's text.
+    fn both<T: ColumnValue>(
+        v: &T,
+        sql_type: SqlType,
+        ty: Type,
+    ) -> [Result<Option<Vec<u8>>, String>; 2] {
+        let column = ColumnMeta::new("c", "c", sql_type);
+        let run = |f: &dyn Fn(&mut BytesMut) -> Result<IsNull>| {
+            let mut out = BytesMut::new();
+            match f(&mut out) {
+                Ok(IsNull::Yes) => Ok(None),
+                Ok(IsNull::No) => Ok(Some(out.to_vec())),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        [
+            run(&|out| v.encode(&column, &ty, out)),
+            run(&|out| crate::bind::encode_value(v.to_value(), &column, &ty, out)),
+        ]
+    }
+
+    #[track_caller]
+    fn same<T: ColumnValue>(v: T, sql_type: SqlType, ty: Type) -> Result<Option<Vec<u8>>, String> {
+        let [own, bound] = both(&v, sql_type, ty.clone());
+        assert_eq!(own, bound, "{sql_type:?} as {ty}");
+        own
+    }
+
+    #[test]
+    fn a_value_writes_itself_as_the_bound_value_path_does() {
+        assert_eq!(
+            same(7i16, SqlType::SmallInt, Type::INT2),
+            Ok(Some(vec![0, 7]))
+        );
+        assert_eq!(
+            same(7i32, SqlType::Integer, Type::INT4),
+            Ok(Some(vec![0, 0, 0, 7]))
+        );
+        assert_eq!(
+            same(7i64, SqlType::BigInt, Type::INT8),
+            Ok(Some(7i64.to_be_bytes().to_vec()))
+        );
+        same(true, SqlType::Bool, Type::BOOL).expect("bool");
+        same(1.5f32, SqlType::Real, Type::FLOAT4).expect("real");
+        same(1.5f64, SqlType::Double, Type::FLOAT8).expect("double");
+        for ty in [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME] {
+            assert_eq!(
+                same("héllo".to_owned(), SqlType::Text, ty),
+                Ok(Some("héllo".into()))
+            );
+        }
+        assert_eq!(same(None::<String>, SqlType::Text, Type::TEXT), Ok(None));
+        assert_eq!(
+            same(Some(9i32), SqlType::Integer, Type::INT4),
+            Ok(Some(vec![0, 0, 0, 9]))
+        );
+        assert_eq!(same(None::<i32>, SqlType::Integer, Type::INT4), Ok(None));
+    }
+
+    #[test]
+    fn where_column_or_server_differ_the_bound_value_path_decides() {
+        // The width follows the server's type.
+        assert_eq!(
+            same(7i32, SqlType::Integer, Type::INT8),
+            Ok(Some(7i64.to_be_bytes().to_vec()))
+        );
+        assert_eq!(
+            same(7i64, SqlType::BigInt, Type::INT2),
+            Ok(Some(vec![0, 7]))
+        );
+        let too_big = same(1i64 << 40, SqlType::BigInt, Type::INT4).expect_err("out of range");
+        assert_eq!(
+            too_big,
+            "type mismatch for c: expected integer, found 1099511627776 (out of range)"
+        );
+        // The column's declared type is checked first.
+        let long =
+            same("abcd".to_owned(), SqlType::Varchar(2), Type::VARCHAR).expect_err("too long");
+        assert!(long.contains("a string of 4 characters"), "{long}");
+        let nul = same("a\0b".to_owned(), SqlType::Text, Type::TEXT).expect_err("NUL");
+        assert!(nul.contains("c: text cannot contain a NUL"), "{nul}");
+        let not_text = same("x".to_owned(), SqlType::Text, Type::INT4).expect_err("mismatch");
+        assert_eq!(
+            not_text,
+            "type mismatch for c: expected integer, found text"
+        );
+        let not_int = same(1i32, SqlType::Integer, Type::TEXT).expect_err("mismatch");
+        assert!(
+            not_int.starts_with("type mismatch for c: expected text"),
+            "{not_int}"
+        );
+    }
 }
