@@ -57,11 +57,12 @@ async fn setup_with(
 }
 
 async fn count(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM reading", &[])
-        .await
-        .expect("count")
-        .get(0)
+    count_of(client, "SELECT count(*) FROM reading").await
+}
+
+/// The count a `SELECT count(*) …` returns, read over a plain client.
+async fn count_of(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect("count").get(0)
 }
 
 #[tokio::test]
@@ -315,11 +316,7 @@ async fn a_copy_out_dropped_part_way_leaves_the_transaction_going_on() {
         .await
         .expect("insert after the dropped COPY");
     s.commit().await.expect("commit");
-    let kept: i64 = client
-        .query_one("SELECT count(*) FROM reading WHERE value < 0", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let kept = count_of(&client, "SELECT count(*) FROM reading WHERE value < 0").await;
     assert_eq!(kept, 2);
 }
 
@@ -449,10 +446,5 @@ async fn copy_in_writes_each_value_as_its_column_is_typed_on_the_server() {
     let err = s.copy_in(rows).await.expect_err("out of range");
     insta::assert_snapshot!(err.to_string(), @"type mismatch for small: expected integer, found 1099511627776 (out of range)");
     assert!(matches!(s.commit().await, Err(Error::TransactionAborted)));
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM widths", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(n, 4);
+    assert_eq!(count_of(&client, "SELECT count(*) FROM widths").await, 4);
 }
