@@ -61,7 +61,8 @@ impl SessionState {
         if self.tx_state() == crate::TxState::Failed {
             return Err(Error::TransactionAborted);
         }
-        if conn.mode() != crate::StatementMode::Prepared {
+        let prepared = conn.mode() == crate::StatementMode::Prepared;
+        if !prepared {
             // Behind a pooler the type probe is a statement prepared and closed on the server:
             // both must reach the same server connection, which only a transaction holds. With
             // prepared statements the probe is the statement cache's, and the COPY goes out
@@ -89,7 +90,7 @@ impl SessionState {
         // The COPY goes out behind the BEGIN when none is open: one round trip for both. With
         // prepared statements it is prepared once per connection, as every statement is (a
         // round trip less on each later COPY); behind a pooler, for this COPY alone.
-        let result = if conn.mode() == crate::StatementMode::Prepared {
+        let result = if prepared {
             let statement = conn.statement(&sql).await?;
             self.in_transaction(conn, copy.run(conn, &statement, first, source))
                 .await

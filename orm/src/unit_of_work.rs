@@ -156,11 +156,8 @@ impl UnitOfWork {
         }
     }
 
-    /// Orders the pending changes so foreign keys hold: inserts parents first, then updates, then
-    /// deletes children first; within one table the caller's order is kept.
-    /// The pending changes in the order a flush runs them: between two deferred statements
-    /// (which stay where they were queued), inserts first, parents before children, then
-    /// updates, then deletes, children before parents.
+    /// The pending changes in the order a flush runs them: deferred statements stay where they
+    /// were queued, and the changes between two of them are [`ordered`](Self::ordered).
     pub(crate) fn take_ordered(&mut self) -> Vec<Op> {
         let ops = std::mem::take(&mut self.ops);
         if !ops.iter().any(|o| matches!(o, Op::Statement { .. })) {
@@ -180,6 +177,8 @@ impl UnitOfWork {
         out
     }
 
+    /// Orders changes so foreign keys hold: inserts parents first, then updates, then deletes
+    /// children first; within one table the caller's order is kept.
     fn ordered(ops: Vec<Op>) -> Vec<Op> {
         if ops.len() < 2 {
             return ops;
